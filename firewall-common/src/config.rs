@@ -1,0 +1,42 @@
+//! The kernel-side configuration record (one entry in an `Array` map).
+
+use crate::stats::Action;
+
+/// Settings the XDP program reads for every packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
+pub struct KernelConfig {
+    /// What to do with malformed IP packets: an [`Action`] as `u32`.
+    pub malformed_action: u32,
+    /// Explicit padding; always zero.
+    pub _pad: u32,
+    /// Bit `L` set when an IPv6 prefix of length `L` (0..=32) is present. Those short prefixes
+    /// are not expanded into `V6_SUMMARY`, so a source without a summary entry walks them.
+    pub v6_short_mask: u64,
+}
+
+impl KernelConfig {
+    /// The configuration of a firewall with empty lists.
+    pub const fn new(malformed_action: Action) -> Self {
+        Self {
+            malformed_action: malformed_action as u32,
+            _pad: 0,
+            v6_short_mask: 0,
+        }
+    }
+
+    /// The configured action for malformed packets. Unknown values fail closed.
+    pub const fn malformed(&self) -> Action {
+        match self.malformed_action {
+            0 => Action::Pass,
+            _ => Action::Drop,
+        }
+    }
+}
+
+impl Default for KernelConfig {
+    fn default() -> Self {
+        Self::new(Action::Drop)
+    }
+}

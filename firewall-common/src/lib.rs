@@ -1,0 +1,50 @@
+//! Types shared by the apifw XDP program and its userspace, plus the reference model.
+//!
+//! Everything in this crate outside of [`model`] is `no_std` and `#[repr(C)]`, because the same
+//! definitions describe the bytes of kernel map keys and values on both sides. Padding is always
+//! spelled out as explicit zeroed fields so that hashed keys never contain uninitialised bytes.
+#![no_std]
+
+#[cfg(feature = "user")]
+extern crate std;
+
+pub mod config;
+pub mod packet;
+pub mod prefix;
+pub mod stats;
+
+#[cfg(feature = "user")]
+pub mod model;
+
+#[cfg(feature = "user")]
+mod pod;
+
+pub use config::KernelConfig;
+pub use stats::{Action, Counter, Reason, Verdict};
+
+/// Map names as they appear in the eBPF object and under the pin directory.
+pub mod map_names {
+    /// `Array<KernelConfig>` with one entry.
+    pub const CONFIG: &str = "APIFW_CONFIG";
+    /// `PerCpuArray<Counter>` indexed by [`crate::stats::stats_index`].
+    pub const STATS: &str = "APIFW_STATS";
+    /// `Array<V4Summary>` indexed by the top 16 bits of the IPv4 source.
+    pub const V4_SUMMARY: &str = "APIFW_V4_SUMMARY";
+    /// `HashMap<PrefixV4Key, u32>`: IPv4 prefixes longer than /16 with resolved flags.
+    pub const V4_PREFIXES: &str = "APIFW_V4_PREFIXES";
+    /// `HashMap<[u8; 4], V6Summary>` keyed by the top 32 bits of the IPv6 source.
+    pub const V6_SUMMARY: &str = "APIFW_V6_SUMMARY";
+    /// `HashMap<PrefixV6Key, u32>`: every IPv6 prefix with resolved flags.
+    pub const V6_PREFIXES: &str = "APIFW_V6_PREFIXES";
+
+    /// Every map the daemon pins.
+    pub const ALL: [&str; 6] = [CONFIG, STATS, V4_SUMMARY, V4_PREFIXES, V6_SUMMARY, V6_PREFIXES];
+}
+
+/// Program names in the eBPF object.
+pub mod program_names {
+    /// The firewall itself.
+    pub const FIREWALL: &str = "apifw";
+    /// An XDP program that only returns `XDP_PASS`: the floor that benchmarks compare against.
+    pub const EMPTY: &str = "apifw_empty";
+}

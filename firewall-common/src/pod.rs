@@ -1,0 +1,21 @@
+//! `aya::Pod` for the map types: userspace reads and writes them as raw bytes.
+
+use crate::{
+    config::KernelConfig,
+    prefix::{PrefixV4Key, PrefixV6Key, V4Summary, V6Summary},
+    stats::Counter,
+};
+
+// SAFETY: every type below is #[repr(C)], made only of integers and integer arrays, with all
+// padding spelled out as explicit fields, so any bit pattern is valid and none is uninitialised.
+unsafe impl aya::Pod for KernelConfig {}
+// SAFETY: see above.
+unsafe impl aya::Pod for Counter {}
+// SAFETY: see above.
+unsafe impl aya::Pod for PrefixV4Key {}
+// SAFETY: see above.
+unsafe impl aya::Pod for PrefixV6Key {}
+// SAFETY: see above.
+unsafe impl aya::Pod for V4Summary {}
+// SAFETY: see above.
+unsafe impl aya::Pod for V6Summary {}

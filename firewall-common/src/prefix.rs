@@ -1,0 +1,194 @@
+//! Map layout of the allow/block prefix tables (see `docs/DESIGN.md`, "Prefix lookup").
+//!
+//! Every allow and block prefix is stored once, in an exact-match hash keyed by
+//! `(prefix length, masked address)`, with *resolved* flags: whether the prefix is allowlisted or
+//! covered by a shorter allowlisted prefix, and the same for the blocklist. The verdict of a
+//! source then only needs the longest stored prefix that contains it, and a summary per source
+//! block (/16 for IPv4, /32 for IPv6) says which longer lengths exist there, so a lookup probes
+//! only lengths that can match, longest first, and stops at the first hit.
+
+/// Resolved flag: the prefix is allowlisted, or lies inside an allowlisted prefix.
+pub const FLAG_ALLOW: u32 = 1;
+/// Resolved flag: the prefix is blocklisted, or lies inside a blocklisted prefix.
+pub const FLAG_BLOCK: u32 = 2;
+
+/// IPv4 prefixes up to this length are expanded into [`V4Summary::short_flags`].
+pub const V4_SUMMARY_BITS: u32 = 16;
+/// Entries of the IPv4 summary array: one per /16.
+pub const V4_SUMMARY_ENTRIES: u32 = 1 << V4_SUMMARY_BITS;
+/// IPv6 sources are summarised per /32.
+pub const V6_SUMMARY_BITS: u32 = 32;
+/// Bound on the number of probes of one lookup (every IPv6 length 33..=128).
+pub const MAX_PROBES: u32 = 128 - V6_SUMMARY_BITS;
+
+/// Hash key of an IPv4 prefix longer than /16.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PrefixV4Key {
+    /// Prefix length, 17..=32.
+    pub prefix_len: u32,
+    /// Masked address in network byte order.
+    pub addr: [u8; 4],
+}
+
+/// Hash key of an IPv6 prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PrefixV6Key {
+    /// Prefix length, 0..=128.
+    pub prefix_len: u32,
+    /// Masked address in network byte order.
+    pub addr: [u8; 16],
+}
+
+/// What is known about one IPv4 /16.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct V4Summary {
+    /// Bit `i` set when a prefix of length `17 + i` exists inside this /16.
+    pub longer_mask: u32,
+    /// Resolved flags of the longest prefix of length <= 16 covering this /16 (0: none).
+    pub short_flags: u32,
+}
+
+/// What is known about one IPv6 /32 that contains longer prefixes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct V6Summary {
+    /// Bit `i` (word `i / 64`) set when a prefix of length `33 + i` exists inside this /32.
+    pub longer_mask: [u64; 2],
+    /// Resolved flags of the longest prefix of length <= 32 covering this /32 (0: none).
+    pub short_flags: u32,
+    /// Explicit padding; always zero.
+    pub _pad: u32,
+}
+
+/// `addr` (host order) with only its first `len` bits kept.
+#[inline(always)]
+pub const fn mask_v4(addr: u32, len: u32) -> u32 {
+    if len == 0 {
+        0
+    } else if len >= 32 {
+        addr
+    } else {
+        addr & (u32::MAX << (32 - len))
+    }
+}
+
+/// `(hi, lo)` halves of an IPv6 address (host order) with only the first `len` bits kept.
+#[inline(always)]
+pub const fn mask_v6(hi: u64, lo: u64, len: u32) -> (u64, u64) {
+    if len == 0 {
+        (0, 0)
+    } else if len < 64 {
+        (hi & (u64::MAX << (64 - len)), 0)
+    } else if len == 64 {
+        (hi, 0)
+    } else if len < 128 {
+        (hi, lo & (u64::MAX << (128 - len)))
+    } else {
+        (hi, lo)
+    }
+}
+
+/// Index of the highest set bit of a non-zero `x` (63 for `1 << 63`), by binary search: BPF has
+/// no count-leading-zeros instruction and this keeps the instruction count fixed and small.
+#[inline(always)]
+pub const fn highest_bit(mut x: u64) -> u32 {
+    let mut n = 0;
+    if x >> 32 != 0 {
+        x >>= 32;
+        n += 32;
+    }
+    if x >> 16 != 0 {
+        x >>= 16;
+        n += 16;
+    }
+    if x >> 8 != 0 {
+        x >>= 8;
+        n += 8;
+    }
+    if x >> 4 != 0 {
+        x >>= 4;
+        n += 4;
+    }
+    if x >> 2 != 0 {
+        x >>= 2;
+        n += 2;
+    }
+    if x >> 1 != 0 {
+        n += 1;
+    }
+    n
+}
+
+impl PrefixV4Key {
+    /// Key of the `len`-bit prefix containing `addr` (host order).
+    #[inline(always)]
+    pub const fn new(addr: u32, len: u32) -> Self {
+        Self {
+            prefix_len: len,
+            addr: mask_v4(addr, len).to_be_bytes(),
+        }
+    }
+}
+
+impl PrefixV6Key {
+    /// Key of the `len`-bit prefix containing the address `(hi, lo)` (host order halves).
+    #[inline(always)]
+    pub const fn new(hi: u64, lo: u64, len: u32) -> Self {
+        let (hi, lo) = mask_v6(hi, lo, len);
+        let hi = hi.to_be_bytes();
+        let lo = lo.to_be_bytes();
+        Self {
+            prefix_len: len,
+            addr: [
+                hi[0], hi[1], hi[2], hi[3], hi[4], hi[5], hi[6], hi[7], lo[0], lo[1], lo[2], lo[3],
+                lo[4], lo[5], lo[6], lo[7],
+            ],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn highest_bit_matches_leading_zeros() {
+        for shift in 0..64 {
+            let x = 1u64 << shift;
+            assert_eq!(highest_bit(x), shift, "1 << {shift}");
+            assert_eq!(highest_bit(x | 1), shift, "(1 << {shift}) | 1");
+            assert_eq!(highest_bit(x | (x >> 1)), shift, "two bits at {shift}");
+        }
+        assert_eq!(highest_bit(u64::MAX), 63);
+    }
+
+    #[test]
+    fn masks_keep_exactly_len_bits() {
+        assert_eq!(mask_v4(0xC000_0201, 24), 0xC000_0200);
+        assert_eq!(mask_v4(0xFFFF_FFFF, 0), 0);
+        assert_eq!(mask_v4(0xFFFF_FFFF, 32), 0xFFFF_FFFF);
+        assert_eq!(mask_v4(0xFFFF_FFFF, 17), 0xFFFF_8000);
+        let all = u64::MAX;
+        assert_eq!(mask_v6(all, all, 0), (0, 0));
+        assert_eq!(mask_v6(all, all, 1), (1 << 63, 0));
+        assert_eq!(mask_v6(all, all, 64), (all, 0));
+        assert_eq!(mask_v6(all, all, 65), (all, 1 << 63));
+        assert_eq!(mask_v6(all, all, 128), (all, all));
+    }
+
+    #[test]
+    fn keys_are_network_order_without_padding() {
+        assert_eq!(core::mem::size_of::<PrefixV4Key>(), 8);
+        assert_eq!(core::mem::size_of::<PrefixV6Key>(), 20);
+        assert_eq!(core::mem::size_of::<V4Summary>(), 8);
+        assert_eq!(core::mem::size_of::<V6Summary>(), 24);
+        let key = PrefixV4Key::new(0xCB00_7142, 24);
+        assert_eq!(key.addr, [203, 0, 113, 0]);
+        let key = PrefixV6Key::new(0x2001_0db8_0000_0001, 0xFFFF, 48);
+        assert_eq!(&key.addr[..6], &[0x20, 0x01, 0x0d, 0xb8, 0, 0]);
+        assert!(key.addr[6..].iter().all(|b| *b == 0));
+    }
+}

@@ -1,0 +1,141 @@
+//! Verdicts and the per-CPU counter layout.
+//!
+//! Counters live in one `PerCpuArray<Counter>` of [`STATS_ENTRIES`] slots, indexed by
+//! `action * REASON_SLOTS + reason`. New reasons take a new number below [`REASON_SLOTS`]; the
+//! layout, the map size and every reader stay as they are.
+
+/// What the XDP program does with a packet.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(
+    feature = "user",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "lowercase")
+)]
+pub enum Action {
+    /// `XDP_PASS`: hand the packet to the network stack.
+    Pass = 0,
+    /// `XDP_DROP`: discard the packet in the driver.
+    Drop = 1,
+}
+
+impl Action {
+    /// Every action, in counter-index order.
+    pub const ALL: [Action; 2] = [Action::Pass, Action::Drop];
+
+    /// The XDP return code for this action.
+    pub const fn xdp_code(self) -> u32 {
+        match self {
+            // Values of enum xdp_action in include/uapi/linux/bpf.h.
+            Action::Pass => 2,
+            Action::Drop => 1,
+        }
+    }
+
+    /// Lower-case name, as used in policies, JSON and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Action::Pass => "pass",
+            Action::Drop => "drop",
+        }
+    }
+}
+
+/// Why the XDP program chose its action.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(
+    feature = "user",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "snake_case")
+)]
+pub enum Reason {
+    /// No rule matched an IP packet.
+    Default = 0,
+    /// The source is inside an allowlisted prefix.
+    Allowlist = 1,
+    /// The source is inside a blocklisted prefix (and no allowlisted one).
+    Blocklist = 2,
+    /// The IP packet could not be parsed (truncated, bad version, bad header length).
+    Malformed = 3,
+    /// Not IPv4 or IPv6 (ARP, LLDP, ...): always passed.
+    NonIp = 4,
+}
+
+impl Reason {
+    /// Every reason defined so far, in counter-index order.
+    pub const ALL: [Reason; 5] = [
+        Reason::Default,
+        Reason::Allowlist,
+        Reason::Blocklist,
+        Reason::Malformed,
+        Reason::NonIp,
+    ];
+
+    /// Snake-case name, as used in JSON and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::Default => "default",
+            Reason::Allowlist => "allowlist",
+            Reason::Blocklist => "blocklist",
+            Reason::Malformed => "malformed",
+            Reason::NonIp => "non_ip",
+        }
+    }
+}
+
+/// Room for reasons per action. Fixed so that adding a reason never changes the map layout.
+pub const REASON_SLOTS: u32 = 32;
+/// Number of slots in the statistics map.
+pub const STATS_ENTRIES: u32 = 2 * REASON_SLOTS;
+
+/// Index of the counter for `(action, reason)` in the statistics map.
+pub const fn stats_index(action: Action, reason: Reason) -> u32 {
+    action as u32 * REASON_SLOTS + reason as u32
+}
+
+/// A decision of the firewall: the action and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
+pub struct Verdict {
+    /// What happens to the packet.
+    pub action: Action,
+    /// Why.
+    pub reason: Reason,
+}
+
+impl Verdict {
+    /// Builds a verdict.
+    pub const fn new(action: Action, reason: Reason) -> Self {
+        Self { action, reason }
+    }
+}
+
+/// Packets and bytes seen for one `(action, reason)` pair on one CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
+pub struct Counter {
+    /// Number of packets.
+    pub packets: u64,
+    /// Sum of the frame lengths (Ethernet header included) of those packets.
+    pub bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_pair_has_its_own_slot() {
+        let mut seen = [false; STATS_ENTRIES as usize];
+        for action in Action::ALL {
+            for reason in Reason::ALL {
+                let index = stats_index(action, reason) as usize;
+                assert!(index < seen.len(), "{action:?}/{reason:?} -> {index} out of range");
+                assert!(!seen[index], "{action:?}/{reason:?} -> {index} used twice");
+                seen[index] = true;
+            }
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! The apifw XDP program: parse, decide from the allow/block prefix tables, count, act.
+//!
+//! The rules are those of `firewall_common::model`, which the verdict tests hold this program to.
+#![no_std]
+#![no_main]
+
+mod parse;
+mod prefixes;
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{map, xdp},
+    maps::{Array, HashMap, PerCpuArray},
+    programs::XdpContext,
+};
+use firewall_common::{
+    Action, Counter, KernelConfig, Reason, Verdict,
+    prefix::{FLAG_ALLOW, FLAG_BLOCK, PrefixV4Key, PrefixV6Key, V4_SUMMARY_ENTRIES, V4Summary, V6Summary},
+    stats::{STATS_ENTRIES, stats_index},
+};
+
+use crate::parse::{Malformed, Source};
+
+#[map(name = "APIFW_CONFIG")]
+static CONFIG: Array<KernelConfig> = Array::with_max_entries(1, 0);
+
+#[map(name = "APIFW_STATS")]
+static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STATS_ENTRIES, 0);
+
+#[map(name = "APIFW_V4_SUMMARY")]
+static V4_SUMMARY: Array<V4Summary> = Array::with_max_entries(V4_SUMMARY_ENTRIES, 0);
+
+// Sizes of the prefix maps are set by the loader from the policy's `[limits]`.
+#[map(name = "APIFW_V4_PREFIXES")]
+static V4_PREFIXES: HashMap<PrefixV4Key, u32> = HashMap::with_max_entries(1, 0);
+
+#[map(name = "APIFW_V6_SUMMARY")]
+static V6_SUMMARY: HashMap<[u8; 4], V6Summary> = HashMap::with_max_entries(1, 0);
+
+#[map(name = "APIFW_V6_PREFIXES")]
+static V6_PREFIXES: HashMap<PrefixV6Key, u32> = HashMap::with_max_entries(1, 0);
+
+/// The firewall.
+#[xdp]
+pub fn apifw(ctx: XdpContext) -> u32 {
+    let config = CONFIG.get(0).copied().unwrap_or_default();
+    let verdict = match try_apifw(&ctx, &config) {
+        Ok(verdict) => verdict,
+        Err(Malformed) => Verdict::new(config.malformed(), Reason::Malformed),
+    };
+    count(verdict, ctx.data_end() - ctx.data());
+    match verdict.action {
+        Action::Pass => xdp_action::XDP_PASS,
+        Action::Drop => xdp_action::XDP_DROP,
+    }
+}
+
+/// Does nothing but pass: the floor benchmarks measure against.
+#[xdp]
+pub fn apifw_empty(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[inline(always)]
+fn try_apifw(ctx: &XdpContext, config: &KernelConfig) -> Result<Verdict, Malformed> {
+    let packet = match parse::parse(ctx)? {
+        Some(packet) => packet,
+        None => return Ok(Verdict::new(Action::Pass, Reason::NonIp)),
+    };
+    let flags = match packet.source {
+        Source::V4(addr) => prefixes::lookup_v4(addr),
+        Source::V6(hi, lo) => prefixes::lookup_v6(hi, lo, config.v6_short_mask),
+    };
+    Ok(if flags & FLAG_ALLOW != 0 {
+        Verdict::new(Action::Pass, Reason::Allowlist)
+    } else if flags & FLAG_BLOCK != 0 {
+        Verdict::new(Action::Drop, Reason::Blocklist)
+    } else {
+        Verdict::new(Action::Pass, Reason::Default)
+    })
+}
+
+#[inline(always)]
+fn count(verdict: Verdict, len: usize) {
+    if let Some(counter) = STATS.get_ptr_mut(stats_index(verdict.action, verdict.reason)) {
+        // SAFETY: the pointer comes from a successful per-CPU array lookup, so it points at this
+        // CPU's slot, which nothing else writes while this program runs on this CPU.
+        unsafe {
+            (*counter).packets += 1;
+            (*counter).bytes += len as u64;
+        }
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects programs that can reach a panic, so this is never called.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
