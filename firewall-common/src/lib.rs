@@ -38,7 +38,14 @@ pub mod map_names {
     pub const V6_PREFIXES: &str = "APIFW_V6_PREFIXES";
 
     /// Every map the daemon pins.
-    pub const ALL: [&str; 6] = [CONFIG, STATS, V4_SUMMARY, V4_PREFIXES, V6_SUMMARY, V6_PREFIXES];
+    pub const ALL: [&str; 6] = [
+        CONFIG,
+        STATS,
+        V4_SUMMARY,
+        V4_PREFIXES,
+        V6_SUMMARY,
+        V6_PREFIXES,
+    ];
 }
 
 /// Program names in the eBPF object.

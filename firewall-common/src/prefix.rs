@@ -18,8 +18,6 @@ pub const V4_SUMMARY_BITS: u32 = 16;
 pub const V4_SUMMARY_ENTRIES: u32 = 1 << V4_SUMMARY_BITS;
 /// IPv6 sources are summarised per /32.
 pub const V6_SUMMARY_BITS: u32 = 32;
-/// Bound on the number of probes of one lookup (every IPv6 length 33..=128).
-pub const MAX_PROBES: u32 = 128 - V6_SUMMARY_BITS;
 
 /// Hash key of an IPv4 prefix longer than /16.
 #[repr(C)]
@@ -91,35 +89,33 @@ pub const fn mask_v6(hi: u64, lo: u64, len: u32) -> (u64, u64) {
     }
 }
 
-/// Index of the highest set bit of a non-zero `x` (63 for `1 << 63`), by binary search: BPF has
-/// no count-leading-zeros instruction and this keeps the instruction count fixed and small.
+/// Index of the highest set bit of a non-zero `x` (63 for `1 << 63`).
+///
+/// Binary search without branches: each step turns "is anything set in the upper half" into 0 or
+/// 1 by carrying into the next bit. BPF has no count-leading-zeros instruction, and a branchy
+/// search multiplies the paths the verifier must walk in the probe loops.
 #[inline(always)]
-pub const fn highest_bit(mut x: u64) -> u32 {
+pub const fn highest_bit(x: u64) -> u32 {
+    let mut x = x;
     let mut n = 0;
-    if x >> 32 != 0 {
-        x >>= 32;
-        n += 32;
-    }
-    if x >> 16 != 0 {
-        x >>= 16;
-        n += 16;
-    }
-    if x >> 8 != 0 {
-        x >>= 8;
-        n += 8;
-    }
-    if x >> 4 != 0 {
-        x >>= 4;
-        n += 4;
-    }
-    if x >> 2 != 0 {
-        x >>= 2;
-        n += 2;
-    }
-    if x >> 1 != 0 {
-        n += 1;
-    }
-    n
+    // (half + ones) >> width is 1 exactly when `half` (which is below 2^width) is non-zero.
+    let step = (((x >> 32) + 0xFFFF_FFFF) >> 32) << 5;
+    x >>= step;
+    n += step;
+    let step = (((x >> 16) + 0xFFFF) >> 16) << 4;
+    x >>= step;
+    n += step;
+    let step = (((x >> 8) + 0xFF) >> 8) << 3;
+    x >>= step;
+    n += step;
+    let step = (((x >> 4) + 0xF) >> 4) << 2;
+    x >>= step;
+    n += step;
+    let step = (((x >> 2) + 0x3) >> 2) << 1;
+    x >>= step;
+    n += step;
+    n += x >> 1;
+    n as u32
 }
 
 impl PrefixV4Key {
@@ -147,6 +143,76 @@ impl PrefixV6Key {
                 lo[4], lo[5], lo[6], lo[7],
             ],
         }
+    }
+}
+
+/// Probes the lengths `base + bit` for the set bits of `mask`, highest first, and returns the
+/// flags of the first hit. `bound` is the number of bits `mask` may have set, so that the
+/// verifier sees a bounded loop.
+#[inline(always)]
+fn probe_longest_first<K>(
+    mut mask: u64,
+    base: u32,
+    bound: u32,
+    key: impl Fn(u32) -> K,
+    probe: &impl Fn(&K) -> Option<u32>,
+) -> Option<u32> {
+    for _ in 0..bound {
+        if mask == 0 {
+            break;
+        }
+        let bit = highest_bit(mask);
+        mask &= !(1u64 << bit);
+        if let Some(flags) = probe(&key(base + bit)) {
+            return Some(flags);
+        }
+    }
+    None
+}
+
+/// Resolved flags of the longest prefix containing the IPv4 `addr` (host order), or 0.
+///
+/// `summary` is the entry of the source's /16; `probe` looks a key up in the IPv4 prefix hash.
+/// The XDP program and the userspace tests run this same function over their own maps.
+#[inline(always)]
+pub fn lookup_v4(
+    summary: &V4Summary,
+    addr: u32,
+    probe: impl Fn(&PrefixV4Key) -> Option<u32>,
+) -> u32 {
+    probe_longest_first(
+        u64::from(summary.longer_mask),
+        V4_SUMMARY_BITS + 1,
+        32 - V4_SUMMARY_BITS,
+        |len| PrefixV4Key::new(addr, len),
+        &probe,
+    )
+    .unwrap_or(summary.short_flags)
+}
+
+/// Resolved flags of the longest prefix containing the IPv6 address `(hi, lo)`, or 0.
+///
+/// `summary` is the entry of the source's /32 if there is one; `short_mask` is
+/// [`crate::KernelConfig::v6_short_mask`]; `probe` looks a key up in the IPv6 prefix hash.
+#[inline(always)]
+pub fn lookup_v6(
+    summary: Option<&V6Summary>,
+    short_mask: u64,
+    hi: u64,
+    lo: u64,
+    probe: impl Fn(&PrefixV6Key) -> Option<u32>,
+) -> u32 {
+    let key = |len| PrefixV6Key::new(hi, lo, len);
+    match summary {
+        Some(summary) => {
+            // Word 1 holds lengths 97..=128, word 0 lengths 33..=96: longest first.
+            let base = V6_SUMMARY_BITS + 1;
+            probe_longest_first(summary.longer_mask[1], base + 64, 32, key, &probe)
+                .or_else(|| probe_longest_first(summary.longer_mask[0], base, 64, key, &probe))
+                .unwrap_or(summary.short_flags)
+        }
+        // No longer prefix lives in this /32: only prefixes of length <= 32 can match.
+        None => probe_longest_first(short_mask, 0, V6_SUMMARY_BITS + 1, key, &probe).unwrap_or(0),
     }
 }
 

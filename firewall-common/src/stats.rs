@@ -132,7 +132,10 @@ mod tests {
         for action in Action::ALL {
             for reason in Reason::ALL {
                 let index = stats_index(action, reason) as usize;
-                assert!(index < seen.len(), "{action:?}/{reason:?} -> {index} out of range");
+                assert!(
+                    index < seen.len(),
+                    "{action:?}/{reason:?} -> {index} out of range"
+                );
                 assert!(!seen[index], "{action:?}/{reason:?} -> {index} used twice");
                 seen[index] = true;
             }

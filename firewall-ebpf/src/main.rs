@@ -15,7 +15,9 @@ use aya_ebpf::{
 };
 use firewall_common::{
     Action, Counter, KernelConfig, Reason, Verdict,
-    prefix::{FLAG_ALLOW, FLAG_BLOCK, PrefixV4Key, PrefixV6Key, V4_SUMMARY_ENTRIES, V4Summary, V6Summary},
+    prefix::{
+        FLAG_ALLOW, FLAG_BLOCK, PrefixV4Key, PrefixV6Key, V4_SUMMARY_ENTRIES, V4Summary, V6Summary,
+    },
     stats::{STATS_ENTRIES, stats_index},
 };
 

@@ -1,1 +1,14 @@
-pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/firewall-ebpf"));
+//! apifw userspace: policy, map compilation, loading and attaching, statistics, the daemon and
+//! the CLI verbs. The `apifw` binary is a thin shell over [`cli`].
+
+pub mod cli;
+pub mod daemon;
+pub mod firewall;
+pub mod lock;
+pub mod paths;
+pub mod policy;
+pub mod stats;
+pub mod tables;
+
+pub use firewall::{EBPF_OBJECT, Firewall, FirewallError};
+pub use policy::{Loaded, Policy};

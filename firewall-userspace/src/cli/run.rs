@@ -1,0 +1,84 @@
+//! `apifw run --config FILE`.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Context as _;
+use tracing::warn;
+
+use crate::{
+    cli::Locations,
+    daemon,
+    policy::{Loaded, LogFormat, XdpModeSetting},
+};
+
+/// Arguments of `apifw run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The policy file.
+    #[arg(long, short, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Protect these interfaces instead of the policy's `interfaces` (repeatable).
+    #[arg(long = "interface", short, value_name = "IF")]
+    pub interfaces: Vec<String>,
+    /// Override the policy's `xdp_mode`.
+    #[arg(long, value_enum)]
+    pub xdp_mode: Option<XdpModeArg>,
+    /// Pin and lock locations.
+    #[command(flatten)]
+    pub locations: Locations,
+}
+
+/// `--xdp-mode` values.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum XdpModeArg {
+    /// Native, falling back to skb.
+    Auto,
+    /// Native only.
+    Native,
+    /// Generic only.
+    Skb,
+}
+
+/// Runs the daemon.
+pub fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let loaded = Loaded::from_file(&args.config)?;
+    let mut policy = loaded.policy;
+    init_logging(policy.daemon.log_format);
+    for warning in &loaded.warnings {
+        warn!("{warning}");
+    }
+    if !args.interfaces.is_empty() {
+        policy.interfaces = args.interfaces;
+    }
+    if let Some(mode) = args.xdp_mode {
+        policy.xdp_mode = match mode {
+            XdpModeArg::Auto => XdpModeSetting::Auto,
+            XdpModeArg::Native => XdpModeSetting::Native,
+            XdpModeArg::Skb => XdpModeSetting::Skb,
+        };
+    }
+    if let Some(dir) = args.locations.pin_dir {
+        policy.daemon.pin_dir = dir;
+    }
+    if let Some(dir) = args.locations.run_dir {
+        policy.daemon.run_dir = dir;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(daemon::run(policy))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("APIFW_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,149 @@
+//! Reading the per-CPU verdict counters, from a loaded firewall or from the pinned map.
+
+use std::path::PathBuf;
+
+use aya::maps::{Map, MapData, PerCpuArray};
+use firewall_common::{Action, Counter, Reason, stats::stats_index};
+use serde::Serialize;
+
+use crate::paths::PinLayout;
+
+/// Why counters could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum StatsError {
+    /// Nothing is pinned where the daemon would pin its counters.
+    #[error(
+        "no apifw daemon is running: no counters pinned at {} (start one with `apifw run --config FILE`, \
+         or pass the daemon's --pin-dir)",
+        path.display()
+    )]
+    NotRunning {
+        /// The expected pin path.
+        path: PathBuf,
+    },
+    /// The pinned map could not be opened.
+    #[error("cannot open pinned counters at {}", path.display())]
+    Open {
+        /// The pin path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: aya::maps::MapError,
+    },
+    /// A counter could not be read.
+    #[error("cannot read counter {index}")]
+    Read {
+        /// Index in the map.
+        index: u32,
+        /// The error.
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+/// One `(action, reason)` counter, summed over CPUs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct CounterRow {
+    /// Action.
+    pub action: Action,
+    /// Reason.
+    pub reason: Reason,
+    /// Packets.
+    pub packets: u64,
+    /// Bytes.
+    pub bytes: u64,
+}
+
+/// Every counter at one moment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Snapshot {
+    /// One row per `(action, reason)` pair, zero rows included.
+    pub counters: Vec<CounterRow>,
+}
+
+impl Snapshot {
+    /// The counter of one pair.
+    pub fn get(&self, action: Action, reason: Reason) -> Counter {
+        self.counters
+            .iter()
+            .find(|row| row.action == action && row.reason == reason)
+            .map(|row| Counter {
+                packets: row.packets,
+                bytes: row.bytes,
+            })
+            .unwrap_or_default()
+    }
+
+    /// Packets over every pair.
+    pub fn total_packets(&self) -> u64 {
+        self.counters.iter().map(|row| row.packets).sum()
+    }
+}
+
+/// Sums every `(action, reason)` counter over CPUs.
+pub fn snapshot<T: std::borrow::Borrow<MapData>>(
+    map: &PerCpuArray<T, Counter>,
+) -> Result<Snapshot, StatsError> {
+    let mut counters = Vec::new();
+    for action in Action::ALL {
+        for reason in Reason::ALL {
+            let index = stats_index(action, reason);
+            let per_cpu = map
+                .get(&index, 0)
+                .map_err(|source| StatsError::Read { index, source })?;
+            let (packets, bytes) = per_cpu.iter().fold((0u64, 0u64), |(p, b), c| {
+                (p.wrapping_add(c.packets), b.wrapping_add(c.bytes))
+            });
+            counters.push(CounterRow {
+                action,
+                reason,
+                packets,
+                bytes,
+            });
+        }
+    }
+    Ok(Snapshot { counters })
+}
+
+/// Reads the counters a daemon pinned under `layout`.
+pub fn read_pinned(layout: &PinLayout) -> Result<Snapshot, StatsError> {
+    let path = layout.map(firewall_common::map_names::STATS);
+    if !path.exists() {
+        return Err(StatsError::NotRunning { path });
+    }
+    let open_err = |source| StatsError::Open {
+        path: path.clone(),
+        source,
+    };
+    let data = MapData::from_pin(&path).map_err(open_err)?;
+    let map = PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(open_err)?;
+    snapshot(&map)
+}
+
+/// A fixed-width table of the non-zero counters (all of them if every one is zero).
+pub fn render_table(snapshot: &Snapshot) -> String {
+    let mut out = format!(
+        "{:<6} {:<10} {:>14} {:>16}\n",
+        "ACTION", "REASON", "PACKETS", "BYTES"
+    );
+    let rows: Vec<_> = snapshot
+        .counters
+        .iter()
+        .filter(|row| row.packets > 0)
+        .collect();
+    let rows = if rows.is_empty() {
+        snapshot.counters.iter().collect()
+    } else {
+        rows
+    };
+    for row in rows {
+        out.push_str(&format!(
+            "{:<6} {:<10} {:>14} {:>16}\n",
+            row.action.name(),
+            row.reason.name(),
+            row.packets,
+            row.bytes
+        ));
+    }
+    out
+}
