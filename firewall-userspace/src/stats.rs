@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use aya::maps::{Map, MapData, PerCpuArray};
 use firewall_common::{Action, Counter, Reason, stats::stats_index};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::paths::PinLayout;
 
@@ -42,7 +42,7 @@ pub enum StatsError {
 }
 
 /// One `(action, reason)` counter, summed over CPUs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CounterRow {
     /// Action.
     pub action: Action,
@@ -55,7 +55,7 @@ pub struct CounterRow {
 }
 
 /// Every counter at one moment.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
     /// One row per `(action, reason)` pair, zero rows included.
     pub counters: Vec<CounterRow>,

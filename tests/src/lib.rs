@@ -1,1 +1,5 @@
+//! Helpers for apifw's privileged tests: frame crafting, namespace labs and the daemon process.
 
+pub mod daemon;
+pub mod netns;
+pub mod packets;

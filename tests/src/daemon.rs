@@ -1,0 +1,172 @@
+//! The real `apifw` binary, run as a daemon inside a test namespace and killed on drop.
+
+use std::{
+    io::Read as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use firewall_userspace::{paths::PinLayout, stats::Snapshot};
+
+use crate::netns::Netns;
+
+/// Path of the `apifw` binary: `$APIFW_BIN`, else next to the test executable's `deps/` folder
+/// (`cargo xtask test` builds it before running the tests).
+pub fn apifw_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("APIFW_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    let bin = profile_dir.join("apifw");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (`cargo build -p firewall-userspace --bins`; \
+         `cargo xtask test` does) or set APIFW_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs `apifw ARGS` to completion (outside any namespace).
+pub fn apifw(args: &[&str]) -> Output {
+    Command::new(apifw_bin())
+        .args(args)
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run apifw {args:?}: {err}"))
+}
+
+/// Unique pin and run directories for one test, removed on drop.
+#[derive(Debug)]
+pub struct Dirs {
+    /// Pin root on bpffs.
+    pub pin_dir: PathBuf,
+    /// Lock directory.
+    pub run_dir: PathBuf,
+    /// Where the test writes its policy.
+    pub policy: PathBuf,
+}
+
+impl Dirs {
+    /// Directories named after `tag` and this process.
+    pub fn new(tag: &str) -> Self {
+        let id = format!("{tag}-{}", std::process::id());
+        let run_dir = std::env::temp_dir().join(format!("apifw-test-{id}"));
+        std::fs::create_dir_all(&run_dir).expect("create run dir");
+        Self {
+            pin_dir: PathBuf::from(format!("/sys/fs/bpf/apifw-test-{id}")),
+            policy: run_dir.join("policy.toml"),
+            run_dir,
+        }
+    }
+
+    /// Writes the policy file.
+    pub fn write_policy(&self, text: &str) {
+        std::fs::write(&self.policy, text).expect("write policy");
+    }
+
+    /// The pin layout.
+    pub fn layout(&self) -> PinLayout {
+        PinLayout::new(&self.pin_dir)
+    }
+
+    /// `apifw stats --json` for these directories.
+    pub fn stats(&self) -> Snapshot {
+        let output = apifw(&[
+            "stats",
+            "--json",
+            "--pin-dir",
+            self.pin_dir.to_str().expect("utf-8"),
+            "--run-dir",
+            self.run_dir.to_str().expect("utf-8"),
+        ]);
+        assert!(
+            output.status.success(),
+            "apifw stats failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
+            panic!("apifw stats --json: {err}: {}", String::from_utf8_lossy(&output.stdout))
+        })
+    }
+}
+
+impl Drop for Dirs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        let _ = std::fs::remove_dir_all(&self.run_dir);
+    }
+}
+
+/// A running `apifw run`, killed on drop.
+#[derive(Debug)]
+pub struct Daemon {
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// Starts `apifw run` for `dirs` on `interface` inside `netns` (via nsenter, which keeps
+    /// /sys/fs/bpf visible), without waiting.
+    pub fn spawn(netns: &Netns, dirs: &Dirs, interface: &str) -> Child {
+        Command::new("nsenter")
+            .arg(format!("--net={}", netns.path().display()))
+            .arg(apifw_bin())
+            .args(["run", "--config"])
+            .arg(&dirs.policy)
+            .args(["--interface", interface, "--pin-dir"])
+            .arg(&dirs.pin_dir)
+            .arg("--run-dir")
+            .arg(&dirs.run_dir)
+            .env("APIFW_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn nsenter apifw run")
+    }
+
+    /// Starts the daemon and waits until its XDP link is pinned (it is then enforcing).
+    pub fn start(netns: &Netns, dirs: &Dirs, interface: &str) -> Self {
+        let mut child = Self::spawn(netns, dirs, interface);
+        let link = dirs.layout().link(interface);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !link.exists() {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                panic!("apifw run exited with {status} before attaching: {}", stderr_of(&mut child));
+            }
+            assert!(Instant::now() < deadline, "apifw run did not attach within 30 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child: Some(child) }
+    }
+
+    /// Sends `signal` and waits for the exit status; returns it with the daemon's stderr.
+    pub fn stop(mut self, signal: nix::sys::signal::Signal) -> (ExitStatus, String) {
+        let mut child = self.child.take().expect("running");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, signal).expect("kill");
+        let status = child.wait().expect("wait");
+        (status, stderr_of(&mut child))
+    }
+}
+
+/// Whatever the child wrote to its piped stderr.
+pub fn stderr_of(child: &mut Child) -> String {
+    let mut text = String::new();
+    if let Some(stderr) = child.stderr.as_mut() {
+        let _ = stderr.read_to_string(&mut text);
+    }
+    text
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! The real daemon in network namespaces with real traffic: allow/block enforcement with exact
+//! counters, clean detach on SIGTERM, refusal of a second instance, and `stats` without a daemon.
+//!
+//! Needs root. Every test builds its own namespaces, interfaces and pin paths.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use apifw_tests::{
+    daemon::{Daemon, Dirs, apifw, stderr_of},
+    netns::{SERVER_ADDR, VethLab},
+};
+use firewall_common::{Action, Reason};
+use firewall_userspace::stats::Snapshot;
+use nix::sys::signal::Signal;
+
+const BLOCKED: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 66);
+const ALLOWED_IN_BLOCKED: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
+const NEUTRAL: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+
+const POLICY: &str = r#"
+malformed = "drop"
+[allow]
+cidrs = ["203.0.113.7/32"]
+[block]
+cidrs = ["203.0.113.0/24"]
+"#;
+
+/// Per-(action, reason) packet deltas between two snapshots; pairs that did not move are left out.
+fn deltas(before: &Snapshot, after: &Snapshot) -> Vec<(Action, Reason, u64)> {
+    after
+        .counters
+        .iter()
+        .map(|row| {
+            let old = before.get(row.action, row.reason).packets;
+            (row.action, row.reason, row.packets - old)
+        })
+        .filter(|(_, _, delta)| *delta > 0)
+        .collect()
+}
+
+/// Waits until the packets the client sent since `tx_before` have all been counted (XDP runs in
+/// the server's softirq, a moment after the client's send returns), then returns the deltas.
+fn settle(lab: &VethLab, dirs: &Dirs, before: &Snapshot, tx_before: u64) -> (u64, Vec<(Action, Reason, u64)>) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let sent = lab.client_tx_packets() - tx_before;
+        let after = dirs.stats();
+        let counted = after.total_packets() - before.total_packets();
+        if counted >= sent || Instant::now() > deadline {
+            return (sent, deltas(before, &after));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn send_udp(lab: &VethLab, source: Ipv4Addr, count: usize) {
+    lab.client.enter(move || {
+        let socket = UdpSocket::bind((source, 0)).expect("bind client UDP socket");
+        for i in 0..count {
+            socket
+                .send_to(format!("datagram {i}").as_bytes(), (SERVER_ADDR, 7000))
+                .expect("send");
+        }
+    });
+}
+
+#[test]
+fn blocked_sources_are_dropped_and_allowed_ones_pass_with_exact_counters() {
+    let lab = VethLab::new("enf", &[BLOCKED, ALLOWED_IN_BLOCKED, NEUTRAL]);
+    let dirs = Dirs::new("enf");
+    dirs.write_policy(POLICY);
+    let _daemon = Daemon::start(&lab.server, &dirs, &lab.server_if);
+
+    // A UDP server counting datagrams per source, and a TCP echo server.
+    let udp = lab.server.enter(|| UdpSocket::bind((SERVER_ADDR, 7000)).expect("bind UDP"));
+    udp.set_read_timeout(Some(Duration::from_millis(500))).expect("timeout");
+    let tcp = lab.server.enter(|| TcpListener::bind((SERVER_ADDR, 7001)).expect("bind TCP"));
+    let echo = std::thread::spawn(move || {
+        // Exactly one connection is expected: the allowlisted client's.
+        let (mut stream, peer) = tcp.accept().expect("accept");
+        let mut buf = [0u8; 64];
+        let n = stream.read(&mut buf).expect("read");
+        stream.write_all(&buf[..n]).expect("echo");
+        peer
+    });
+
+    // UDP: 20 datagrams from each source.
+    let before = dirs.stats();
+    let tx = lab.client_tx_packets();
+    for source in [BLOCKED, ALLOWED_IN_BLOCKED, NEUTRAL] {
+        send_udp(&lab, source, 20);
+    }
+    let (sent, moved) = settle(&lab, &dirs, &before, tx);
+    assert_eq!(sent, 60, "client sent exactly the datagrams (no ARP/IPv6 noise)");
+    assert_eq!(
+        moved,
+        vec![
+            (Action::Pass, Reason::Default, 20),
+            (Action::Pass, Reason::Allowlist, 20),
+            (Action::Drop, Reason::Blocklist, 20),
+        ],
+        "UDP counter deltas"
+    );
+    let mut received = std::collections::HashMap::<Ipv4Addr, u32>::new();
+    let mut buf = [0u8; 64];
+    while let Ok((_, SocketAddr::V4(peer))) = udp.recv_from(&mut buf) {
+        *received.entry(*peer.ip()).or_default() += 1;
+    }
+    assert_eq!(received.get(&BLOCKED), None, "no datagram from the blocked source arrived");
+    assert_eq!(received.get(&ALLOWED_IN_BLOCKED), Some(&20), "allowlisted datagrams");
+    assert_eq!(received.get(&NEUTRAL), Some(&20), "neutral datagrams");
+
+    // TCP from the allowlisted source inside the blocked range: a full exchange works and every
+    // segment it sent is counted as pass/allowlist.
+    let before = dirs.stats();
+    let tx = lab.client_tx_packets();
+    let reply = lab.client.enter(|| {
+        let socket = connect_from(ALLOWED_IN_BLOCKED, Duration::from_secs(5)).expect("allowed connect");
+        let mut stream = socket;
+        stream.write_all(b"hello").expect("write");
+        let mut buf = [0u8; 5];
+        stream.read_exact(&mut buf).expect("read echo");
+        buf
+    });
+    assert_eq!(&reply, b"hello");
+    let peer = echo.join().expect("echo thread");
+    assert_eq!(peer.ip(), std::net::IpAddr::V4(ALLOWED_IN_BLOCKED));
+    let (sent, moved) = settle(&lab, &dirs, &before, tx);
+    assert!(sent >= 3, "a TCP exchange takes at least 3 segments, client sent {sent}");
+    assert_eq!(moved, vec![(Action::Pass, Reason::Allowlist, sent)], "TCP allowlisted deltas");
+
+    // TCP from the blocked source: the handshake never completes, every SYN is dropped.
+    let before = dirs.stats();
+    let tx = lab.client_tx_packets();
+    let result = lab.client.enter(|| connect_from(BLOCKED, Duration::from_millis(1500)));
+    assert!(result.is_err(), "connection from a blocked source succeeded");
+    let (sent, moved) = settle(&lab, &dirs, &before, tx);
+    assert!(sent >= 1, "the client sent no SYN");
+    assert_eq!(moved, vec![(Action::Drop, Reason::Blocklist, sent)], "TCP blocked deltas");
+}
+
+/// Connects to the TCP echo server from `source` with a timeout.
+fn connect_from(source: Ipv4Addr, timeout: Duration) -> std::io::Result<TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    socket.bind(&SocketAddr::from((source, 0)).into())?;
+    socket.connect_timeout(&SocketAddr::from((SERVER_ADDR, 7001)).into(), timeout)?;
+    Ok(socket.into())
+}
+
+#[test]
+fn sigterm_detaches_and_unpins() {
+    let lab = VethLab::new("term", &[]);
+    let dirs = Dirs::new("term");
+    dirs.write_policy(POLICY);
+    let daemon = Daemon::start(&lab.server, &dirs, &lab.server_if);
+    assert!(lab.server_has_xdp(), "XDP attached while running");
+    assert!(dirs.layout().versioned().exists(), "pins exist while running");
+
+    let (status, stderr) = daemon.stop(Signal::SIGTERM);
+    assert!(status.success(), "daemon exit status {status}: {stderr}");
+    assert!(stderr.contains("detached and unpinned"), "stderr: {stderr}");
+    assert!(!lab.server_has_xdp(), "XDP still attached after SIGTERM");
+    assert!(!dirs.layout().versioned().exists(), "pins left behind after SIGTERM");
+
+    let stats = apifw(&[
+        "stats",
+        "--pin-dir",
+        dirs.pin_dir.to_str().expect("utf-8"),
+    ]);
+    assert!(!stats.status.success(), "stats succeeded without a daemon");
+    let stderr = String::from_utf8_lossy(&stats.stderr);
+    assert!(stderr.contains("no apifw daemon is running"), "stats stderr: {stderr}");
+}
+
+#[test]
+fn second_instance_is_refused_with_a_clear_error() {
+    let lab = VethLab::new("dup", &[]);
+    let first_dirs = Dirs::new("dup1");
+    first_dirs.write_policy(POLICY);
+    let _first = Daemon::start(&lab.server, &first_dirs, &lab.server_if);
+
+    // Same interface, own pin and run directories: the kernel refuses the second attachment.
+    let second_dirs = Dirs::new("dup2");
+    second_dirs.write_policy(POLICY);
+    let mut second = Daemon::spawn(&lab.server, &second_dirs, &lab.server_if);
+    let status = second.wait().expect("wait");
+    let stderr = stderr_of(&mut second);
+    assert!(!status.success(), "second daemon on the same interface started: {stderr}");
+    assert!(
+        stderr.contains(&format!("`{}` already has an XDP program attached", lab.server_if)),
+        "stderr: {stderr}"
+    );
+    assert!(!second_dirs.layout().versioned().exists(), "the refused daemon left pins behind");
+
+    // Same run directory: the instance lock refuses it before anything is loaded.
+    let mut third = Daemon::spawn(&lab.server, &first_dirs, &lab.server_if);
+    let status = third.wait().expect("wait");
+    let stderr = stderr_of(&mut third);
+    assert!(!status.success(), "third daemon started: {stderr}");
+    assert!(stderr.contains("another apifw daemon (pid"), "stderr: {stderr}");
+    assert!(lab.server_has_xdp(), "the first daemon's program must stay attached");
+    assert!(first_dirs.layout().versioned().exists(), "the first daemon's pins must stay");
+}
