@@ -99,10 +99,10 @@ fn teardown(attachments: Vec<Attachment>, layout: &PinLayout) {
         }
     }
     let versioned = layout.versioned();
-    if let Err(err) = std::fs::remove_dir_all(&versioned) {
-        if err.kind() != std::io::ErrorKind::NotFound {
-            error!(path = %versioned.display(), %err, "cannot remove pins");
-        }
+    if let Err(err) = std::fs::remove_dir_all(&versioned)
+        && err.kind() != std::io::ErrorKind::NotFound
+    {
+        error!(path = %versioned.display(), %err, "cannot remove pins");
     }
     // The root is ours too when nothing else lives there.
     let _ = std::fs::remove_dir(layout.root());

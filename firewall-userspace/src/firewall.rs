@@ -31,7 +31,7 @@ pub static EBPF_OBJECT: &[u8] =
 pub enum FirewallError {
     /// The object or its maps could not be loaded (often: not root, or no CAP_BPF).
     #[error("loading the eBPF object failed (needs root or CAP_BPF + CAP_NET_ADMIN)")]
-    Load(#[source] aya::EbpfError),
+    Load(#[source] Box<aya::EbpfError>),
     /// A program is missing from the object or could not be loaded or attached.
     #[error("program `{name}`: {action} failed")]
     Program {
@@ -41,7 +41,7 @@ pub enum FirewallError {
         action: &'static str,
         /// The error.
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     /// The object lacks a map the userspace expects (object and binary out of sync).
     #[error("map `{0}` is missing from the eBPF object")]
@@ -55,7 +55,7 @@ pub enum FirewallError {
         action: &'static str,
         /// The error.
         #[source]
-        source: aya::maps::MapError,
+        source: Box<aya::maps::MapError>,
     },
     /// The lists do not fit the maps.
     #[error(transparent)]
@@ -71,7 +71,7 @@ pub enum FirewallError {
         reason: String,
         /// The error.
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     /// The kernel attached through netlink (no bpf_link), so the attachment cannot be pinned.
     #[error(
@@ -88,7 +88,7 @@ pub enum FirewallError {
         path: PathBuf,
         /// The error.
         #[source]
-        source: aya::pin::PinError,
+        source: Box<aya::pin::PinError>,
     },
     /// A pin directory could not be created.
     #[error("cannot create {}", path.display())]
@@ -135,7 +135,7 @@ fn map_err(
     move |source| FirewallError::Map {
         name,
         action,
-        source,
+        source: Box::new(source),
     }
 }
 
@@ -150,7 +150,7 @@ impl Firewall {
             .map_max_entries(V6_PREFIXES, limits.max_v6_prefixes)
             .map_max_entries(V6_SUMMARY, limits.max_v6_prefixes)
             .load(EBPF_OBJECT)
-            .map_err(FirewallError::Load)?;
+            .map_err(|err| FirewallError::Load(Box::new(err)))?;
         let mut firewall = Self { ebpf };
         firewall.load_program(program_names::FIREWALL)?;
         firewall.fill(policy, &tables)?;
@@ -164,7 +164,7 @@ impl Firewall {
             program.load().map_err(|source| FirewallError::Program {
                 name,
                 action: "load",
-                source,
+                source: Box::new(source),
             })?;
         }
         Ok(program)
@@ -175,7 +175,7 @@ impl Firewall {
         let missing = |source| FirewallError::Program {
             name,
             action: "lookup",
-            source,
+            source: Box::new(source),
         };
         self.ebpf
             .program_mut(name)
@@ -260,14 +260,14 @@ impl Firewall {
                         .map_err(|source| FirewallError::Program {
                             name: program_names::FIREWALL,
                             action: "take link",
-                            source,
+                            source: Box::new(source),
                         })?;
                     let link = FdLink::try_from(link).map_err(|_| FirewallError::NotPinnable {
                         interface: interface.to_owned(),
                     })?;
                     let link = link.pin(pin).map_err(|source| FirewallError::Pin {
                         path: pin.to_owned(),
-                        source,
+                        source: Box::new(source),
                     })?;
                     info!(interface, mode = mode_name(*mode), "attached");
                     return Ok(Attachment {
@@ -286,7 +286,7 @@ impl Firewall {
                         interface: interface.to_owned(),
                         mode: mode_name(*mode),
                         reason,
-                        source,
+                        source: Box::new(source),
                     });
                     if !fallback {
                         break;
@@ -308,8 +308,10 @@ impl Firewall {
         for name in map_names::ALL {
             let map = self.ebpf.map(name).ok_or(FirewallError::MissingMap(name))?;
             let path = layout.map(name);
-            map.pin(&path)
-                .map_err(|source| FirewallError::Pin { path, source })?;
+            map.pin(&path).map_err(|source| FirewallError::Pin {
+                path,
+                source: Box::new(source),
+            })?;
         }
         Ok(())
     }

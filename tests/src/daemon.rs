@@ -90,7 +90,10 @@ impl Dirs {
             String::from_utf8_lossy(&output.stderr)
         );
         serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
-            panic!("apifw stats --json: {err}: {}", String::from_utf8_lossy(&output.stdout))
+            panic!(
+                "apifw stats --json: {err}: {}",
+                String::from_utf8_lossy(&output.stdout)
+            )
         })
     }
 }
@@ -135,9 +138,15 @@ impl Daemon {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !link.exists() {
             if let Some(status) = child.try_wait().expect("try_wait") {
-                panic!("apifw run exited with {status} before attaching: {}", stderr_of(&mut child));
+                panic!(
+                    "apifw run exited with {status} before attaching: {}",
+                    stderr_of(&mut child)
+                );
             }
-            assert!(Instant::now() < deadline, "apifw run did not attach within 30 s");
+            assert!(
+                Instant::now() < deadline,
+                "apifw run did not attach within 30 s"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         Self { child: Some(child) }

@@ -92,7 +92,9 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         // Deleting the namespace also deletes the veth ends inside it.
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
@@ -152,7 +154,15 @@ impl VethLab {
             ns.exec(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
         }
         s.ip(&[
-            "link", "add", &lab.server_if, "type", "veth", "peer", "name", &lab.client_if, "netns",
+            "link",
+            "add",
+            &lab.server_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &lab.client_if,
+            "netns",
             c.name(),
         ]);
         s.ip(&["link", "set", &lab.server_if, "up"]);
@@ -160,19 +170,45 @@ impl VethLab {
         s.ip(&["addr", "add", "192.0.2.1/24", "dev", &lab.server_if]);
         c.ip(&["addr", "add", "192.0.2.2/24", "dev", &lab.client_if]);
         for source in client_sources {
-            c.ip(&["addr", "add", &format!("{source}/32"), "dev", &lab.client_if]);
-            s.ip(&["route", "add", &format!("{source}/32"), "dev", &lab.server_if]);
+            c.ip(&[
+                "addr",
+                "add",
+                &format!("{source}/32"),
+                "dev",
+                &lab.client_if,
+            ]);
+            s.ip(&[
+                "route",
+                "add",
+                &format!("{source}/32"),
+                "dev",
+                &lab.server_if,
+            ]);
         }
         let server_mac = mac_of(s, &lab.server_if);
         let client_mac = mac_of(c, &lab.client_if);
         c.ip(&[
-            "neigh", "replace", "192.0.2.1", "lladdr", &server_mac, "dev", &lab.client_if, "nud",
+            "neigh",
+            "replace",
+            "192.0.2.1",
+            "lladdr",
+            &server_mac,
+            "dev",
+            &lab.client_if,
+            "nud",
             "permanent",
         ]);
         for source in client_sources.iter().copied().chain([CLIENT_ADDR]) {
             s.ip(&[
-                "neigh", "replace", &source.to_string(), "lladdr", &client_mac, "dev",
-                &lab.server_if, "nud", "permanent",
+                "neigh",
+                "replace",
+                &source.to_string(),
+                "lladdr",
+                &client_mac,
+                "dev",
+                &lab.server_if,
+                "nud",
+                "permanent",
             ]);
         }
         lab
@@ -180,7 +216,9 @@ impl VethLab {
 
     /// Packets the client's veth has transmitted so far.
     pub fn client_tx_packets(&self) -> u64 {
-        let output = self.client.ip(&["-j", "-s", "link", "show", "dev", &self.client_if]);
+        let output = self
+            .client
+            .ip(&["-j", "-s", "link", "show", "dev", &self.client_if]);
         let links: serde_json::Value =
             serde_json::from_slice(&output.stdout).expect("ip -j -s link prints JSON");
         links[0]["stats64"]["tx"]["packets"]
@@ -190,7 +228,9 @@ impl VethLab {
 
     /// Whether an XDP program is attached to the server interface.
     pub fn server_has_xdp(&self) -> bool {
-        let output = self.server.ip(&["-j", "link", "show", "dev", &self.server_if]);
+        let output = self
+            .server
+            .ip(&["-j", "link", "show", "dev", &self.server_if]);
         let links: serde_json::Value =
             serde_json::from_slice(&output.stdout).expect("ip -j link prints JSON");
         !links[0]["xdp"].is_null()

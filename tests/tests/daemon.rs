@@ -44,7 +44,12 @@ fn deltas(before: &Snapshot, after: &Snapshot) -> Vec<(Action, Reason, u64)> {
 
 /// Waits until the packets the client sent since `tx_before` have all been counted (XDP runs in
 /// the server's softirq, a moment after the client's send returns), then returns the deltas.
-fn settle(lab: &VethLab, dirs: &Dirs, before: &Snapshot, tx_before: u64) -> (u64, Vec<(Action, Reason, u64)>) {
+fn settle(
+    lab: &VethLab,
+    dirs: &Dirs,
+    before: &Snapshot,
+    tx_before: u64,
+) -> (u64, Vec<(Action, Reason, u64)>) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let sent = lab.client_tx_packets() - tx_before;
@@ -76,9 +81,14 @@ fn blocked_sources_are_dropped_and_allowed_ones_pass_with_exact_counters() {
     let _daemon = Daemon::start(&lab.server, &dirs, &lab.server_if);
 
     // A UDP server counting datagrams per source, and a TCP echo server.
-    let udp = lab.server.enter(|| UdpSocket::bind((SERVER_ADDR, 7000)).expect("bind UDP"));
-    udp.set_read_timeout(Some(Duration::from_millis(500))).expect("timeout");
-    let tcp = lab.server.enter(|| TcpListener::bind((SERVER_ADDR, 7001)).expect("bind TCP"));
+    let udp = lab
+        .server
+        .enter(|| UdpSocket::bind((SERVER_ADDR, 7000)).expect("bind UDP"));
+    udp.set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let tcp = lab
+        .server
+        .enter(|| TcpListener::bind((SERVER_ADDR, 7001)).expect("bind TCP"));
     let echo = std::thread::spawn(move || {
         // Exactly one connection is expected: the allowlisted client's.
         let (mut stream, peer) = tcp.accept().expect("accept");
@@ -95,7 +105,10 @@ fn blocked_sources_are_dropped_and_allowed_ones_pass_with_exact_counters() {
         send_udp(&lab, source, 20);
     }
     let (sent, moved) = settle(&lab, &dirs, &before, tx);
-    assert_eq!(sent, 60, "client sent exactly the datagrams (no ARP/IPv6 noise)");
+    assert_eq!(
+        sent, 60,
+        "client sent exactly the datagrams (no ARP/IPv6 noise)"
+    );
     assert_eq!(
         moved,
         vec![
@@ -110,8 +123,16 @@ fn blocked_sources_are_dropped_and_allowed_ones_pass_with_exact_counters() {
     while let Ok((_, SocketAddr::V4(peer))) = udp.recv_from(&mut buf) {
         *received.entry(*peer.ip()).or_default() += 1;
     }
-    assert_eq!(received.get(&BLOCKED), None, "no datagram from the blocked source arrived");
-    assert_eq!(received.get(&ALLOWED_IN_BLOCKED), Some(&20), "allowlisted datagrams");
+    assert_eq!(
+        received.get(&BLOCKED),
+        None,
+        "no datagram from the blocked source arrived"
+    );
+    assert_eq!(
+        received.get(&ALLOWED_IN_BLOCKED),
+        Some(&20),
+        "allowlisted datagrams"
+    );
     assert_eq!(received.get(&NEUTRAL), Some(&20), "neutral datagrams");
 
     // TCP from the allowlisted source inside the blocked range: a full exchange works and every
@@ -119,7 +140,8 @@ fn blocked_sources_are_dropped_and_allowed_ones_pass_with_exact_counters() {
     let before = dirs.stats();
     let tx = lab.client_tx_packets();
     let reply = lab.client.enter(|| {
-        let socket = connect_from(ALLOWED_IN_BLOCKED, Duration::from_secs(5)).expect("allowed connect");
+        let socket =
+            connect_from(ALLOWED_IN_BLOCKED, Duration::from_secs(5)).expect("allowed connect");
         let mut stream = socket;
         stream.write_all(b"hello").expect("write");
         let mut buf = [0u8; 5];
@@ -130,17 +152,33 @@ fn blocked_sources_are_dropped_and_allowed_ones_pass_with_exact_counters() {
     let peer = echo.join().expect("echo thread");
     assert_eq!(peer.ip(), std::net::IpAddr::V4(ALLOWED_IN_BLOCKED));
     let (sent, moved) = settle(&lab, &dirs, &before, tx);
-    assert!(sent >= 3, "a TCP exchange takes at least 3 segments, client sent {sent}");
-    assert_eq!(moved, vec![(Action::Pass, Reason::Allowlist, sent)], "TCP allowlisted deltas");
+    assert!(
+        sent >= 3,
+        "a TCP exchange takes at least 3 segments, client sent {sent}"
+    );
+    assert_eq!(
+        moved,
+        vec![(Action::Pass, Reason::Allowlist, sent)],
+        "TCP allowlisted deltas"
+    );
 
     // TCP from the blocked source: the handshake never completes, every SYN is dropped.
     let before = dirs.stats();
     let tx = lab.client_tx_packets();
-    let result = lab.client.enter(|| connect_from(BLOCKED, Duration::from_millis(1500)));
-    assert!(result.is_err(), "connection from a blocked source succeeded");
+    let result = lab
+        .client
+        .enter(|| connect_from(BLOCKED, Duration::from_millis(1500)));
+    assert!(
+        result.is_err(),
+        "connection from a blocked source succeeded"
+    );
     let (sent, moved) = settle(&lab, &dirs, &before, tx);
     assert!(sent >= 1, "the client sent no SYN");
-    assert_eq!(moved, vec![(Action::Drop, Reason::Blocklist, sent)], "TCP blocked deltas");
+    assert_eq!(
+        moved,
+        vec![(Action::Drop, Reason::Blocklist, sent)],
+        "TCP blocked deltas"
+    );
 }
 
 /// Connects to the TCP echo server from `source` with a timeout.
@@ -159,22 +197,27 @@ fn sigterm_detaches_and_unpins() {
     dirs.write_policy(POLICY);
     let daemon = Daemon::start(&lab.server, &dirs, &lab.server_if);
     assert!(lab.server_has_xdp(), "XDP attached while running");
-    assert!(dirs.layout().versioned().exists(), "pins exist while running");
+    assert!(
+        dirs.layout().versioned().exists(),
+        "pins exist while running"
+    );
 
     let (status, stderr) = daemon.stop(Signal::SIGTERM);
     assert!(status.success(), "daemon exit status {status}: {stderr}");
     assert!(stderr.contains("detached and unpinned"), "stderr: {stderr}");
     assert!(!lab.server_has_xdp(), "XDP still attached after SIGTERM");
-    assert!(!dirs.layout().versioned().exists(), "pins left behind after SIGTERM");
+    assert!(
+        !dirs.layout().versioned().exists(),
+        "pins left behind after SIGTERM"
+    );
 
-    let stats = apifw(&[
-        "stats",
-        "--pin-dir",
-        dirs.pin_dir.to_str().expect("utf-8"),
-    ]);
+    let stats = apifw(&["stats", "--pin-dir", dirs.pin_dir.to_str().expect("utf-8")]);
     assert!(!stats.status.success(), "stats succeeded without a daemon");
     let stderr = String::from_utf8_lossy(&stats.stderr);
-    assert!(stderr.contains("no apifw daemon is running"), "stats stderr: {stderr}");
+    assert!(
+        stderr.contains("no apifw daemon is running"),
+        "stats stderr: {stderr}"
+    );
 }
 
 #[test]
@@ -190,19 +233,37 @@ fn second_instance_is_refused_with_a_clear_error() {
     let mut second = Daemon::spawn(&lab.server, &second_dirs, &lab.server_if);
     let status = second.wait().expect("wait");
     let stderr = stderr_of(&mut second);
-    assert!(!status.success(), "second daemon on the same interface started: {stderr}");
     assert!(
-        stderr.contains(&format!("`{}` already has an XDP program attached", lab.server_if)),
+        !status.success(),
+        "second daemon on the same interface started: {stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "`{}` already has an XDP program attached",
+            lab.server_if
+        )),
         "stderr: {stderr}"
     );
-    assert!(!second_dirs.layout().versioned().exists(), "the refused daemon left pins behind");
+    assert!(
+        !second_dirs.layout().versioned().exists(),
+        "the refused daemon left pins behind"
+    );
 
     // Same run directory: the instance lock refuses it before anything is loaded.
     let mut third = Daemon::spawn(&lab.server, &first_dirs, &lab.server_if);
     let status = third.wait().expect("wait");
     let stderr = stderr_of(&mut third);
     assert!(!status.success(), "third daemon started: {stderr}");
-    assert!(stderr.contains("another apifw daemon (pid"), "stderr: {stderr}");
-    assert!(lab.server_has_xdp(), "the first daemon's program must stay attached");
-    assert!(first_dirs.layout().versioned().exists(), "the first daemon's pins must stay");
+    assert!(
+        stderr.contains("another apifw daemon (pid"),
+        "stderr: {stderr}"
+    );
+    assert!(
+        lab.server_has_xdp(),
+        "the first daemon's program must stay attached"
+    );
+    assert!(
+        first_dirs.layout().versioned().exists(),
+        "the first daemon's pins must stay"
+    );
 }

@@ -89,7 +89,11 @@ impl Expected {
     fn assert_matches(&self, firewall: &Firewall) {
         let snapshot = firewall.stats().expect("read counters");
         for row in &snapshot.counters {
-            let (packets, bytes) = self.0.get(&(row.action, row.reason)).copied().unwrap_or_default();
+            let (packets, bytes) = self
+                .0
+                .get(&(row.action, row.reason))
+                .copied()
+                .unwrap_or_default();
             assert_eq!(
                 (row.packets, row.bytes),
                 (packets, bytes),
@@ -150,7 +154,11 @@ fn crafted_table_matches_model() {
             reasons_seen.insert(want.reason);
         }
         // The table exercises every reason, so a counter slot mix-up cannot go unnoticed.
-        assert_eq!(reasons_seen.len(), Reason::ALL.len(), "reasons covered: {reasons_seen:?}");
+        assert_eq!(
+            reasons_seen.len(),
+            Reason::ALL.len(),
+            "reasons covered: {reasons_seen:?}"
+        );
         expected.assert_matches(&firewall);
     }
 }
@@ -179,7 +187,12 @@ fn random_frames_and_every_truncation_match_model() {
         }
     }
     assert!(runs > 100_000, "only {runs} frames run");
-    assert!(mismatches.is_empty(), "{} mismatches, first:\n{}", mismatches.len(), mismatches.join("\n"));
+    assert!(
+        mismatches.is_empty(),
+        "{} mismatches, first:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
     expected.assert_matches(&firewall);
 }
 
@@ -219,12 +232,22 @@ fn large_random_lists_match_model() {
             let addr = std::net::Ipv4Addr::from(
                 (u32::from(rng.random_range(192u8..=203)) << 24) | rng.random_range(0..1 << 24),
             );
-            IpNet::from(ipnet::Ipv4Net::new(addr, rng.random_range(8..=32)).expect("len").trunc())
+            IpNet::from(
+                ipnet::Ipv4Net::new(addr, rng.random_range(8..=32))
+                    .expect("len")
+                    .trunc(),
+            )
         } else {
             let addr = std::net::Ipv6Addr::from(
-                (0x2001_0db8u128 << 96) | (u128::from(rng.random::<u8>()) << 88) | u128::from(rng.random::<u64>()),
+                (0x2001_0db8u128 << 96)
+                    | (u128::from(rng.random::<u8>()) << 88)
+                    | u128::from(rng.random::<u64>()),
             );
-            IpNet::from(ipnet::Ipv6Net::new(addr, rng.random_range(16..=128)).expect("len").trunc())
+            IpNet::from(
+                ipnet::Ipv6Net::new(addr, rng.random_range(16..=128))
+                    .expect("len")
+                    .trunc(),
+            )
         }
     };
     let allow: Vec<IpNet> = (0..300).map(|i| random_net(i % 2 == 0)).collect();
@@ -244,8 +267,17 @@ fn large_random_lists_match_model() {
         assert_eq!(got, want.action, "model {want:?}: {}", hex(&frame));
         expected.add(want, frame.len());
     }
-    let blocked = expected.0.get(&(Action::Drop, Reason::Blocklist)).map_or(0, |(p, _)| *p);
-    let allowed = expected.0.get(&(Action::Pass, Reason::Allowlist)).map_or(0, |(p, _)| *p);
-    assert!(blocked > 500 && allowed > 50, "too few hits to mean anything: {blocked} blocked, {allowed} allowed");
+    let blocked = expected
+        .0
+        .get(&(Action::Drop, Reason::Blocklist))
+        .map_or(0, |(p, _)| *p);
+    let allowed = expected
+        .0
+        .get(&(Action::Pass, Reason::Allowlist))
+        .map_or(0, |(p, _)| *p);
+    assert!(
+        blocked > 500 && allowed > 50,
+        "too few hits to mean anything: {blocked} blocked, {allowed} allowed"
+    );
     expected.assert_matches(&firewall);
 }
