@@ -93,6 +93,23 @@ pub fn table(sources: &[IpAddr]) -> Vec<Case> {
     cases
 }
 
+/// A plain UDP datagram (64-byte frame class) from `src` to [`DST_V4`] or [`DST_V6`]: the packet
+/// benchmarks repeat.
+pub fn udp_frame(src: IpAddr) -> Vec<u8> {
+    let builder = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1]);
+    let builder = match src {
+        IpAddr::V4(src) => builder.ipv4(src.octets(), DST_V4.octets(), 64),
+        IpAddr::V6(src) => builder.ipv6(src.octets(), DST_V6.octets(), 64),
+    };
+    let builder = builder.udp(UDP_PORTS.0, UDP_PORTS.1);
+    let payload = [0u8; 18];
+    let mut frame = Vec::with_capacity(builder.size(payload.len()));
+    builder
+        .write(&mut frame, &payload)
+        .expect("writing to a Vec cannot fail");
+    frame
+}
+
 /// `count` pseudo-random frames, the same for the same `seed` and `near`.
 ///
 /// About 3% are non-IP (random EtherType). The rest are IPv4 or IPv6 with 0-2 VLAN tags

@@ -1,0 +1,249 @@
+//! `cargo xtask bench`: per-packet cost of the XDP program with BPF_PROG_TEST_RUN, as ratios to
+//! an empty XDP program measured in the same run, written as Markdown.
+//!
+//! Every case is measured `--runs` times (default 5), interleaved with the empty program so that
+//! machine noise hits both alike; the median and the spread (min..max) are reported.
+
+use std::{
+    fmt::Write as _,
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+    time::Instant,
+};
+
+use anyhow::{Context as _, bail};
+use apifw_tests::packets::udp_frame;
+use aya::programs::{TestRun as _, TestRunOptions};
+use firewall_common::program_names;
+use firewall_userspace::{Firewall, Policy};
+use ipnet::{IpNet, Ipv4Net};
+use rand::{Rng as _, SeedableRng as _, rngs::SmallRng};
+
+struct Args {
+    out: PathBuf,
+    repeat: u32,
+    runs: usize,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut args = Args {
+        out: PathBuf::from("docs/BENCHMARKS.md"),
+        repeat: 1_000_000,
+        runs: 5,
+    };
+    let mut iter = std::env::args().skip(1);
+    while let Some(arg) = iter.next() {
+        let mut value = || iter.next().with_context(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--out" => args.out = PathBuf::from(value()?),
+            "--repeat" => args.repeat = value()?.parse()?,
+            "--runs" => args.runs = value()?.parse()?,
+            other => bail!("unknown argument {other} (known: --out FILE, --repeat N, --runs N)"),
+        }
+    }
+    if args.runs == 0 || args.repeat == 0 {
+        bail!("--runs and --repeat must be at least 1");
+    }
+    Ok(args)
+}
+
+/// The blocked /32 and /24 and the passing source used in every case; the random list never
+/// touches 203.0.113.0/24 except through these entries.
+const BLOCKED_HOST: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 66);
+const BLOCKED_NET_MEMBER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 99);
+const PASSED_SAME_16: Ipv4Addr = Ipv4Addr::new(203, 0, 114, 1);
+
+/// `size` prefixes: the fixed entries above plus a realistic random mix (70% /32, 25% /24,
+/// 5% /16) spread over the IPv4 space.
+fn blocklist(size: usize, rng: &mut SmallRng) -> Vec<IpNet> {
+    let mut list: Vec<IpNet> = vec![
+        IpNet::V4(Ipv4Net::new(BLOCKED_HOST, 32).expect("/32")),
+        IpNet::V4(Ipv4Net::new(Ipv4Addr::new(203, 0, 113, 0), 24).expect("/24")),
+    ];
+    list.truncate(size);
+    let mut seen: std::collections::HashSet<IpNet> = list.iter().copied().collect();
+    while list.len() < size {
+        let roll = rng.random_range(0..100);
+        let len = if roll < 70 {
+            32
+        } else if roll < 95 {
+            24
+        } else {
+            16
+        };
+        let addr = Ipv4Addr::from(rng.random::<u32>());
+        // Keep the benchmark sources' /16 free of random entries so every case is the same.
+        if addr.octets()[..2] == [203, 0] {
+            continue;
+        }
+        let net = IpNet::V4(Ipv4Net::new(addr, len).expect("len").trunc());
+        if seen.insert(net) {
+            list.push(net);
+        }
+    }
+    list
+}
+
+fn ns_per_packet(
+    firewall: &mut Firewall,
+    program: &'static str,
+    frame: &[u8],
+    repeat: u32,
+) -> anyhow::Result<f64> {
+    let program = firewall.program_mut(program)?;
+    let result = program.test_run(TestRunOptions {
+        data_in: Some(frame),
+        repeat,
+        ..TestRunOptions::default()
+    })?;
+    // The kernel reports the mean duration of one run over `repeat` runs.
+    Ok(result.duration.as_nanos() as f64)
+}
+
+struct Measurement {
+    case: String,
+    median: f64,
+    min: f64,
+    max: f64,
+    ratio: f64,
+    ratio_min: f64,
+    ratio_max: f64,
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    let mut rng = SmallRng::seed_from_u64(0xBE4C);
+    let cases = [
+        ("blocked source (/32 entry)", IpAddr::V4(BLOCKED_HOST)),
+        ("blocked source (/24 entry)", IpAddr::V4(BLOCKED_NET_MEMBER)),
+        (
+            "passed source, same /16 as entries",
+            IpAddr::V4(PASSED_SAME_16),
+        ),
+        (
+            "passed source, empty /16",
+            IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10)),
+        ),
+    ];
+    let mut rows: Vec<(usize, f64, Measurement)> = Vec::new();
+    let mut floors = Vec::new();
+    for size in [1usize, 100_000, 1_000_000] {
+        let policy = Policy {
+            block: blocklist(size, &mut rng),
+            ..Policy::default()
+        };
+        let started = Instant::now();
+        let mut firewall = Firewall::load(&policy).context("load firewall (root needed)")?;
+        let load_seconds = started.elapsed().as_secs_f64();
+        firewall.load_program(program_names::EMPTY)?;
+        eprintln!("bench: {size} prefixes loaded in {load_seconds:.2} s");
+        for (name, source) in cases {
+            let frame = udp_frame(source);
+            let (mut apifw, mut empty, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..args.runs {
+                let floor =
+                    ns_per_packet(&mut firewall, program_names::EMPTY, &frame, args.repeat)?;
+                let cost =
+                    ns_per_packet(&mut firewall, program_names::FIREWALL, &frame, args.repeat)?;
+                empty.push(floor);
+                apifw.push(cost);
+                ratios.push(cost / floor.max(0.5));
+            }
+            floors.extend(empty.iter().copied());
+            let (min, max) = (
+                apifw.iter().copied().fold(f64::MAX, f64::min),
+                apifw.iter().copied().fold(0.0, f64::max),
+            );
+            let (ratio_min, ratio_max) = (
+                ratios.iter().copied().fold(f64::MAX, f64::min),
+                ratios.iter().copied().fold(0.0, f64::max),
+            );
+            let measurement = Measurement {
+                case: name.to_owned(),
+                median: median(&mut apifw),
+                min,
+                max,
+                ratio: median(&mut ratios),
+                ratio_min,
+                ratio_max,
+            };
+            eprintln!(
+                "bench: {size:>9} prefixes, {name}: {:.1} ns/packet, {:.2}x empty",
+                measurement.median, measurement.ratio
+            );
+            rows.push((size, load_seconds, measurement));
+        }
+    }
+
+    let floor = median(&mut floors);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("model name")
+                .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let mut md = String::new();
+    writeln!(md, "# Benchmarks\n")?;
+    writeln!(
+        md,
+        "Generated by `cargo xtask bench` (do not edit by hand). Per-packet cost of the XDP program \
+         measured with `BPF_PROG_TEST_RUN` (`repeat` = {}), median of {} runs, each interleaved with a \
+         run of an empty XDP program (`{}`, returns `XDP_PASS`) on the same packet, so the ratio \
+         column compares two numbers taken moments apart. Spread is min..max over the runs.\n",
+        args.repeat,
+        args.runs,
+        program_names::EMPTY
+    )?;
+    writeln!(
+        md,
+        "- Machine: {cpu}, {} CPUs, kernel {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        kernel.trim()
+    )?;
+    writeln!(md, "- Packet: 64-byte Ethernet/IPv4/UDP frame")?;
+    writeln!(
+        md,
+        "- Empty XDP program: {floor:.1} ns/packet (median over all runs)"
+    )?;
+    writeln!(
+        md,
+        "- Blocklists: random mix of 70% /32, 25% /24, 5% /16 over the IPv4 space, plus the \
+         benchmark's own /32 and /24 entries\n"
+    )?;
+    writeln!(md, "## Blocklist lookup (issue #2)\n")?;
+    writeln!(
+        md,
+        "Goal: blocked source at 1M prefixes ≤ 1.5× the empty program.\n"
+    )?;
+    writeln!(
+        md,
+        "| prefixes | load time | case | ns/packet (median) | spread | × empty (median) | × empty spread |"
+    )?;
+    writeln!(md, "|---:|---:|---|---:|---:|---:|---:|")?;
+    for (size, load, m) in &rows {
+        writeln!(
+            md,
+            "| {size} | {load:.2} s | {} | {:.1} | {:.1}..{:.1} | {:.2} | {:.2}..{:.2} |",
+            m.case, m.median, m.min, m.max, m.ratio, m.ratio_min, m.ratio_max
+        )?;
+    }
+    if let Some(parent) = args.out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&args.out, md).with_context(|| format!("write {}", args.out.display()))?;
+    eprintln!("bench: wrote {}", args.out.display());
+    Ok(())
+}
