@@ -19,29 +19,59 @@ pub struct Packet {
     pub source: Source,
 }
 
-/// A pointer to `T` at `offset` in the frame, if the whole `T` lies inside it.
-#[inline(always)]
-fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Result<*const T, Malformed> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + offset + core::mem::size_of::<T>() > end {
-        return Err(Malformed);
-    }
-    Ok((start + offset) as *const T)
+/// `N` bytes of the frame at a checked offset. Fields are read straight from packet memory, one
+/// at a time, rather than copying the whole header onto the 512-byte stack first.
+#[derive(Clone, Copy)]
+struct Header<const N: usize> {
+    ptr: *const u8,
 }
 
-/// Copies `N` bytes at `offset` out of the frame.
-#[inline(always)]
-fn bytes_at<const N: usize>(ctx: &XdpContext, offset: usize) -> Result<[u8; N], Malformed> {
-    let ptr = ptr_at::<[u8; N]>(ctx, offset)?;
-    // SAFETY: `ptr_at` checked that all N bytes lie between data and data_end; [u8; N] has
-    // alignment 1, so an unaligned packet offset is fine.
-    Ok(unsafe { *ptr })
+impl<const N: usize> Header<N> {
+    /// The `N` bytes at `offset`, if they all lie inside the frame.
+    #[inline(always)]
+    fn at(ctx: &XdpContext, offset: usize) -> Result<Self, Malformed> {
+        let start = ctx.data();
+        if start + offset + N > ctx.data_end() {
+            return Err(Malformed);
+        }
+        Ok(Self {
+            ptr: (start + offset) as *const u8,
+        })
+    }
+
+    #[inline(always)]
+    fn u8(self, index: usize) -> u8 {
+        // Callers pass constant indices below N; this keeps an out-of-range index harmless
+        // (and the verifier would reject it anyway).
+        let index = if index < N { index } else { N - 1 };
+        // SAFETY: `at` checked that ptr..ptr+N lies between data and data_end, and index < N.
+        unsafe { *self.ptr.add(index) }
+    }
+
+    #[inline(always)]
+    fn be16(self, index: usize) -> u16 {
+        u16::from_be_bytes([self.u8(index), self.u8(index + 1)])
+    }
+
+    #[inline(always)]
+    fn be32(self, index: usize) -> u32 {
+        u32::from_be_bytes([
+            self.u8(index),
+            self.u8(index + 1),
+            self.u8(index + 2),
+            self.u8(index + 3),
+        ])
+    }
+
+    #[inline(always)]
+    fn be64(self, index: usize) -> u64 {
+        (u64::from(self.be32(index)) << 32) | u64::from(self.be32(index + 4))
+    }
 }
 
 #[inline(always)]
 fn be16_at(ctx: &XdpContext, offset: usize) -> Result<u16, Malformed> {
-    Ok(u16::from_be_bytes(bytes_at::<2>(ctx, offset)?))
+    Ok(Header::<2>::at(ctx, offset)?.be16(0))
 }
 
 /// `Ok(None)` for non-IP frames, `Ok(Some(_))` for well-formed IP packets.
@@ -65,38 +95,35 @@ pub fn parse(ctx: &XdpContext) -> Result<Option<Packet>, Malformed> {
 
 #[inline(always)]
 fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Result<Packet, Malformed> {
-    let header = bytes_at::<20>(ctx, l3)?;
-    let header_len = usize::from(header[0] & 0x0f) * 4;
-    let total_len = usize::from(u16::from_be_bytes([header[2], header[3]]));
-    if header[0] >> 4 != 4 || header_len < 20 || total_len < header_len {
+    let header = Header::<20>::at(ctx, l3)?;
+    let first = header.u8(0);
+    let header_len = usize::from(first & 0x0f) * 4;
+    let total_len = usize::from(header.be16(2));
+    if first >> 4 != 4 || header_len < 20 || total_len < header_len {
         return Err(Malformed);
     }
     // The options must be present too.
     if ctx.data() + l3 + header_len > ctx.data_end() {
         return Err(Malformed);
     }
-    let fragment_offset = u16::from_be_bytes([header[6], header[7]]) & 0x1fff;
+    let fragment_offset = header.be16(6) & 0x1fff;
     if fragment_offset == 0 {
-        check_transport(ctx, header[9], l3 + header_len)?;
+        check_transport(ctx, header.u8(9), l3 + header_len)?;
     }
-    let source = u32::from_be_bytes([header[12], header[13], header[14], header[15]]);
     Ok(Packet {
-        source: Source::V4(source),
+        source: Source::V4(header.be32(12)),
     })
 }
 
 #[inline(always)]
 fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Result<Packet, Malformed> {
-    let first = bytes_at::<8>(ctx, l3)?;
-    if first[0] >> 4 != 6 {
+    let header = Header::<IPV6_HLEN>::at(ctx, l3)?;
+    if header.u8(0) >> 4 != 6 {
         return Err(Malformed);
     }
-    let hi = u64::from_be_bytes(bytes_at::<8>(ctx, l3 + 8)?);
-    let lo = u64::from_be_bytes(bytes_at::<8>(ctx, l3 + 16)?);
-    // The destination must be present as well: the fixed header is 40 bytes.
-    ptr_at::<[u8; 16]>(ctx, l3 + 24)?;
+    let (hi, lo) = (header.be64(8), header.be64(16));
 
-    let mut next = first[6];
+    let mut next = header.u8(6);
     let mut offset = IPV6_HLEN;
     let mut first_fragment = true;
     let mut headers = 0;
@@ -112,20 +139,20 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Result<Packet, Malformed> {
             return Err(Malformed);
         }
         headers += 1;
-        let header = bytes_at::<8>(ctx, l3 + offset)?;
+        let header = Header::<8>::at(ctx, l3 + offset)?;
         if next == IPPROTO_FRAGMENT {
-            next = header[0];
+            next = header.u8(0);
             offset += 8;
-            if u16::from_be_bytes([header[2], header[3]]) >> 3 != 0 {
+            if header.be16(2) >> 3 != 0 {
                 first_fragment = false;
                 break;
             }
         } else {
-            let len = (usize::from(header[1]) + 1) * 8;
+            let len = (usize::from(header.u8(1)) + 1) * 8;
             if ctx.data() + l3 + offset + len > ctx.data_end() {
                 return Err(Malformed);
             }
-            next = header[0];
+            next = header.u8(0);
             offset += len;
         }
     }
@@ -142,13 +169,12 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Result<Packet, Malformed> {
 fn check_transport(ctx: &XdpContext, protocol: u8, l4: usize) -> Result<(), Malformed> {
     match protocol {
         IPPROTO_TCP => {
-            let header = bytes_at::<TCP_HLEN>(ctx, l4)?;
-            if header[12] >> 4 < 5 {
+            if Header::<TCP_HLEN>::at(ctx, l4)?.u8(12) >> 4 < 5 {
                 return Err(Malformed);
             }
         }
         IPPROTO_UDP => {
-            ptr_at::<[u8; UDP_HLEN]>(ctx, l4)?;
+            Header::<UDP_HLEN>::at(ctx, l4)?;
         }
         _ => {}
     }

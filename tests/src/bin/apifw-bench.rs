@@ -72,8 +72,8 @@ fn blocklist(size: usize, rng: &mut SmallRng) -> Vec<IpNet> {
             16
         };
         let addr = Ipv4Addr::from(rng.random::<u32>());
-        // Keep the benchmark sources' /16 free of random entries so every case is the same.
-        if addr.octets()[..2] == [203, 0] {
+        // Keep the benchmark sources' /16s free of random entries so every case is the same.
+        if addr.octets()[..2] == [203, 0] || addr.octets()[..2] == [192, 0] {
             continue;
         }
         let net = IpNet::V4(Ipv4Net::new(addr, len).expect("len").trunc());
@@ -108,6 +108,15 @@ struct Measurement {
     ratio: f64,
     ratio_min: f64,
     ratio_max: f64,
+    lookup_ratio: f64,
+}
+
+/// (min, max) of `values`.
+fn spread(values: &[f64]) -> (f64, f64) {
+    (
+        values.iter().copied().fold(f64::MAX, f64::min),
+        values.iter().copied().fold(0.0, f64::max),
+    )
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -122,6 +131,11 @@ fn median(values: &mut [f64]) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
+    // One CPU for the whole run: no migrations between the runs that are compared.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpus - 1)?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
     let mut rng = SmallRng::seed_from_u64(0xBE4C);
     let cases = [
         ("blocked source (/32 entry)", IpAddr::V4(BLOCKED_HOST)),
@@ -131,12 +145,13 @@ fn main() -> anyhow::Result<()> {
             IpAddr::V4(PASSED_SAME_16),
         ),
         (
-            "passed source, empty /16",
+            "passed source, /16 without entries",
             IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10)),
         ),
     ];
     let mut rows: Vec<(usize, f64, Measurement)> = Vec::new();
     let mut floors = Vec::new();
+    let mut lookups = Vec::new();
     for size in [1usize, 100_000, 1_000_000] {
         let policy = Policy {
             block: blocklist(size, &mut rng),
@@ -146,28 +161,30 @@ fn main() -> anyhow::Result<()> {
         let mut firewall = Firewall::load(&policy).context("load firewall (root needed)")?;
         let load_seconds = started.elapsed().as_secs_f64();
         firewall.load_program(program_names::EMPTY)?;
+        firewall.load_program(program_names::ONE_LOOKUP)?;
         eprintln!("bench: {size} prefixes loaded in {load_seconds:.2} s");
         for (name, source) in cases {
             let frame = udp_frame(source);
-            let (mut apifw, mut empty, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut apifw, mut ratios, mut lookup_ratios) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..args.runs {
                 let floor =
                     ns_per_packet(&mut firewall, program_names::EMPTY, &frame, args.repeat)?;
+                let lookup = ns_per_packet(
+                    &mut firewall,
+                    program_names::ONE_LOOKUP,
+                    &frame,
+                    args.repeat,
+                )?;
                 let cost =
                     ns_per_packet(&mut firewall, program_names::FIREWALL, &frame, args.repeat)?;
-                empty.push(floor);
+                floors.push(floor);
+                lookups.push(lookup);
                 apifw.push(cost);
                 ratios.push(cost / floor.max(0.5));
+                lookup_ratios.push(cost / lookup.max(0.5));
             }
-            floors.extend(empty.iter().copied());
-            let (min, max) = (
-                apifw.iter().copied().fold(f64::MAX, f64::min),
-                apifw.iter().copied().fold(0.0, f64::max),
-            );
-            let (ratio_min, ratio_max) = (
-                ratios.iter().copied().fold(f64::MAX, f64::min),
-                ratios.iter().copied().fold(0.0, f64::max),
-            );
+            let (min, max) = spread(&apifw);
+            let (ratio_min, ratio_max) = spread(&ratios);
             let measurement = Measurement {
                 case: name.to_owned(),
                 median: median(&mut apifw),
@@ -176,16 +193,18 @@ fn main() -> anyhow::Result<()> {
                 ratio: median(&mut ratios),
                 ratio_min,
                 ratio_max,
+                lookup_ratio: median(&mut lookup_ratios),
             };
             eprintln!(
-                "bench: {size:>9} prefixes, {name}: {:.1} ns/packet, {:.2}x empty",
-                measurement.median, measurement.ratio
+                "bench: {size:>9} prefixes, {name}: {:.1} ns/packet, {:.2}x empty, {:.2}x one lookup",
+                measurement.median, measurement.ratio, measurement.lookup_ratio
             );
             rows.push((size, load_seconds, measurement));
         }
     }
 
     let floor = median(&mut floors);
+    let lookup = median(&mut lookups);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
@@ -213,10 +232,19 @@ fn main() -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         kernel.trim()
     )?;
-    writeln!(md, "- Packet: 64-byte Ethernet/IPv4/UDP frame")?;
+    writeln!(
+        md,
+        "- Packet: 64-byte Ethernet/IPv4/UDP frame; the benchmark process is pinned to the last CPU"
+    )?;
     writeln!(
         md,
         "- Empty XDP program: {floor:.1} ns/packet (median over all runs)"
+    )?;
+    writeln!(
+        md,
+        "- One-lookup program (`{}`: bounds checks, one hash lookup of the source's /32, one \
+         counter update): {lookup:.1} ns/packet (median over all runs)",
+        program_names::ONE_LOOKUP
     )?;
     writeln!(
         md,
@@ -236,8 +264,8 @@ fn main() -> anyhow::Result<()> {
     for (size, load, m) in &rows {
         writeln!(
             md,
-            "| {size} | {load:.2} s | {} | {:.1} | {:.1}..{:.1} | {:.2} | {:.2}..{:.2} |",
-            m.case, m.median, m.min, m.max, m.ratio, m.ratio_min, m.ratio_max
+            "| {size} | {load:.2} s | {} | {:.1} | {:.1}..{:.1} | {:.2} | {:.2}..{:.2} | {:.2} |",
+            m.case, m.median, m.min, m.max, m.ratio, m.ratio_min, m.ratio_max, m.lookup_ratio
         )?;
     }
     if let Some(parent) = args.out.parent() {

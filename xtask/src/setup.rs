@@ -1,0 +1,328 @@
+//! `cargo xtask setup`: make this machine able to build and test apifw.
+//!
+//! Every step checks before it acts, so running setup again is cheap and changes nothing;
+//! `test` and `demo` run it first so that a fresh machine needs no separate set-up step.
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    os::unix::fs::symlink,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{cmd, root};
+
+/// The bpf-linker release we build; pinned so a new release cannot break a fresh machine.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Commands the integration tests and the demo run, and the Debian package providing each.
+const REQUIRED_COMMANDS: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("nsenter", "util-linux"),
+    ("bpftool", "bpftool"),
+    ("curl", "curl"),
+    ("python3", "python3"),
+];
+
+/// Where the programs pin their maps and links.
+const BPFFS: &str = "/sys/fs/bpf";
+
+pub fn run() -> Result<()> {
+    ensure_nightly()?;
+    ensure_bpf_linker()?;
+    ensure_debian_packages()?;
+    ensure_bpffs()?;
+    Ok(())
+}
+
+/// The eBPF crate needs nightly (`-Z build-std` for `bpfel-unknown-none`) and so rust-src.
+fn ensure_nightly() -> Result<()> {
+    if which::which("rustup").is_err() {
+        bail!("rustup is not on PATH: install it from https://rustup.rs and retry");
+    }
+    if cmd::succeeds(rustup().args(["run", "nightly", "rustc", "-V"])) {
+        println!("setup: nightly ok");
+    } else {
+        println!("setup: nightly missing, installing it");
+        cmd::run(rustup().args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+        println!("setup: nightly installed");
+    }
+
+    let installed =
+        cmd::output(rustup().args(["component", "list", "--toolchain", "nightly", "--installed"]))?;
+    if has_component(&installed, "rust-src") {
+        println!("setup: rust-src ok");
+    } else {
+        println!("setup: rust-src missing, installing it");
+        cmd::run(rustup().args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        println!("setup: rust-src installed");
+    }
+    Ok(())
+}
+
+fn rustup() -> Command {
+    Command::new("rustup")
+}
+
+/// Whether `rustup component list --installed` output names `component`.
+fn has_component(list: &str, component: &str) -> bool {
+    list.lines()
+        .any(|line| line.split_whitespace().next() == Some(component))
+}
+
+/// bpf-linker links the eBPF object. A binary that is on PATH but does not run (its libLLVM was
+/// removed, e.g. by a nightly update) is rebuilt rather than trusted.
+fn ensure_bpf_linker() -> Result<()> {
+    match which::which("bpf-linker") {
+        Ok(path) if cmd::succeeds(Command::new(&path).arg("--version")) => {
+            println!("setup: bpf-linker ok ({})", path.display());
+            return Ok(());
+        }
+        Ok(path) => println!(
+            "setup: {} does not run (its libLLVM is probably gone), rebuilding it",
+            path.display()
+        ),
+        Err(_) => println!("setup: bpf-linker missing, building it against nightly's libLLVM"),
+    }
+    install_bpf_linker()?;
+    match which::which("bpf-linker") {
+        Ok(path) => {
+            println!("setup: bpf-linker installed ({})", path.display());
+            Ok(())
+        }
+        Err(_) => bail!(
+            "bpf-linker was installed into {} but that directory is not on PATH; add it",
+            cargo_home()?.join("bin").display()
+        ),
+    }
+}
+
+/// Builds bpf-linker against the libLLVM that ships with nightly, so that no system LLVM of a
+/// matching version is needed and the linker's LLVM always matches the bitcode rustc emits.
+fn install_bpf_linker() -> Result<()> {
+    let version = cmd::output(rustup().args(["run", "nightly", "rustc", "-vV"]))?;
+    let major = llvm_major(&version).with_context(|| {
+        format!("no `LLVM version: N.x` line in `rustc +nightly -vV` output:\n{version}")
+    })?;
+    let sysroot = cmd::output(rustup().args(["run", "nightly", "rustc", "--print", "sysroot"]))?;
+    let lib_dir = Path::new(sysroot.trim()).join("lib");
+    let names = fs::read_dir(&lib_dir)
+        .with_context(|| format!("reading {}", lib_dir.display()))?
+        .map(|entry| Ok(entry?.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<Vec<_>>>()?;
+    let libllvm = libllvm_file_name(&names)
+        .with_context(|| format!("no libLLVM.so.* in {}", lib_dir.display()))?;
+
+    // bpf-linker's build script links `-lLLVM` from `$LLVM_PREFIX/lib` and records that
+    // directory as the binary's rpath, so the prefix must outlive the build: it lives under
+    // CARGO_HOME, one per libLLVM file so that a newer nightly never breaks an older build.
+    let prefix = cargo_home()?.join("apifw-llvm-prefix").join(libllvm);
+    let prefix_lib = prefix.join("lib");
+    if prefix.exists() {
+        fs::remove_dir_all(&prefix).with_context(|| format!("removing {}", prefix.display()))?;
+    }
+    fs::create_dir_all(&prefix_lib)
+        .with_context(|| format!("creating {}", prefix_lib.display()))?;
+    let target = lib_dir.join(libllvm);
+    for link in ["libLLVM.so", libllvm] {
+        let link = prefix_lib.join(link);
+        symlink(&target, &link)
+            .with_context(|| format!("linking {} to {}", link.display(), target.display()))?;
+    }
+
+    cmd::run(
+        Command::new("cargo")
+            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{major}"),
+            ])
+            // Replaces a broken binary; harmless when there is none.
+            .arg("--force")
+            .env("LLVM_PREFIX", &prefix),
+    )
+}
+
+/// `$CARGO_HOME`, defaulting like cargo to `~/.cargo`.
+fn cargo_home() -> Result<PathBuf> {
+    if let Some(home) = std::env::var_os("CARGO_HOME") {
+        return Ok(PathBuf::from(home));
+    }
+    let home = std::env::var_os("HOME").context("neither CARGO_HOME nor HOME is set")?;
+    Ok(PathBuf::from(home).join(".cargo"))
+}
+
+/// The LLVM major version from `rustc -vV` output (the `LLVM version: 22.1.4` line).
+fn llvm_major(rustc_vv: &str) -> Option<u32> {
+    rustc_vv
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("LLVM version:"))?
+        .trim()
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Picks the versioned libLLVM (`libLLVM.so.22.1-rust-…`) among a sysroot's `lib` entries;
+/// that name is the soname bpf-linker will be linked against.
+fn libllvm_file_name(names: &[String]) -> Option<&str> {
+    names
+        .iter()
+        .map(String::as_str)
+        .filter(|name| name.starts_with("libLLVM.so."))
+        .min()
+}
+
+/// Installs the Debian packages of missing commands; only root can, so others get told what.
+fn ensure_debian_packages() -> Result<()> {
+    let packages = missing_packages(|command| which::which(command).is_ok());
+    if packages.is_empty() {
+        let commands: Vec<_> = REQUIRED_COMMANDS.iter().map(|(c, _)| *c).collect();
+        println!("setup: tools ok ({})", commands.join(", "));
+        return Ok(());
+    }
+    let packages: Vec<_> = packages.into_iter().collect();
+    if !root::is_root() {
+        bail!(
+            "missing Debian packages {}: run `cargo xtask setup` as root to install them, or \
+             install them yourself",
+            packages.join(" ")
+        );
+    }
+    println!("setup: installing {}", packages.join(" "));
+    cmd::run(
+        Command::new("apt-get")
+            .arg("update")
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    cmd::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&packages)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    let still_missing = missing_packages(|command| which::which(command).is_ok());
+    if !still_missing.is_empty() {
+        bail!(
+            "installed {} but still missing commands from {}",
+            packages.join(" "),
+            still_missing.into_iter().collect::<Vec<_>>().join(" ")
+        );
+    }
+    println!("setup: tools installed ({})", packages.join(" "));
+    Ok(())
+}
+
+/// The Debian packages whose commands `present` does not find, each named once.
+fn missing_packages(present: impl Fn(&str) -> bool) -> BTreeSet<&'static str> {
+    REQUIRED_COMMANDS
+        .iter()
+        .filter(|(command, _)| !present(command))
+        .map(|(_, package)| *package)
+        .collect()
+}
+
+/// The daemon pins its maps and links in bpffs, which not every container mounts.
+fn ensure_bpffs() -> Result<()> {
+    let mounts = fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
+    if bpffs_mounted(&mounts) {
+        println!("setup: bpffs ok ({BPFFS})");
+        return Ok(());
+    }
+    if !root::is_root() {
+        bail!("bpffs is not mounted at {BPFFS}: run `cargo xtask setup` as root to mount it");
+    }
+    cmd::run(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))?;
+    println!("setup: bpffs mounted ({BPFFS})");
+    Ok(())
+}
+
+/// Whether `/proc/mounts` content has bpffs mounted at [`BPFFS`].
+fn bpffs_mounted(mounts: &str) -> bool {
+    mounts.lines().any(|line| {
+        let mut fields = line.split_whitespace().skip(1);
+        fields.next() == Some(BPFFS) && fields.next() == Some("bpf")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NIGHTLY_VV: &str = "rustc 1.97.0-nightly (e50aa6fba 2026-05-19)
+binary: rustc
+commit-hash: e50aa6fba4e63ab34c72bf9acfd2c307c1155d1a
+commit-date: 2026-05-19
+host: x86_64-unknown-linux-gnu
+release: 1.97.0-nightly
+LLVM version: 22.1.4
+";
+
+    #[test]
+    fn llvm_major_reads_the_llvm_line() {
+        assert_eq!(llvm_major(NIGHTLY_VV), Some(22));
+        assert_eq!(llvm_major("LLVM version: 19.1.7"), Some(19));
+        assert_eq!(llvm_major("LLVM version: 23"), Some(23));
+    }
+
+    #[test]
+    fn llvm_major_rejects_missing_or_garbled_lines() {
+        assert_eq!(
+            llvm_major("rustc 1.97.0\nhost: x86_64-unknown-linux-gnu\n"),
+            None
+        );
+        assert_eq!(llvm_major("LLVM version: unknown"), None);
+        assert_eq!(llvm_major(""), None);
+    }
+
+    #[test]
+    fn libllvm_file_name_picks_the_versioned_shared_object() {
+        let names = [
+            "libLLVM-22-rust-1.97.0-nightly.so",
+            "libLLVM.so.22.1-rust-1.97.0-nightly",
+            "librustc_driver-b5a965480ee51f9a.so",
+            "rustlib",
+        ]
+        .map(String::from);
+        assert_eq!(
+            libllvm_file_name(&names),
+            Some("libLLVM.so.22.1-rust-1.97.0-nightly")
+        );
+        assert_eq!(libllvm_file_name(&names[2..]), None);
+    }
+
+    #[test]
+    fn has_component_matches_whole_names() {
+        let list = "cargo-x86_64-unknown-linux-gnu\nrust-src\nrust-std-x86_64-unknown-linux-gnu\n";
+        assert!(has_component(list, "rust-src"));
+        assert!(!has_component(list, "rust"));
+        assert!(!has_component(
+            "rust-std-x86_64-unknown-linux-gnu\n",
+            "rust-src"
+        ));
+    }
+
+    #[test]
+    fn missing_packages_maps_commands_to_packages() {
+        assert!(missing_packages(|_| true).is_empty());
+        let missing = missing_packages(|command| command != "ip" && command != "bpftool");
+        assert_eq!(
+            missing.into_iter().collect::<Vec<_>>(),
+            ["bpftool", "iproute2"]
+        );
+    }
+
+    #[test]
+    fn bpffs_mounted_needs_bpf_at_the_right_place() {
+        let mounted = "sysfs /sys sysfs rw 0 0\nbpf /sys/fs/bpf bpf rw,nosuid,nodev 0 0\n";
+        assert!(bpffs_mounted(mounted));
+        assert!(!bpffs_mounted("sysfs /sys sysfs rw 0 0\n"));
+        assert!(!bpffs_mounted("bpf /sys/fs/bpf/x bpf rw 0 0\n"));
+        assert!(!bpffs_mounted("tmpfs /sys/fs/bpf tmpfs rw 0 0\n"));
+    }
+}

@@ -1,0 +1,87 @@
+//! `cargo xtask test`: the whole quality gate in one command, as CI runs it.
+//!
+//! Formatting and clippy run before the tests because they are cheap and a failure there
+//! should not hide behind a long test run.
+
+use std::process::Command;
+
+use anyhow::{Context as _, Result};
+
+use crate::{cmd, root, setup, workspace_root};
+
+/// The XDP program crate. It cannot be built for the host together with the rest of the
+/// workspace: cargo unifies features, so `firewall-common/user` (wanted by userspace and tests)
+/// links `std` into it, whose panic handler then clashes with the program's own. It is linted
+/// for its real target instead, and its tests are the verdict tests in the `tests` crate, which
+/// run the compiled program in the kernel.
+const EBPF_CRATE: &str = "firewall-ebpf";
+
+/// Check-only build of [`EBPF_CRATE`] for the BPF target; no linking, so no bpf-linker needed.
+const EBPF_TARGET: [&str; 4] = ["--target", "bpfel-unknown-none", "-Z", "build-std=core"];
+
+const DENY_WARNINGS: [&str; 3] = ["--", "-D", "warnings"];
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Arguments for the test harness, given after `--`, e.g. `cargo xtask test -- --test-threads=4`.
+    #[arg(last = true)]
+    harness_args: Vec<String>,
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    // The integration tests load XDP programs and build namespace labs: without root they
+    // would fail, so say why up front.
+    root::require_root("test")?;
+    setup::run()?;
+
+    cmd::run(cargo().args(["fmt", "--all", "--", "--check"]))
+        .context("formatting check failed: run `cargo fmt --all`")?;
+    cmd::run(
+        cargo()
+            .args([
+                "clippy",
+                "--workspace",
+                "--exclude",
+                EBPF_CRATE,
+                "--all-targets",
+            ])
+            .args(DENY_WARNINGS),
+    )
+    .context("clippy found problems")?;
+    cmd::run(
+        cargo()
+            .args(["+nightly", "clippy", "-p", EBPF_CRATE])
+            .args(EBPF_TARGET)
+            .args(DENY_WARNINGS),
+    )
+    .context("clippy found problems in the XDP program")?;
+
+    // The namespace tests run the real `apifw` binary; `cargo test` does not build the binaries
+    // of other packages, so build it first and tell the tests where it is.
+    cmd::run(cargo().args(["build", "-p", "firewall-userspace", "--bins"]))
+        .context("building the apifw binary failed")?;
+    let apifw = crate::target_dir().join("debug").join("apifw");
+
+    let mut test = cargo();
+    test.env("APIFW_BIN", &apifw);
+    test.args([
+        "test",
+        "--workspace",
+        "--exclude",
+        EBPF_CRATE,
+        "--all-targets",
+    ]);
+    if !args.harness_args.is_empty() {
+        test.arg("--").args(&args.harness_args);
+    }
+    cmd::run(&mut test).context("tests failed")?;
+    println!("test: fmt, clippy and all tests passed");
+    Ok(())
+}
+
+/// `cargo` in the workspace root; taken from PATH so that rustup picks the toolchain.
+fn cargo() -> Command {
+    let mut cargo = Command::new("cargo");
+    cargo.current_dir(workspace_root());
+    cargo
+}
