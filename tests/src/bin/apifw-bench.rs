@@ -29,7 +29,7 @@ fn parse_args() -> anyhow::Result<Args> {
     let mut args = Args {
         out: PathBuf::from("docs/BENCHMARKS.md"),
         repeat: 1_000_000,
-        runs: 5,
+        runs: 7,
     };
     let mut iter = std::env::args().skip(1);
     while let Some(arg) = iter.next() {
@@ -131,6 +131,7 @@ fn median(values: &mut [f64]) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
+    let cpu_count = std::thread::available_parallelism().map_or(0, |n| n.get());
     // One CPU for the whole run: no migrations between the runs that are compared.
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut set = nix::sched::CpuSet::new();
@@ -229,7 +230,7 @@ fn main() -> anyhow::Result<()> {
     writeln!(
         md,
         "- Machine: {cpu}, {} CPUs, kernel {}",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu_count,
         kernel.trim()
     )?;
     writeln!(
@@ -258,9 +259,9 @@ fn main() -> anyhow::Result<()> {
     )?;
     writeln!(
         md,
-        "| prefixes | load time | case | ns/packet (median) | spread | × empty (median) | × empty spread |"
+        "| prefixes | load time | case | ns/packet (median) | spread | × empty (median) | × empty spread | × one lookup (median) |"
     )?;
-    writeln!(md, "|---:|---:|---|---:|---:|---:|---:|")?;
+    writeln!(md, "|---:|---:|---|---:|---:|---:|---:|---:|")?;
     for (size, load, m) in &rows {
         writeln!(
             md,
