@@ -42,24 +42,31 @@ fn deltas(before: &Snapshot, after: &Snapshot) -> Vec<(Action, Reason, u64)> {
         .collect()
 }
 
-/// Waits until the packets the client sent since `tx_before` have all been counted (XDP runs in
-/// the server's softirq, a moment after the client's send returns), then returns the deltas.
+/// The counters and the client's transmit counter once the link has been quiet for a moment:
+/// both read unchanged three times in a row, 100 ms apart. Phases start and end here, so a late
+/// segment (a delayed ACK, a retransmission) can never fall between the two readings.
+fn quiet(lab: &VethLab, dirs: &Dirs) -> (Snapshot, u64) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut last = (dirs.stats(), lab.client_tx_packets());
+    let mut unchanged = 0;
+    while unchanged < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = (dirs.stats(), lab.client_tx_packets());
+        unchanged = if now == last { unchanged + 1 } else { 0 };
+        last = now;
+    }
+    last
+}
+
+/// Waits for quiet after a phase, then returns how many frames the client sent in it and how the
+/// counters moved.
 fn settle(
     lab: &VethLab,
     dirs: &Dirs,
-    before: &Snapshot,
-    tx_before: u64,
+    before: &(Snapshot, u64),
 ) -> (u64, Vec<(Action, Reason, u64)>) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let sent = lab.client_tx_packets() - tx_before;
-        let after = dirs.stats();
-        let counted = after.total_packets() - before.total_packets();
-        if counted >= sent || Instant::now() > deadline {
-            return (sent, deltas(before, &after));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (after, tx_after) = quiet(lab, dirs);
+    (tx_after - before.1, deltas(&before.0, &after))
 }
 
 fn send_udp(lab: &VethLab, source: Ipv4Addr, count: usize) {
@@ -99,12 +106,11 @@ fn blocked_sources_are_dropped_and_allowed_ones_pass_with_exact_counters() {
     });
 
     // UDP: 20 datagrams from each source.
-    let before = dirs.stats();
-    let tx = lab.client_tx_packets();
+    let before = quiet(&lab, &dirs);
     for source in [BLOCKED, ALLOWED_IN_BLOCKED, NEUTRAL] {
         send_udp(&lab, source, 20);
     }
-    let (sent, moved) = settle(&lab, &dirs, &before, tx);
+    let (sent, moved) = settle(&lab, &dirs, &before);
     assert_eq!(
         sent, 60,
         "client sent exactly the datagrams (no ARP/IPv6 noise)"
@@ -137,8 +143,7 @@ fn blocked_sources_are_dropped_and_allowed_ones_pass_with_exact_counters() {
 
     // TCP from the allowlisted source inside the blocked range: a full exchange works and every
     // segment it sent is counted as pass/allowlist.
-    let before = dirs.stats();
-    let tx = lab.client_tx_packets();
+    let before = quiet(&lab, &dirs);
     let reply = lab.client.enter(|| {
         let socket =
             connect_from(ALLOWED_IN_BLOCKED, Duration::from_secs(5)).expect("allowed connect");
@@ -151,7 +156,7 @@ fn blocked_sources_are_dropped_and_allowed_ones_pass_with_exact_counters() {
     assert_eq!(&reply, b"hello");
     let peer = echo.join().expect("echo thread");
     assert_eq!(peer.ip(), std::net::IpAddr::V4(ALLOWED_IN_BLOCKED));
-    let (sent, moved) = settle(&lab, &dirs, &before, tx);
+    let (sent, moved) = settle(&lab, &dirs, &before);
     assert!(
         sent >= 3,
         "a TCP exchange takes at least 3 segments, client sent {sent}"
@@ -163,8 +168,7 @@ fn blocked_sources_are_dropped_and_allowed_ones_pass_with_exact_counters() {
     );
 
     // TCP from the blocked source: the handshake never completes, every SYN is dropped.
-    let before = dirs.stats();
-    let tx = lab.client_tx_packets();
+    let before = quiet(&lab, &dirs);
     let result = lab
         .client
         .enter(|| connect_from(BLOCKED, Duration::from_millis(1500)));
@@ -172,7 +176,7 @@ fn blocked_sources_are_dropped_and_allowed_ones_pass_with_exact_counters() {
         result.is_err(),
         "connection from a blocked source succeeded"
     );
-    let (sent, moved) = settle(&lab, &dirs, &before, tx);
+    let (sent, moved) = settle(&lab, &dirs, &before);
     assert!(sent >= 1, "the client sent no SYN");
     assert_eq!(
         moved,
