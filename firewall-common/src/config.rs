@@ -9,20 +9,27 @@ use crate::stats::Action;
 pub struct KernelConfig {
     /// What to do with malformed IP packets: an [`Action`] as `u32`.
     pub malformed_action: u32,
-    /// Explicit padding; always zero.
-    pub _pad: u32,
+    /// [`CONFIG_DRY_RUN`]: every rule only counts what it would drop.
+    pub flags: u32,
     /// Bit `L` set when an IPv6 prefix of length `L` (0..=32) is present. Those short prefixes
     /// are not expanded into `V6_SUMMARY`, so a source without a summary entry walks them.
     pub v6_short_mask: u64,
+    /// Test hook: when non-zero, the program's clock (ns) instead of `bpf_ktime_get_ns`, so that
+    /// verdict tests can replay the reference model's virtual time. Never set in production.
+    pub test_clock_ns: u64,
 }
+
+/// Global dry run: rate limits count `would_drop` and pass.
+pub const CONFIG_DRY_RUN: u32 = 1;
 
 impl KernelConfig {
     /// The configuration of a firewall with empty lists.
     pub const fn new(malformed_action: Action) -> Self {
         Self {
             malformed_action: malformed_action as u32,
-            _pad: 0,
+            flags: 0,
             v6_short_mask: 0,
+            test_clock_ns: 0,
         }
     }
 

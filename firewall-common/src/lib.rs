@@ -11,6 +11,8 @@ extern crate std;
 pub mod config;
 pub mod packet;
 pub mod prefix;
+pub mod ratelimit;
+pub mod rules;
 pub mod stats;
 
 #[cfg(feature = "user")]
@@ -37,14 +39,30 @@ pub mod map_names {
     /// `HashMap<PrefixV6Key, u32>`: every IPv6 prefix with resolved flags.
     pub const V6_PREFIXES: &str = "APIFW_V6_PREFIXES";
 
+    /// `Array<RuleConfig>` of `MAX_RULES` entries.
+    pub const RULES: &str = "APIFW_RULES";
+    /// `HashMap<RuleKey, u32>`: which rule takes a (protocol, port).
+    pub const RULE_MATCH: &str = "APIFW_RULE_MATCH";
+    /// `LruHashMap<TrackKey, TrackState>`: bucket state per (rule, source).
+    pub const SOURCES: &str = "APIFW_SOURCES";
+    /// `LruHashMap<TrackKey, TrackState>`: bucket state per (rule, source subnet).
+    pub const SUBNETS: &str = "APIFW_SUBNETS";
+    /// `PerCpuArray<Counter>` indexed by [`crate::rules::rule_stats_index`].
+    pub const RULE_STATS: &str = "APIFW_RULE_STATS";
+
     /// Every map the daemon pins.
-    pub const ALL: [&str; 6] = [
+    pub const ALL: [&str; 11] = [
         CONFIG,
         STATS,
         V4_SUMMARY,
         V4_PREFIXES,
         V6_SUMMARY,
         V6_PREFIXES,
+        RULES,
+        RULE_MATCH,
+        SOURCES,
+        SUBNETS,
+        RULE_STATS,
     ];
 }
 

@@ -13,16 +13,36 @@
 //!    [`MAX_IPV6_CHAIN`] bytes). A non-first fragment ends the walk and carries no transport header.
 //! 4. TCP needs its 20-byte header with data offset >= 5, UDP its 8 bytes; otherwise malformed.
 //! 5. Malformed frames get the configured action. Then: source allowlisted → pass; blocklisted →
-//!    drop; otherwise pass.
+//!    drop.
+//! 6. Otherwise the packet's rule, if any — the rule of (protocol, destination port), else of
+//!    (protocol, any port), else of (any protocol, any port); "any protocol" with ports means TCP
+//!    and UDP — charges its buckets in order: per-source SYN (TCP SYN without ACK), per-source
+//!    packets, per-source bytes, per-subnet packets, per-subnet bytes. The first bucket that
+//!    would exceed stops the walk (later buckets are not charged): drop as `syn_limited` or
+//!    `rate_limited`, or under dry run (global or the rule's) pass as `would_drop`. A packet
+//!    that fits every bucket passes as `default`.
 
-use std::{net::IpAddr, vec::Vec};
+use std::{collections::HashMap, net::IpAddr, vec::Vec};
 
 use ipnet::IpNet;
 
 use crate::{
     packet::*,
+    ratelimit::{Bucket, ticks},
+    rules::{RuleConfig, TrackKey, TrackState},
     stats::{Action, Reason, Verdict},
 };
+
+/// A rate-limit rule as the model reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelRule {
+    /// IP protocol, `None` for any (with ports: TCP and UDP).
+    pub protocol: Option<u8>,
+    /// Destination ports; empty for any.
+    pub ports: Vec<u16>,
+    /// Limits, subnet lengths and flags.
+    pub config: RuleConfig,
+}
 
 /// The parts of a policy that decide a verdict.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,6 +53,10 @@ pub struct ModelPolicy {
     pub block: Vec<IpNet>,
     /// Action for malformed IP packets.
     pub malformed: Action,
+    /// Rate-limit rules, by index.
+    pub rules: Vec<ModelRule>,
+    /// Global dry run.
+    pub dry_run: bool,
 }
 
 impl Default for ModelPolicy {
@@ -41,6 +65,8 @@ impl Default for ModelPolicy {
             allow: Vec::new(),
             block: Vec::new(),
             malformed: Action::Drop,
+            rules: Vec::new(),
+            dry_run: false,
         }
     }
 }
@@ -56,6 +82,8 @@ pub struct IpPacket {
     pub protocol: u8,
     /// Source and destination port of TCP/UDP, when the transport header is in this packet.
     pub ports: Option<(u16, u16)>,
+    /// TCP flags byte, when the TCP header is in this packet.
+    pub tcp_flags: Option<u8>,
 }
 
 /// What a frame is, to the firewall.
@@ -163,23 +191,24 @@ fn parse_ipv6(l3: &[u8]) -> Parsed {
 }
 
 fn transport(src: IpAddr, dst: IpAddr, protocol: u8, has_l4: bool, l4: &[u8]) -> Parsed {
-    let ports = if !has_l4 {
-        None
+    let ports = |l4: &[u8]| Some((be16(l4, 0).unwrap_or(0), be16(l4, 2).unwrap_or(0)));
+    let (ports, tcp_flags) = if !has_l4 {
+        (None, None)
     } else {
         match protocol {
             IPPROTO_TCP => {
                 if l4.len() < TCP_HLEN || l4[12] >> 4 < 5 {
                     return Parsed::Malformed;
                 }
-                Some((be16(l4, 0).unwrap_or(0), be16(l4, 2).unwrap_or(0)))
+                (ports(l4), Some(l4[13]))
             }
             IPPROTO_UDP => {
                 if l4.len() < UDP_HLEN {
                     return Parsed::Malformed;
                 }
-                Some((be16(l4, 0).unwrap_or(0), be16(l4, 2).unwrap_or(0)))
+                (ports(l4), None)
             }
-            _ => None,
+            _ => (None, None),
         }
     };
     Parsed::Ip(IpPacket {
@@ -187,10 +216,164 @@ fn transport(src: IpAddr, dst: IpAddr, protocol: u8, has_l4: bool, l4: &[u8]) ->
         dst,
         protocol,
         ports,
+        tcp_flags,
     })
 }
 
-/// The verdict for a parsed packet.
+/// TCP flags.
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+/// The reference firewall: a policy and the bucket state its rules have built up.
+#[derive(Clone, Debug, Default)]
+pub struct Model {
+    /// The policy.
+    pub policy: ModelPolicy,
+    sources: HashMap<TrackKey, TrackState>,
+    subnets: HashMap<TrackKey, TrackState>,
+}
+
+/// What the model decided for one frame, and under which rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// The verdict.
+    pub verdict: Verdict,
+    /// Index of the rule that took the packet, if any.
+    pub rule: Option<u32>,
+}
+
+impl Model {
+    /// A model with empty state.
+    pub fn new(policy: ModelPolicy) -> Self {
+        Self {
+            policy,
+            ..Self::default()
+        }
+    }
+
+    /// The index of the rule that takes `packet`.
+    pub fn rule_for(&self, packet: &IpPacket) -> Option<u32> {
+        let port = packet.ports.map(|(_, dst)| dst);
+        let is_port_protocol = matches!(packet.protocol, IPPROTO_TCP | IPPROTO_UDP);
+        let find = |pred: &dyn Fn(&ModelRule) -> bool| {
+            self.policy.rules.iter().position(pred).map(|i| i as u32)
+        };
+        port.and_then(|port| {
+            find(&|rule| {
+                rule.ports.contains(&port)
+                    && match rule.protocol {
+                        Some(protocol) => protocol == packet.protocol,
+                        None => is_port_protocol,
+                    }
+            })
+        })
+        .or_else(|| find(&|rule| rule.ports.is_empty() && rule.protocol == Some(packet.protocol)))
+        .or_else(|| find(&|rule| rule.ports.is_empty() && rule.protocol.is_none()))
+    }
+
+    /// The decision for `frame` at `now_ns` (the program's clock), updating the bucket state.
+    pub fn decide(&mut self, frame: &[u8], now_ns: u64) -> Decision {
+        let parsed = parse(frame);
+        let verdict = decide(&self.policy, &parsed);
+        let Parsed::Ip(packet) = parsed else {
+            return Decision {
+                verdict,
+                rule: None,
+            };
+        };
+        if verdict.reason != Reason::Default {
+            // Allowlisted sources skip the limits; blocklisted ones never reach a bucket.
+            return Decision {
+                verdict,
+                rule: None,
+            };
+        }
+        let Some(rule) = self.rule_for(&packet) else {
+            return Decision {
+                verdict,
+                rule: None,
+            };
+        };
+        let config = self.policy.rules[rule as usize].config;
+        let now = ticks(now_ns);
+        let len = frame.len() as u64;
+        let (source_key, subnet_key) = match packet.src {
+            IpAddr::V4(addr) => {
+                let addr = u32::from(addr);
+                (
+                    TrackKey::v4(rule, addr, 32),
+                    TrackKey::v4(rule, addr, config.subnet_v4_len),
+                )
+            }
+            IpAddr::V6(addr) => {
+                let bits = u128::from(addr);
+                let (hi, lo) = ((bits >> 64) as u64, bits as u64);
+                (
+                    TrackKey::v6(rule, hi, lo, 128),
+                    TrackKey::v6(rule, hi, lo, config.subnet_v6_len),
+                )
+            }
+        };
+        let is_syn = packet
+            .tcp_flags
+            .is_some_and(|flags| flags & TCP_SYN != 0 && flags & TCP_ACK == 0);
+
+        // (bucket, which state, which field, cost, reason when exceeded), in charging order.
+        let steps: [(Bucket, bool, usize, u64, Reason); 5] = [
+            (
+                if is_syn {
+                    config.syn
+                } else {
+                    Bucket::UNLIMITED
+                },
+                false,
+                2,
+                1,
+                Reason::SynLimited,
+            ),
+            (config.source_packets, false, 0, 1, Reason::RateLimited),
+            (config.source_bytes, false, 1, len, Reason::RateLimited),
+            (config.subnet_packets, true, 0, 1, Reason::RateLimited),
+            (config.subnet_bytes, true, 1, len, Reason::RateLimited),
+        ];
+        for (bucket, subnet, field, cost, reason) in steps {
+            if !bucket.is_limited() {
+                continue;
+            }
+            let (map, key) = if subnet {
+                (&mut self.subnets, subnet_key)
+            } else {
+                (&mut self.sources, source_key)
+            };
+            let state = map.entry(key).or_default();
+            let tat = match field {
+                0 => &mut state.packets,
+                1 => &mut state.bytes,
+                _ => &mut state.syn,
+            };
+            match bucket.charge(*tat, now, cost) {
+                Some(next) => *tat = next,
+                None => {
+                    let verdict = if self.policy.dry_run || config.dry_run() {
+                        Verdict::new(Action::Pass, Reason::WouldDrop)
+                    } else {
+                        Verdict::new(Action::Drop, reason)
+                    };
+                    return Decision {
+                        verdict,
+                        rule: Some(rule),
+                    };
+                }
+            }
+        }
+        Decision {
+            verdict,
+            rule: Some(rule),
+        }
+    }
+}
+
+/// The verdict for a parsed packet from the lists alone (no rate-limit rules).
 pub fn decide(policy: &ModelPolicy, parsed: &Parsed) -> Verdict {
     match parsed {
         Parsed::NonIp => Verdict::new(Action::Pass, Reason::NonIp),
@@ -207,7 +390,7 @@ pub fn decide(policy: &ModelPolicy, parsed: &Parsed) -> Verdict {
     }
 }
 
-/// The verdict the XDP program must reach for `frame`.
+/// The verdict for `frame` from the lists alone (rate-limit rules are not applied).
 pub fn verdict(policy: &ModelPolicy, frame: &[u8]) -> Verdict {
     decide(policy, &parse(frame))
 }

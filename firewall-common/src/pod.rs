@@ -3,6 +3,7 @@
 use crate::{
     config::KernelConfig,
     prefix::{PrefixV4Key, PrefixV6Key, V4Summary, V6Summary},
+    rules::{RuleConfig, RuleKey, TrackKey, TrackState},
     stats::Counter,
 };
 
@@ -19,3 +20,11 @@ unsafe impl aya::Pod for PrefixV6Key {}
 unsafe impl aya::Pod for V4Summary {}
 // SAFETY: see above.
 unsafe impl aya::Pod for V6Summary {}
+// SAFETY: see above.
+unsafe impl aya::Pod for RuleConfig {}
+// SAFETY: see above.
+unsafe impl aya::Pod for RuleKey {}
+// SAFETY: see above.
+unsafe impl aya::Pod for TrackKey {}
+// SAFETY: see above.
+unsafe impl aya::Pod for TrackState {}

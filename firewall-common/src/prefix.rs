@@ -146,74 +146,93 @@ impl PrefixV6Key {
     }
 }
 
+/// What a probe returns for a missing key, and [`probe_longest_first`] when no length hit. Flags are small bit sets, so this
+/// value never collides with real flags. (A sentinel rather than `Option`: LLVM may spill the
+/// undefined payload of a `None`, and the verifier rejects reading uninitialised registers.)
+pub const NO_HIT: u32 = u32::MAX;
+
 /// Probes the lengths `base + bit` for the set bits of `mask`, highest first, and returns the
-/// flags of the first hit. `bound` is the number of bits `mask` may have set, so that the
-/// verifier sees a bounded loop.
+/// flags of the first hit, or [`NO_HIT`]. `bound` is the number of bits `mask` may have set, so
+/// that the verifier sees a bounded loop.
 #[inline(always)]
 fn probe_longest_first<K>(
     mut mask: u64,
     base: u32,
     bound: u32,
     key: impl Fn(u32) -> K,
-    probe: &impl Fn(&K) -> Option<u32>,
-) -> Option<u32> {
+    probe: &impl Fn(&K) -> u32,
+) -> u32 {
     for _ in 0..bound {
         if mask == 0 {
             break;
         }
         let bit = highest_bit(mask);
         mask &= !(1u64 << bit);
-        if let Some(flags) = probe(&key(base + bit)) {
-            return Some(flags);
+        let flags = probe(&key(base + bit));
+        if flags != NO_HIT {
+            return flags;
         }
     }
-    None
+    NO_HIT
+}
+
+/// `found` unless it is [`NO_HIT`], else `fallback`.
+#[inline(always)]
+fn or_fallback(found: u32, fallback: u32) -> u32 {
+    if found == NO_HIT { fallback } else { found }
 }
 
 /// Resolved flags of the longest prefix containing the IPv4 `addr` (host order), or 0.
 ///
-/// `summary` is the entry of the source's /16; `probe` looks a key up in the IPv4 prefix hash.
+/// `summary` is the entry of the source's /16; `probe` looks a key up in the IPv4 prefix hash
+/// and returns its flags or [`NO_HIT`].
 /// The XDP program and the userspace tests run this same function over their own maps.
 #[inline(always)]
-pub fn lookup_v4(
-    summary: &V4Summary,
-    addr: u32,
-    probe: impl Fn(&PrefixV4Key) -> Option<u32>,
-) -> u32 {
-    probe_longest_first(
+pub fn lookup_v4(summary: &V4Summary, addr: u32, probe: impl Fn(&PrefixV4Key) -> u32) -> u32 {
+    let found = probe_longest_first(
         u64::from(summary.longer_mask),
         V4_SUMMARY_BITS + 1,
         32 - V4_SUMMARY_BITS,
         |len| PrefixV4Key::new(addr, len),
         &probe,
-    )
-    .unwrap_or(summary.short_flags)
+    );
+    or_fallback(found, summary.short_flags)
 }
 
 /// Resolved flags of the longest prefix containing the IPv6 address `(hi, lo)`, or 0.
 ///
-/// `summary` is the entry of the source's /32 if there is one; `short_mask` is
-/// [`crate::KernelConfig::v6_short_mask`]; `probe` looks a key up in the IPv6 prefix hash.
+/// `summary` is the entry of the source's /32 when `has_summary`; `short_mask` is
+/// [`crate::KernelConfig::v6_short_mask`]; `probe` looks a key up in the IPv6 prefix hash and
+/// returns its flags or [`NO_HIT`].
 #[inline(always)]
 pub fn lookup_v6(
-    summary: Option<&V6Summary>,
+    summary: &V6Summary,
+    has_summary: bool,
     short_mask: u64,
     hi: u64,
     lo: u64,
-    probe: impl Fn(&PrefixV6Key) -> Option<u32>,
+    probe: impl Fn(&PrefixV6Key) -> u32,
 ) -> u32 {
     let key = |len| PrefixV6Key::new(hi, lo, len);
-    match summary {
-        Some(summary) => {
-            // Word 1 holds lengths 97..=128, word 0 lengths 33..=96: longest first.
-            let base = V6_SUMMARY_BITS + 1;
-            probe_longest_first(summary.longer_mask[1], base + 64, 32, key, &probe)
-                .or_else(|| probe_longest_first(summary.longer_mask[0], base, 64, key, &probe))
-                .unwrap_or(summary.short_flags)
-        }
-        // No longer prefix lives in this /32: only prefixes of length <= 32 can match.
-        None => probe_longest_first(short_mask, 0, V6_SUMMARY_BITS + 1, key, &probe).unwrap_or(0),
+    // One path for both cases, with data-dependent inputs: with a summary, probe lengths
+    // 97..=128 (word 1), then 33..=96 (word 0), then fall back to its short flags; without one,
+    // only the short lengths 0..=32 can match. (Two code paths let LLVM merge the loops with an
+    // undefined input on one side, which the verifier rejects.)
+    let (first, second, second_base, fallback) = if has_summary {
+        (
+            summary.longer_mask[1],
+            summary.longer_mask[0],
+            V6_SUMMARY_BITS + 1,
+            summary.short_flags,
+        )
+    } else {
+        (0, short_mask, 0, 0)
+    };
+    let mut found = probe_longest_first(first, V6_SUMMARY_BITS + 1 + 64, 32, key, &probe);
+    if found == NO_HIT {
+        found = probe_longest_first(second, second_base, 64, key, &probe);
     }
+    or_fallback(found, fallback)
 }
 
 #[cfg(test)]

@@ -60,16 +60,25 @@ pub enum Reason {
     Malformed = 3,
     /// Not IPv4 or IPv6 (ARP, LLDP, ...): always passed.
     NonIp = 4,
+    /// A rule's per-source or per-subnet packet or byte limit was exceeded.
+    RateLimited = 5,
+    /// A rule's per-source TCP SYN limit was exceeded.
+    SynLimited = 6,
+    /// A limit was exceeded under dry run: counted, passed.
+    WouldDrop = 7,
 }
 
 impl Reason {
     /// Every reason defined so far, in counter-index order.
-    pub const ALL: [Reason; 5] = [
+    pub const ALL: [Reason; 8] = [
         Reason::Default,
         Reason::Allowlist,
         Reason::Blocklist,
         Reason::Malformed,
         Reason::NonIp,
+        Reason::RateLimited,
+        Reason::SynLimited,
+        Reason::WouldDrop,
     ];
 
     /// Snake-case name, as used in JSON and metrics.
@@ -80,6 +89,9 @@ impl Reason {
             Reason::Blocklist => "blocklist",
             Reason::Malformed => "malformed",
             Reason::NonIp => "non_ip",
+            Reason::RateLimited => "rate_limited",
+            Reason::SynLimited => "syn_limited",
+            Reason::WouldDrop => "would_drop",
         }
     }
 }

@@ -3,20 +3,27 @@
 //! The rules are those of `firewall_common::model`, which the verdict tests hold this program to.
 #![no_std]
 #![no_main]
+// Compare-and-exchange on map values: core's atomic types are not available for BPF targets.
+#![feature(core_intrinsics)]
+#![expect(internal_features, reason = "core::intrinsics atomics, see above")]
 
 mod parse;
 mod prefixes;
+mod ratelimit;
 
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::XdpContext,
 };
 use firewall_common::{
     Action, Counter, KernelConfig, Reason, Verdict,
     prefix::{
         FLAG_ALLOW, FLAG_BLOCK, PrefixV4Key, PrefixV6Key, V4_SUMMARY_ENTRIES, V4Summary, V6Summary,
+    },
+    rules::{
+        MAX_RULES, RULE_STATS_ENTRIES, RuleConfig, RuleKey, TrackKey, TrackState, rule_stats_index,
     },
     stats::{STATS_ENTRIES, stats_index},
 };
@@ -41,6 +48,22 @@ static V6_SUMMARY: HashMap<[u8; 4], V6Summary> = HashMap::with_max_entries(1, 0)
 
 #[map(name = "APIFW_V6_PREFIXES")]
 static V6_PREFIXES: HashMap<PrefixV6Key, u32> = HashMap::with_max_entries(1, 0);
+
+#[map(name = "APIFW_RULES")]
+static RULES: Array<RuleConfig> = Array::with_max_entries(MAX_RULES, 0);
+
+#[map(name = "APIFW_RULE_MATCH")]
+static RULE_MATCH: HashMap<RuleKey, u32> = HashMap::with_max_entries(4 * MAX_RULES * 64, 0);
+
+// Sizes set by the loader from `[limits] max_tracked_sources` / `max_tracked_subnets`.
+#[map(name = "APIFW_SOURCES")]
+static SOURCES: LruHashMap<TrackKey, TrackState> = LruHashMap::with_max_entries(1, 0);
+
+#[map(name = "APIFW_SUBNETS")]
+static SUBNETS: LruHashMap<TrackKey, TrackState> = LruHashMap::with_max_entries(1, 0);
+
+#[map(name = "APIFW_RULE_STATS")]
+static RULE_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(RULE_STATS_ENTRIES, 0);
 
 /// The firewall.
 #[xdp]
@@ -98,18 +121,33 @@ fn try_apifw(ctx: &XdpContext, config: &KernelConfig) -> Result<Verdict, Malform
         Source::V4(addr) => prefixes::lookup_v4(addr),
         Source::V6(hi, lo) => prefixes::lookup_v6(hi, lo, config.v6_short_mask),
     };
-    Ok(if flags & FLAG_ALLOW != 0 {
-        Verdict::new(Action::Pass, Reason::Allowlist)
-    } else if flags & FLAG_BLOCK != 0 {
-        Verdict::new(Action::Drop, Reason::Blocklist)
-    } else {
-        Verdict::new(Action::Pass, Reason::Default)
-    })
+    if flags & FLAG_ALLOW != 0 {
+        return Ok(Verdict::new(Action::Pass, Reason::Allowlist));
+    }
+    if flags & FLAG_BLOCK != 0 {
+        return Ok(Verdict::new(Action::Drop, Reason::Blocklist));
+    }
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    let (rule, reason) = ratelimit::check(&packet, len, config);
+    if rule == ratelimit::NO_RULE {
+        return Ok(Verdict::new(Action::Pass, Reason::Default));
+    }
+    count_in(&RULE_STATS, rule_stats_index(rule, reason), len as usize);
+    let action = match reason {
+        Reason::RateLimited | Reason::SynLimited => Action::Drop,
+        _ => Action::Pass,
+    };
+    Ok(Verdict::new(action, reason))
 }
 
 #[inline(always)]
 fn count(verdict: Verdict, len: usize) {
-    if let Some(counter) = STATS.get_ptr_mut(stats_index(verdict.action, verdict.reason)) {
+    count_in(&STATS, stats_index(verdict.action, verdict.reason), len);
+}
+
+#[inline(always)]
+fn count_in(map: &PerCpuArray<Counter>, index: u32, len: usize) {
+    if let Some(counter) = map.get_ptr_mut(index) {
         // SAFETY: the pointer comes from a successful per-CPU array lookup, so it points at this
         // CPU's slot, which nothing else writes while this program runs on this CPU.
         unsafe {

@@ -17,7 +17,24 @@ pub enum Source {
 /// What the firewall needs from a well-formed IP packet.
 pub struct Packet {
     pub source: Source,
+    /// Transport protocol (after IPv6 extension headers).
+    pub protocol: u8,
+    /// TCP/UDP destination port, when the transport header is in this packet.
+    pub dst_port: Option<u16>,
+    /// TCP flags, 0 when not TCP or no TCP header.
+    pub tcp_flags: u8,
 }
+
+/// What the transport header says, once checked.
+struct Transport {
+    dst_port: Option<u16>,
+    tcp_flags: u8,
+}
+
+const NO_TRANSPORT: Transport = Transport {
+    dst_port: None,
+    tcp_flags: 0,
+};
 
 /// `N` bytes of the frame at a checked offset. Fields are read straight from packet memory, one
 /// at a time, rather than copying the whole header onto the 512-byte stack first.
@@ -107,11 +124,17 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Result<Packet, Malformed> {
         return Err(Malformed);
     }
     let fragment_offset = header.be16(6) & 0x1fff;
-    if fragment_offset == 0 {
-        check_transport(ctx, header.u8(9), l3 + header_len)?;
-    }
+    let protocol = header.u8(9);
+    let transport = if fragment_offset == 0 {
+        transport(ctx, protocol, l3 + header_len)?
+    } else {
+        NO_TRANSPORT
+    };
     Ok(Packet {
         source: Source::V4(header.be32(12)),
+        protocol,
+        dst_port: transport.dst_port,
+        tcp_flags: transport.tcp_flags,
     })
 }
 
@@ -156,27 +179,37 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Result<Packet, Malformed> {
             offset += len;
         }
     }
-    if first_fragment {
-        check_transport(ctx, next, l3 + offset)?;
-    }
+    let transport = if first_fragment {
+        transport(ctx, next, l3 + offset)?
+    } else {
+        NO_TRANSPORT
+    };
     Ok(Packet {
         source: Source::V6(hi, lo),
+        protocol: next,
+        dst_port: transport.dst_port,
+        tcp_flags: transport.tcp_flags,
     })
 }
 
 /// TCP and UDP headers must be wholly present (TCP with a data offset of at least 5 words).
 #[inline(always)]
-fn check_transport(ctx: &XdpContext, protocol: u8, l4: usize) -> Result<(), Malformed> {
-    match protocol {
+fn transport(ctx: &XdpContext, protocol: u8, l4: usize) -> Result<Transport, Malformed> {
+    Ok(match protocol {
         IPPROTO_TCP => {
-            if Header::<TCP_HLEN>::at(ctx, l4)?.u8(12) >> 4 < 5 {
+            let header = Header::<TCP_HLEN>::at(ctx, l4)?;
+            if header.u8(12) >> 4 < 5 {
                 return Err(Malformed);
             }
+            Transport {
+                dst_port: Some(header.be16(2)),
+                tcp_flags: header.u8(13),
+            }
         }
-        IPPROTO_UDP => {
-            Header::<UDP_HLEN>::at(ctx, l4)?;
-        }
-        _ => {}
-    }
-    Ok(())
+        IPPROTO_UDP => Transport {
+            dst_port: Some(Header::<UDP_HLEN>::at(ctx, l4)?.be16(2)),
+            tcp_flags: 0,
+        },
+        _ => NO_TRANSPORT,
+    })
 }

@@ -1,7 +1,7 @@
 //! Allow/block prefix lookup over the kernel maps; the algorithm itself is
 //! `firewall_common::prefix::{lookup_v4, lookup_v6}`, shared with userspace tests.
 
-use firewall_common::prefix::{self, V4_SUMMARY_BITS};
+use firewall_common::prefix::{self, V4_SUMMARY_BITS, V6Summary};
 
 use crate::{V4_PREFIXES, V4_SUMMARY, V6_PREFIXES, V6_SUMMARY};
 
@@ -14,7 +14,9 @@ pub fn lookup_v4(addr: u32) -> u32 {
     prefix::lookup_v4(summary, addr, |key| {
         // SAFETY: pointer from a successful lookup; a concurrent update can at worst give the old
         // or the new flags, both valid u32 values.
-        V4_PREFIXES.get_ptr(key).map(|flags| unsafe { *flags })
+        V4_PREFIXES
+            .get_ptr(key)
+            .map_or(prefix::NO_HIT, |flags| unsafe { *flags })
     })
 }
 
@@ -22,11 +24,18 @@ pub fn lookup_v4(addr: u32) -> u32 {
 #[inline(always)]
 pub fn lookup_v6(hi: u64, lo: u64, short_mask: u64) -> u32 {
     let top = ((hi >> 32) as u32).to_be_bytes();
-    // SAFETY: pointer from a successful lookup; the value is plain integers, so a torn read
-    // during an update gives a stale but valid summary.
-    let summary = V6_SUMMARY.get_ptr(top).map(|summary| unsafe { *summary });
-    prefix::lookup_v6(summary.as_ref(), short_mask, hi, lo, |key| {
+    // A plain value and a flag rather than an `Option<V6Summary>`: LLVM may spill the undefined
+    // payload of a `None`, which the verifier rejects.
+    let (summary, has_summary) = match V6_SUMMARY.get_ptr(top) {
+        // SAFETY: pointer from a successful lookup; the value is plain integers, so a torn read
+        // during an update gives a stale but valid summary.
+        Some(summary) => (unsafe { *summary }, true),
+        None => (V6Summary::default(), false),
+    };
+    prefix::lookup_v6(&summary, has_summary, short_mask, hi, lo, |key| {
         // SAFETY: as in `lookup_v4`.
-        V6_PREFIXES.get_ptr(key).map(|flags| unsafe { *flags })
+        V6_PREFIXES
+            .get_ptr(key)
+            .map_or(prefix::NO_HIT, |flags| unsafe { *flags })
     })
 }

@@ -9,9 +9,13 @@ use aya::{
 };
 use firewall_common::{
     Counter, KernelConfig,
-    map_names::{self, CONFIG, STATS, V4_PREFIXES, V4_SUMMARY, V6_PREFIXES, V6_SUMMARY},
+    map_names::{
+        self, CONFIG, RULE_MATCH, RULE_STATS, RULES, SOURCES, STATS, SUBNETS, V4_PREFIXES,
+        V4_SUMMARY, V6_PREFIXES, V6_SUMMARY,
+    },
     prefix::{PrefixV4Key, PrefixV6Key, V4Summary, V6Summary},
     program_names,
+    rules::{RuleConfig, RuleKey},
 };
 use tracing::{info, warn};
 
@@ -126,6 +130,7 @@ impl Attachment {
 /// The loaded firewall.
 pub struct Firewall {
     ebpf: Ebpf,
+    config: KernelConfig,
 }
 
 fn map_err(
@@ -149,12 +154,33 @@ impl Firewall {
             .map_max_entries(V4_PREFIXES, limits.max_v4_prefixes)
             .map_max_entries(V6_PREFIXES, limits.max_v6_prefixes)
             .map_max_entries(V6_SUMMARY, limits.max_v6_prefixes)
+            .map_max_entries(SOURCES, limits.max_tracked_sources)
+            .map_max_entries(SUBNETS, limits.max_tracked_subnets)
             .load(EBPF_OBJECT)
             .map_err(|err| FirewallError::Load(Box::new(err)))?;
-        let mut firewall = Self { ebpf };
+        let mut firewall = Self {
+            ebpf,
+            config: KernelConfig::new(policy.malformed),
+        };
         firewall.load_program(program_names::FIREWALL)?;
         firewall.fill(policy, &tables)?;
         Ok(firewall)
+    }
+
+    fn write_config(&mut self, config: KernelConfig) -> Result<(), FirewallError> {
+        let mut array: Array<_, KernelConfig> =
+            Array::try_from(self.map_mut(CONFIG)?).map_err(map_err(CONFIG, "open"))?;
+        array.set(0, config, 0).map_err(map_err(CONFIG, "write"))?;
+        self.config = config;
+        Ok(())
+    }
+
+    /// Test hook: makes the program read `now_ns` as its clock (0: the real clock again), so
+    /// that verdict tests can replay the reference model's virtual time.
+    pub fn set_test_clock(&mut self, now_ns: u64) -> Result<(), FirewallError> {
+        let mut config = self.config;
+        config.test_clock_ns = now_ns;
+        self.write_config(config)
     }
 
     /// Loads the program `name` into the kernel (the firewall, or the empty baseline).
@@ -194,10 +220,27 @@ impl Firewall {
     fn fill(&mut self, policy: &Policy, tables: &PrefixTables) -> Result<(), FirewallError> {
         let mut config = KernelConfig::new(policy.malformed);
         config.v6_short_mask = tables.v6_short_mask;
+        if policy.dry_run {
+            config.flags |= firewall_common::config::CONFIG_DRY_RUN;
+        }
+        self.write_config(config)?;
 
-        let mut array: Array<_, KernelConfig> =
-            Array::try_from(self.map_mut(CONFIG)?).map_err(map_err(CONFIG, "open"))?;
-        array.set(0, config, 0).map_err(map_err(CONFIG, "write"))?;
+        let mut rules: Array<_, RuleConfig> =
+            Array::try_from(self.map_mut(RULES)?).map_err(map_err(RULES, "open"))?;
+        for (index, rule) in policy.rules.iter().enumerate() {
+            rules
+                .set(index as u32, rule.config, 0)
+                .map_err(map_err(RULES, "write"))?;
+        }
+        let mut matches: HashMap<_, RuleKey, u32> =
+            HashMap::try_from(self.map_mut(RULE_MATCH)?).map_err(map_err(RULE_MATCH, "open"))?;
+        for (index, rule) in policy.rules.iter().enumerate() {
+            for key in rule.keys() {
+                matches
+                    .insert(key, index as u32, 0)
+                    .map_err(map_err(RULE_MATCH, "insert"))?;
+            }
+        }
 
         let mut summary: Array<_, V4Summary> =
             Array::try_from(self.map_mut(V4_SUMMARY)?).map_err(map_err(V4_SUMMARY, "open"))?;
@@ -318,13 +361,11 @@ impl Firewall {
 
     /// The counters, summed over CPUs.
     pub fn stats(&self) -> Result<Snapshot, FirewallError> {
-        let map = self
-            .ebpf
-            .map(STATS)
-            .ok_or(FirewallError::MissingMap(STATS))?;
-        let counters: PerCpuArray<&MapData, Counter> =
-            PerCpuArray::try_from(map).map_err(map_err(STATS, "open"))?;
-        Ok(stats::snapshot(&counters)?)
+        let open = |name: &'static str| -> Result<PerCpuArray<&MapData, Counter>, FirewallError> {
+            let map = self.ebpf.map(name).ok_or(FirewallError::MissingMap(name))?;
+            PerCpuArray::try_from(map).map_err(map_err(name, "open"))
+        };
+        Ok(stats::snapshot(&open(STATS)?, &open(RULE_STATS)?)?)
     }
 }
 

@@ -9,7 +9,13 @@ use std::{
     str::FromStr as _,
 };
 
-use firewall_common::Action;
+use firewall_common::{
+    Action,
+    model::{ModelPolicy, ModelRule},
+    packet::{IPPROTO_TCP, IPPROTO_UDP},
+    ratelimit::Bucket,
+    rules::{ANY_PORT, ANY_PROTOCOL, MAX_RULES, RULE_DRY_RUN, RuleConfig, RuleKey},
+};
 use ipnet::IpNet;
 use serde::Deserialize;
 use serde_spanned::Spanned;
@@ -48,6 +54,10 @@ pub struct Limits {
     pub max_v4_prefixes: u32,
     /// IPv6 prefixes of any length.
     pub max_v6_prefixes: u32,
+    /// (rule, source) pairs whose buckets are tracked; least recently used ones are evicted.
+    pub max_tracked_sources: u32,
+    /// (rule, subnet) pairs whose buckets are tracked; least recently used ones are evicted.
+    pub max_tracked_subnets: u32,
 }
 
 impl Default for Limits {
@@ -55,7 +65,113 @@ impl Default for Limits {
         Self {
             max_v4_prefixes: 1 << 20,
             max_v6_prefixes: 1 << 18,
+            max_tracked_sources: 1 << 18,
+            max_tracked_subnets: 1 << 16,
         }
+    }
+}
+
+/// Protocol a rule takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleProtocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+    /// Every IP protocol (with `ports`: TCP and UDP).
+    Any,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSourceLimit {
+    packets_per_second: Option<u64>,
+    burst_packets: Option<u64>,
+    bytes_per_second: Option<u64>,
+    burst_bytes: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSubnetLimit {
+    packets_per_second: Option<u64>,
+    burst_packets: Option<u64>,
+    bytes_per_second: Option<u64>,
+    burst_bytes: Option<u64>,
+    #[serde(default = "default_subnet_v4")]
+    prefix_v4: u8,
+    #[serde(default = "default_subnet_v6")]
+    prefix_v6: u8,
+}
+
+fn default_subnet_v4() -> u8 {
+    24
+}
+
+fn default_subnet_v6() -> u8 {
+    64
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSynLimit {
+    per_second: u64,
+    burst: Option<u64>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: String,
+    protocol: RuleProtocol,
+    #[serde(default)]
+    ports: Vec<u16>,
+    #[serde(default)]
+    dry_run: bool,
+    per_source: Option<RawSourceLimit>,
+    per_subnet: Option<RawSubnetLimit>,
+    syn_per_source: Option<RawSynLimit>,
+}
+
+/// A validated rate-limit rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// Unique name, used in logs and statistics.
+    pub name: String,
+    /// IP protocol number, `None` for any.
+    pub protocol: Option<u8>,
+    /// Destination ports; empty for any.
+    pub ports: Vec<u16>,
+    /// The kernel's view: buckets, subnet lengths, dry-run flag.
+    pub config: RuleConfig,
+}
+
+impl Rule {
+    /// The (protocol, port) keys this rule takes in the kernel's match table.
+    pub fn keys(&self) -> Vec<RuleKey> {
+        let protocols: Vec<u8> = match (self.protocol, self.ports.is_empty()) {
+            (Some(protocol), _) => vec![protocol],
+            (None, true) => vec![ANY_PROTOCOL],
+            (None, false) => vec![IPPROTO_TCP, IPPROTO_UDP],
+        };
+        let ports: Vec<u16> = if self.ports.is_empty() {
+            vec![ANY_PORT]
+        } else {
+            self.ports.clone()
+        };
+        protocols
+            .iter()
+            .flat_map(|protocol| ports.iter().map(|port| RuleKey::new(*protocol, *port)))
+            .collect()
+    }
+}
+
+/// A bucket from a rate and an optional burst (default: one second's worth).
+fn bucket(rate: Option<u64>, burst: Option<u64>) -> Bucket {
+    match rate {
+        Some(rate) => Bucket::new(rate, burst.unwrap_or(rate)),
+        None => Bucket::UNLIMITED,
     }
 }
 
@@ -98,6 +214,10 @@ struct RawPolicy {
     limits: Limits,
     #[serde(default)]
     daemon: DaemonSettings,
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(default, rename = "rule")]
+    rules: Vec<Spanned<RawRule>>,
 }
 
 fn default_malformed() -> Action {
@@ -128,6 +248,31 @@ pub struct Policy {
     pub limits: Limits,
     /// Runtime locations and logging.
     pub daemon: DaemonSettings,
+    /// Every rule only counts what it would drop.
+    pub dry_run: bool,
+    /// Rate-limit rules, in file order (the index is the kernel's rule number).
+    pub rules: Vec<Rule>,
+}
+
+impl Policy {
+    /// The reference model of this policy.
+    pub fn model(&self) -> ModelPolicy {
+        ModelPolicy {
+            allow: self.allow.clone(),
+            block: self.block.clone(),
+            malformed: self.malformed,
+            rules: self
+                .rules
+                .iter()
+                .map(|rule| ModelRule {
+                    protocol: rule.protocol,
+                    ports: rule.ports.clone(),
+                    config: rule.config,
+                })
+                .collect(),
+            dry_run: self.dry_run,
+        }
+    }
 }
 
 impl Default for Policy {
@@ -140,6 +285,8 @@ impl Default for Policy {
             block: Vec::new(),
             limits: Limits::default(),
             daemon: DaemonSettings::default(),
+            dry_run: false,
+            rules: Vec::new(),
         }
     }
 }
@@ -279,9 +426,12 @@ impl Loaded {
                 interface_spans.push((value.clone(), diagnostic(String::new())));
             }
         }
+        let rules = parse_rules(&locator, &raw.rules, &mut errors);
         for (name, value) in [
             ("max_v4_prefixes", raw.limits.max_v4_prefixes),
             ("max_v6_prefixes", raw.limits.max_v6_prefixes),
+            ("max_tracked_sources", raw.limits.max_tracked_sources),
+            ("max_tracked_subnets", raw.limits.max_tracked_subnets),
         ] {
             if value == 0 {
                 errors.push(locator.at(0, format!("limits.{name} must be at least 1")));
@@ -304,6 +454,8 @@ impl Loaded {
                 block: block.into_iter().map(|(net, _)| net).collect(),
                 limits: raw.limits,
                 daemon: raw.daemon,
+                dry_run: raw.dry_run,
+                rules,
             },
             warnings,
             interface_spans,
@@ -323,6 +475,121 @@ impl Loaded {
             })
             .collect()
     }
+}
+
+/// Validates the `[[rule]]` tables.
+fn parse_rules(
+    locator: &Locator<'_>,
+    raw: &[Spanned<RawRule>],
+    errors: &mut Vec<Diagnostic>,
+) -> Vec<Rule> {
+    if raw.len() > MAX_RULES as usize {
+        errors.push(locator.at(
+            raw[MAX_RULES as usize].span().start,
+            format!(
+                "at most {MAX_RULES} rules are supported, found {}",
+                raw.len()
+            ),
+        ));
+        return Vec::new();
+    }
+    let mut rules = Vec::new();
+    let mut names: HashMap<String, usize> = HashMap::new();
+    let mut taken: HashMap<RuleKey, String> = HashMap::new();
+    for spanned in raw {
+        let offset = spanned.span().start;
+        let rule = spanned.get_ref();
+        let mut fail = |message: String| {
+            errors.push(locator.at(offset, format!("rule `{}`: {message}", rule.name)))
+        };
+        if let Some(first) = names.insert(rule.name.clone(), offset) {
+            fail(format!(
+                "duplicate rule name (first at line {})",
+                locator.at(first, String::new()).line
+            ));
+            continue;
+        }
+        if rule.ports.contains(&0) {
+            fail("port 0 is not a valid destination port".into());
+            continue;
+        }
+        let source = rule.per_source.unwrap_or_default();
+        let subnet = rule.per_subnet.unwrap_or_default();
+        let values = [
+            source.packets_per_second,
+            source.burst_packets,
+            source.bytes_per_second,
+            source.burst_bytes,
+            subnet.packets_per_second,
+            subnet.burst_packets,
+            subnet.bytes_per_second,
+            subnet.burst_bytes,
+            rule.syn_per_source.map(|syn| syn.per_second),
+            rule.syn_per_source.and_then(|syn| syn.burst),
+        ];
+        if values.iter().flatten().any(|value| *value == 0) {
+            fail("rates and bursts must be at least 1".into());
+            continue;
+        }
+        if subnet.prefix_v4 > 32 || subnet.prefix_v6 > 128 {
+            fail("per_subnet prefix_v4 must be 0..=32 and prefix_v6 0..=128".into());
+            continue;
+        }
+        let config = RuleConfig {
+            source_packets: bucket(source.packets_per_second, source.burst_packets),
+            source_bytes: bucket(source.bytes_per_second, source.burst_bytes),
+            subnet_packets: bucket(subnet.packets_per_second, subnet.burst_packets),
+            subnet_bytes: bucket(subnet.bytes_per_second, subnet.burst_bytes),
+            syn: rule.syn_per_source.map_or(Bucket::UNLIMITED, |syn| {
+                bucket(Some(syn.per_second), syn.burst)
+            }),
+            subnet_v4_len: u32::from(subnet.prefix_v4),
+            subnet_v6_len: u32::from(subnet.prefix_v6),
+            flags: if rule.dry_run { RULE_DRY_RUN } else { 0 },
+            _pad: 0,
+        };
+        let limited = [
+            config.source_packets,
+            config.source_bytes,
+            config.subnet_packets,
+            config.subnet_bytes,
+            config.syn,
+        ]
+        .iter()
+        .any(Bucket::is_limited);
+        if !limited {
+            fail("sets no limit: give per_source, per_subnet or syn_per_source a rate".into());
+            continue;
+        }
+        if rule.syn_per_source.is_some() && rule.protocol == RuleProtocol::Udp {
+            fail("syn_per_source needs TCP: set protocol = \"tcp\" or \"any\"".into());
+            continue;
+        }
+        let validated = Rule {
+            name: rule.name.clone(),
+            protocol: match rule.protocol {
+                RuleProtocol::Tcp => Some(IPPROTO_TCP),
+                RuleProtocol::Udp => Some(IPPROTO_UDP),
+                RuleProtocol::Any => None,
+            },
+            ports: rule.ports.clone(),
+            config,
+        };
+        let mut clash = None;
+        for key in validated.keys() {
+            if let Some(other) = taken.insert(key, rule.name.clone()) {
+                clash = Some(other);
+            }
+        }
+        if let Some(other) = clash {
+            fail(format!(
+                "matches the same protocol and port as rule `{other}`; each packet takes one rule"
+            ));
+            continue;
+        }
+        rules.push(validated);
+    }
+    rules
 }
 
 /// Parses `ADDR/LEN` or a bare address (a host prefix).

@@ -3,7 +3,11 @@
 use std::path::PathBuf;
 
 use aya::maps::{Map, MapData, PerCpuArray};
-use firewall_common::{Action, Counter, Reason, stats::stats_index};
+use firewall_common::{
+    Action, Counter, Reason,
+    rules::{MAX_RULES, rule_stats_index},
+    stats::stats_index,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::paths::PinLayout;
@@ -54,12 +58,36 @@ pub struct CounterRow {
     pub bytes: u64,
 }
 
+/// One rule's counter for one reason, summed over CPUs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleRow {
+    /// Rule index (order in the policy file).
+    pub rule: u32,
+    /// `default` (taken and passed), `rate_limited`, `syn_limited` or `would_drop`.
+    pub reason: Reason,
+    /// Packets.
+    pub packets: u64,
+    /// Bytes.
+    pub bytes: u64,
+}
+
 /// Every counter at one moment.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
     /// One row per `(action, reason)` pair, zero rows included.
     pub counters: Vec<CounterRow>,
+    /// Per-rule counters, non-zero rows only.
+    #[serde(default)]
+    pub rules: Vec<RuleRow>,
 }
+
+/// Reasons a rule counts under.
+const RULE_REASONS: [Reason; 4] = [
+    Reason::Default,
+    Reason::RateLimited,
+    Reason::SynLimited,
+    Reason::WouldDrop,
+];
 
 impl Snapshot {
     /// The counter of one pair.
@@ -74,26 +102,47 @@ impl Snapshot {
             .unwrap_or_default()
     }
 
+    /// A rule's counter for `reason`.
+    pub fn rule(&self, rule: u32, reason: Reason) -> Counter {
+        self.rules
+            .iter()
+            .find(|row| row.rule == rule && row.reason == reason)
+            .map(|row| Counter {
+                packets: row.packets,
+                bytes: row.bytes,
+            })
+            .unwrap_or_default()
+    }
+
     /// Packets over every pair.
     pub fn total_packets(&self) -> u64 {
         self.counters.iter().map(|row| row.packets).sum()
     }
 }
 
-/// Sums every `(action, reason)` counter over CPUs.
+/// The sum over CPUs of slot `index`.
+fn sum<T: std::borrow::Borrow<MapData>>(
+    map: &PerCpuArray<T, Counter>,
+    index: u32,
+) -> Result<Counter, StatsError> {
+    let per_cpu = map
+        .get(&index, 0)
+        .map_err(|source| StatsError::Read { index, source })?;
+    Ok(per_cpu.iter().fold(Counter::default(), |total, c| Counter {
+        packets: total.packets.wrapping_add(c.packets),
+        bytes: total.bytes.wrapping_add(c.bytes),
+    }))
+}
+
+/// Sums every `(action, reason)` counter and every per-rule counter over CPUs.
 pub fn snapshot<T: std::borrow::Borrow<MapData>>(
     map: &PerCpuArray<T, Counter>,
+    rule_map: &PerCpuArray<T, Counter>,
 ) -> Result<Snapshot, StatsError> {
     let mut counters = Vec::new();
     for action in Action::ALL {
         for reason in Reason::ALL {
-            let index = stats_index(action, reason);
-            let per_cpu = map
-                .get(&index, 0)
-                .map_err(|source| StatsError::Read { index, source })?;
-            let (packets, bytes) = per_cpu.iter().fold((0u64, 0u64), |(p, b), c| {
-                (p.wrapping_add(c.packets), b.wrapping_add(c.bytes))
-            });
+            let Counter { packets, bytes } = sum(map, stats_index(action, reason))?;
             counters.push(CounterRow {
                 action,
                 reason,
@@ -102,22 +151,41 @@ pub fn snapshot<T: std::borrow::Borrow<MapData>>(
             });
         }
     }
-    Ok(Snapshot { counters })
+    let mut rules = Vec::new();
+    for rule in 0..MAX_RULES {
+        for reason in RULE_REASONS {
+            let Counter { packets, bytes } = sum(rule_map, rule_stats_index(rule, reason))?;
+            if packets > 0 {
+                rules.push(RuleRow {
+                    rule,
+                    reason,
+                    packets,
+                    bytes,
+                });
+            }
+        }
+    }
+    Ok(Snapshot { counters, rules })
 }
 
 /// Reads the counters a daemon pinned under `layout`.
 pub fn read_pinned(layout: &PinLayout) -> Result<Snapshot, StatsError> {
-    let path = layout.map(firewall_common::map_names::STATS);
-    if !path.exists() {
-        return Err(StatsError::NotRunning { path });
-    }
-    let open_err = |source| StatsError::Open {
-        path: path.clone(),
-        source,
+    let open = |name: &str| {
+        let path = layout.map(name);
+        if !path.exists() {
+            return Err(StatsError::NotRunning { path });
+        }
+        let open_err = |source| StatsError::Open {
+            path: path.clone(),
+            source,
+        };
+        let data = MapData::from_pin(&path).map_err(open_err)?;
+        PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(open_err)
     };
-    let data = MapData::from_pin(&path).map_err(open_err)?;
-    let map = PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(open_err)?;
-    snapshot(&map)
+    snapshot(
+        &open(firewall_common::map_names::STATS)?,
+        &open(firewall_common::map_names::RULE_STATS)?,
+    )
 }
 
 /// A fixed-width table of the non-zero counters (all of them if every one is zero).
@@ -144,6 +212,25 @@ pub fn render_table(snapshot: &Snapshot) -> String {
             row.packets,
             row.bytes
         ));
+    }
+    if !snapshot.rules.is_empty() {
+        out.push_str(&format!(
+            "\n{:<6} {:<12} {:>14} {:>16}\n",
+            "RULE", "OUTCOME", "PACKETS", "BYTES"
+        ));
+        for row in &snapshot.rules {
+            out.push_str(&format!(
+                "{:<6} {:<12} {:>14} {:>16}\n",
+                row.rule,
+                if row.reason == Reason::Default {
+                    "passed"
+                } else {
+                    row.reason.name()
+                },
+                row.packets,
+                row.bytes
+            ));
+        }
     }
     out
 }

@@ -186,7 +186,9 @@ impl PrefixTables {
         for (top, summary) in tables.v6_summary.iter_mut() {
             let hi = u64::from(u32::from_be_bytes(*top)) << 32;
             summary.short_flags =
-                prefix::lookup_v6(None, short_mask, hi, 0, |key| v6_prefixes.get(key).copied());
+                prefix::lookup_v6(&V6Summary::default(), false, short_mask, hi, 0, |key| {
+                    v6_prefixes.get(key).copied().unwrap_or(prefix::NO_HIT)
+                });
         }
         Ok(tables)
     }
@@ -201,17 +203,21 @@ impl PrefixTables {
                     .get(&(addr >> (32 - V4_SUMMARY_BITS)))
                     .copied()
                     .unwrap_or_default();
-                prefix::lookup_v4(&summary, addr, |key| self.v4_prefixes.get(key).copied())
+                prefix::lookup_v4(&summary, addr, |key| {
+                    self.v4_prefixes.get(key).copied().unwrap_or(prefix::NO_HIT)
+                })
             }
             std::net::IpAddr::V6(addr) => {
                 let (hi, lo) = v6_halves(addr);
                 let top = ((hi >> 32) as u32).to_be_bytes();
+                let summary = self.v6_summary.get(&top);
                 prefix::lookup_v6(
-                    self.v6_summary.get(&top),
+                    &summary.copied().unwrap_or_default(),
+                    summary.is_some(),
                     self.v6_short_mask,
                     hi,
                     lo,
-                    |key| self.v6_prefixes.get(key).copied(),
+                    |key| self.v6_prefixes.get(key).copied().unwrap_or(prefix::NO_HIT),
                 )
             }
         }
@@ -251,6 +257,7 @@ mod tests {
             dst: addr,
             protocol: 0,
             ports: None,
+            tcp_flags: None,
         });
         model::decide(policy, &packet).reason
     }
@@ -358,6 +365,7 @@ mod tests {
                 allow: allow.clone(),
                 block: block.clone(),
                 malformed: Action::Drop,
+                ..ModelPolicy::default()
             };
             let all: Vec<IpNet> = allow.iter().chain(&block).copied().collect();
             for _ in 0..200 {

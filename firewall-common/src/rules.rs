@@ -1,0 +1,138 @@
+//! Rate-limit rules as the XDP program sees them: which packets a rule takes (protocol and
+//! destination port), its buckets, and the per-source / per-subnet state keys and values.
+
+use crate::ratelimit::Bucket;
+
+/// Most rules a policy may have (size of the rule array and of the per-rule counter blocks).
+pub const MAX_RULES: u32 = 64;
+/// `RuleKey::protocol` of a rule that takes every IP protocol.
+pub const ANY_PROTOCOL: u8 = 0;
+/// `RuleKey::port` of a rule that takes every port (and packets without ports).
+pub const ANY_PORT: u16 = 0;
+
+/// Rule flag: count "would drop" but pass.
+pub const RULE_DRY_RUN: u32 = 1;
+
+/// What a rule matches: `(protocol, destination port)`, either possibly "any". A packet takes the
+/// rule of `(protocol, port)`, else `(protocol, ANY_PORT)`, else `(ANY_PROTOCOL, ANY_PORT)`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RuleKey {
+    /// IP protocol number, or [`ANY_PROTOCOL`].
+    pub protocol: u8,
+    /// Explicit padding; always zero.
+    pub _pad: u8,
+    /// Destination port (host order), or [`ANY_PORT`].
+    pub port: u16,
+}
+
+impl RuleKey {
+    /// Builds a key.
+    pub const fn new(protocol: u8, port: u16) -> Self {
+        Self {
+            protocol,
+            _pad: 0,
+            port,
+        }
+    }
+}
+
+/// The limits of one rule. An unlimited bucket has `interval == 0`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
+pub struct RuleConfig {
+    /// Packets per source.
+    pub source_packets: Bucket,
+    /// Bytes per source.
+    pub source_bytes: Bucket,
+    /// Packets per source subnet.
+    pub subnet_packets: Bucket,
+    /// Bytes per source subnet.
+    pub subnet_bytes: Bucket,
+    /// TCP SYN (without ACK) per source.
+    pub syn: Bucket,
+    /// Prefix length of an IPv4 source's subnet.
+    pub subnet_v4_len: u32,
+    /// Prefix length of an IPv6 source's subnet.
+    pub subnet_v6_len: u32,
+    /// [`RULE_DRY_RUN`].
+    pub flags: u32,
+    /// Explicit padding; always zero.
+    pub _pad: u32,
+}
+
+impl RuleConfig {
+    /// Whether the rule only counts what it would drop.
+    pub const fn dry_run(&self) -> bool {
+        self.flags & RULE_DRY_RUN != 0
+    }
+
+    /// Whether any per-subnet limit is set.
+    pub const fn limits_subnets(&self) -> bool {
+        self.subnet_packets.is_limited() || self.subnet_bytes.is_limited()
+    }
+}
+
+/// Key of per-source and per-subnet state: the rule, and the source address masked to
+/// `prefix_len` (32/128 for a source, the rule's subnet length for a subnet).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TrackKey {
+    /// Rule index.
+    pub rule: u16,
+    /// 4 or 6.
+    pub family: u8,
+    /// Prefix length of `addr`.
+    pub prefix_len: u8,
+    /// Masked address, network order (IPv4 in the first 4 bytes, the rest zero).
+    pub addr: [u8; 16],
+}
+
+/// Bucket state (TATs, in ticks) of one source or subnet for one rule.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrackState {
+    /// Packet bucket.
+    pub packets: u64,
+    /// Byte bucket.
+    pub bytes: u64,
+    /// SYN bucket (sources only).
+    pub syn: u64,
+}
+
+/// Index of a rule's counter for `reason` in the per-rule statistics map.
+pub const fn rule_stats_index(rule: u32, reason: crate::Reason) -> u32 {
+    rule * crate::stats::REASON_SLOTS + reason as u32
+}
+
+/// Entries of the per-rule statistics map.
+pub const RULE_STATS_ENTRIES: u32 = MAX_RULES * crate::stats::REASON_SLOTS;
+
+impl TrackKey {
+    /// Key of the IPv4 source `addr` (host order) masked to `prefix_len`.
+    #[inline(always)]
+    pub const fn v4(rule: u32, addr: u32, prefix_len: u32) -> Self {
+        let masked = crate::prefix::mask_v4(addr, prefix_len).to_be_bytes();
+        Self {
+            rule: rule as u16,
+            family: 4,
+            prefix_len: prefix_len as u8,
+            addr: [
+                masked[0], masked[1], masked[2], masked[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            ],
+        }
+    }
+
+    /// Key of the IPv6 source `(hi, lo)` (host order halves) masked to `prefix_len`.
+    #[inline(always)]
+    pub const fn v6(rule: u32, hi: u64, lo: u64, prefix_len: u32) -> Self {
+        let key = crate::prefix::PrefixV6Key::new(hi, lo, prefix_len);
+        Self {
+            rule: rule as u16,
+            family: 6,
+            prefix_len: prefix_len as u8,
+            addr: key.addr,
+        }
+    }
+}
