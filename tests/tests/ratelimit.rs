@@ -255,3 +255,114 @@ fn global_dry_run_passes_everything_and_counts_would_drop() {
         "{reasons:?}"
     );
 }
+
+/// Removes a test's pin directory on drop.
+struct PinDir(std::path::PathBuf);
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Both CPUs hammer one source's bucket at the same instants of the test clock. A bucket whose
+/// update is not atomic lets both CPUs spend the same token; the compare-and-exchange update must
+/// admit exactly what the rate allows, however the CPUs interleave.
+#[test]
+fn one_bucket_shared_by_two_cpus_admits_exactly_the_rate() {
+    use std::sync::{Arc, Barrier};
+
+    use aya::programs::Xdp;
+    use aya_obj::programs::XdpAttachType;
+
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let policy = Loaded::from_str(
+        Path::new("cas.toml"),
+        r#"
+[[rule]]
+name = "dns"
+protocol = "udp"
+ports = [53]
+per_source = { packets_per_second = 1000000, burst_packets = 1000 }
+"#,
+    )
+    .unwrap_or_else(|err| panic!("{err}"))
+    .policy;
+    let mut firewall = Firewall::load(&policy).expect("load firewall");
+    let pin = PinDir(std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/apifw-test-cas-{}",
+        std::process::id()
+    )));
+    std::fs::create_dir_all(&pin.0).expect("pin dir");
+    let program_pin = pin.0.join("apifw");
+    firewall
+        .program_mut(program_names::FIREWALL)
+        .expect("program")
+        .pin(&program_pin)
+        .expect("pin program");
+
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1])
+        .ipv4([192, 0, 2, 10], [192, 0, 2, 254], 64)
+        .udp(40000, 53)
+        .write(&mut out, &[0u8; 18])
+        .expect("frame");
+    let frame = Arc::new(out);
+
+    const STEPS: u64 = 200;
+    const STEP_NS: u64 = 1_000_000;
+    // Three times what the rate allows in a step, so that both CPUs spend tokens at the same
+    // moments for most of each step.
+    const PER_THREAD_PER_STEP: u32 = 1_500;
+    let start_ns = 10_000_000_000u64;
+    let threads = cpus.min(2);
+    let barrier = Arc::new(Barrier::new(threads + 1));
+    let workers: Vec<_> = (0..threads)
+        .map(|cpu| {
+            let (barrier, frame, program_pin) =
+                (barrier.clone(), frame.clone(), program_pin.clone());
+            std::thread::spawn(move || {
+                let mut set = nix::sched::CpuSet::new();
+                set.set(cpu).expect("cpu set");
+                nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+                    .expect("affinity");
+                let program = Xdp::from_pin(&program_pin, XdpAttachType::Interface)
+                    .expect("open pinned program");
+                for _ in 0..STEPS {
+                    barrier.wait();
+                    program
+                        .test_run(TestRunOptions {
+                            data_in: Some(&frame),
+                            repeat: PER_THREAD_PER_STEP,
+                            ..TestRunOptions::default()
+                        })
+                        .expect("test run");
+                    barrier.wait();
+                }
+            })
+        })
+        .collect();
+    for step in 0..STEPS {
+        firewall
+            .set_test_clock(start_ns + step * STEP_NS)
+            .expect("clock");
+        barrier.wait(); // go
+        barrier.wait(); // both CPUs done with this instant
+    }
+    for worker in workers {
+        worker.join().expect("worker");
+    }
+
+    let snapshot = firewall.stats().expect("counters");
+    let admitted = snapshot.rule(0, Reason::Default).packets;
+    let limited = snapshot.rule(0, Reason::RateLimited).packets;
+    let offered = STEPS * threads as u64 * u64::from(PER_THREAD_PER_STEP);
+    assert_eq!(admitted + limited, offered, "every packet counted once");
+    // A full bucket holds 1,000 packets and refills completely in each 1 ms step: exactly
+    // 1,000 packets per instant.
+    let expected = 1_000 * STEPS;
+    assert_eq!(
+        admitted, expected,
+        "admitted {admitted} of {offered} with {threads} CPUs"
+    );
+}
