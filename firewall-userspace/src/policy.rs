@@ -897,6 +897,125 @@ cidrs = [
     }
 
     #[test]
+    fn rules_compile_to_buckets_and_match_keys() {
+        let loaded = load(
+            r#"
+dry_run = true
+[[rule]]
+name = "https"
+protocol = "tcp"
+ports = [443, 8443]
+per_source = { packets_per_second = 100, bytes_per_second = 1000000, burst_bytes = 3000000 }
+syn_per_source = { per_second = 5 }
+[[rule]]
+name = "dns"
+protocol = "any"
+ports = [53]
+dry_run = true
+per_subnet = { packets_per_second = 1000, burst_packets = 50, prefix_v4 = 20 }
+[[rule]]
+name = "rest"
+protocol = "any"
+per_source = { packets_per_second = 10 }
+"#,
+        )
+        .unwrap_or_else(|err| panic!("{err}"));
+        let policy = loaded.policy;
+        assert!(policy.dry_run);
+        assert_eq!(policy.rules.len(), 3);
+        let https = &policy.rules[0];
+        assert_eq!(
+            https.config.source_packets,
+            Bucket::new(100, 100),
+            "burst defaults to 1 s"
+        );
+        assert_eq!(https.config.source_bytes, Bucket::new(1_000_000, 3_000_000));
+        assert_eq!(https.config.syn, Bucket::new(5, 5));
+        assert!(!https.config.subnet_packets.is_limited());
+        assert!(!https.config.dry_run());
+        assert_eq!(
+            https.keys(),
+            [
+                RuleKey::new(IPPROTO_TCP, 443),
+                RuleKey::new(IPPROTO_TCP, 8443)
+            ]
+        );
+        let dns = &policy.rules[1];
+        assert!(dns.config.dry_run());
+        assert_eq!(
+            (dns.config.subnet_v4_len, dns.config.subnet_v6_len),
+            (20, 64)
+        );
+        assert_eq!(
+            dns.keys(),
+            [RuleKey::new(IPPROTO_TCP, 53), RuleKey::new(IPPROTO_UDP, 53)]
+        );
+        assert_eq!(
+            policy.rules[2].keys(),
+            [RuleKey::new(ANY_PROTOCOL, ANY_PORT)]
+        );
+        let model = policy.model();
+        assert_eq!(model.rules.len(), 3);
+        assert!(model.dry_run);
+    }
+
+    #[test]
+    fn bad_rules_are_errors_naming_the_rule() {
+        let rule = |body: &str| format!("[[rule]]\nname = \"r\"\nprotocol = \"tcp\"\n{body}\n");
+        let cases = [
+            (
+                rule("ports = [0]\nper_source = { packets_per_second = 1 }"),
+                "port 0",
+            ),
+            (
+                rule("per_source = { packets_per_second = 0 }"),
+                "at least 1",
+            ),
+            (rule(""), "sets no limit"),
+            (
+                rule("per_subnet = { packets_per_second = 1, prefix_v4 = 33 }"),
+                "prefix_v4",
+            ),
+            (
+                "[[rule]]\nname = \"u\"\nprotocol = \"udp\"\nsyn_per_source = { per_second = 1 }\n"
+                    .to_owned(),
+                "syn_per_source needs TCP",
+            ),
+        ];
+        for (text, expected) in cases {
+            let found = messages(&errors(&text));
+            assert_eq!(found.len(), 1, "{text}: {found:?}");
+            assert!(
+                found[0].starts_with("policy.toml:1:1: rule `"),
+                "{text}: {found:?}"
+            );
+            assert!(found[0].contains(expected), "{text}: {found:?}");
+        }
+
+        let found = messages(&errors(
+            "[[rule]]\nname = \"a\"\nprotocol = \"tcp\"\nports = [443]\nper_source = { packets_per_second = 1 }\n\
+             [[rule]]\nname = \"a\"\nprotocol = \"udp\"\nper_source = { packets_per_second = 1 }\n\
+             [[rule]]\nname = \"b\"\nprotocol = \"any\"\nports = [443]\nper_source = { packets_per_second = 1 }\n",
+        ));
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found[0].contains("rule `a`: duplicate rule name (first at line 1)"),
+            "{found:?}"
+        );
+        assert!(
+            found[1].contains("rule `b`: matches the same protocol and port as rule `a`"),
+            "{found:?}"
+        );
+
+        let found = messages(&errors("[[rule]]\nname = \"x\"\nprotocol = \"icmp\"\n"));
+        assert!(found[0].contains("unknown variant `icmp`"), "{found:?}");
+        let found = messages(&errors(
+            "[[rule]]\nname = \"x\"\nprotocol = \"tcp\"\nper_source = { pps = 1 }\n",
+        ));
+        assert!(found[0].contains("unknown field `pps`"), "{found:?}");
+    }
+
+    #[test]
     fn unreadable_file_names_the_path() {
         let err =
             Loaded::from_file(Path::new("/nonexistent/apifw.toml")).expect_err("missing file");

@@ -42,11 +42,13 @@ pub fn execute(args: CheckArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     println!(
-        "{}: ok ({} interfaces, {} allow and {} block entries, {} warnings)",
+        "{}: ok ({} interfaces, {} allow and {} block entries, {} rate-limit rules{}, {} warnings)",
         args.config.display(),
         policy.interfaces.len(),
         policy.allow.len(),
         policy.block.len(),
+        policy.rules.len(),
+        if policy.dry_run { " in dry run" } else { "" },
         loaded.warnings.len()
     );
     Ok(ExitCode::SUCCESS)
