@@ -17,7 +17,19 @@ pub struct KernelConfig {
     /// Test hook: when non-zero, the program's clock (ns) instead of `bpf_ktime_get_ns`, so that
     /// verdict tests can replay the reference model's virtual time. Never set in production.
     pub test_clock_ns: u64,
+    /// Which kinds of rule match key exist ([`RULES_BY_PORT`], [`RULES_BY_PROTOCOL`],
+    /// [`RULES_FOR_ANY`]), so that packets skip match lookups that cannot hit.
+    pub rule_kinds: u32,
+    /// Explicit padding; always zero.
+    pub _pad: u32,
 }
+
+/// A rule matches some `(protocol, port)`.
+pub const RULES_BY_PORT: u32 = 1;
+/// A rule matches some `(protocol, any port)`.
+pub const RULES_BY_PROTOCOL: u32 = 2;
+/// A rule matches `(any protocol, any port)`.
+pub const RULES_FOR_ANY: u32 = 4;
 
 /// Global dry run: rate limits count `would_drop` and pass.
 pub const CONFIG_DRY_RUN: u32 = 1;
@@ -30,6 +42,8 @@ impl KernelConfig {
             flags: 0,
             v6_short_mask: 0,
             test_clock_ns: 0,
+            rule_kinds: 0,
+            _pad: 0,
         }
     }
 

@@ -6,7 +6,7 @@ use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 use firewall_common::{
     KernelConfig, Reason,
-    config::CONFIG_DRY_RUN,
+    config::{CONFIG_DRY_RUN, RULES_BY_PORT, RULES_BY_PROTOCOL, RULES_FOR_ANY},
     packet::IPPROTO_TCP,
     ratelimit::{Bucket, ticks},
     rules::{ANY_PORT, ANY_PROTOCOL, RuleConfig, RuleKey, TrackKey, TrackState},
@@ -27,9 +27,10 @@ const CAS_ATTEMPTS: u32 = 8;
 /// undefined payload of a `None`, which the verifier rejects as an uninitialised read.)
 pub const NO_RULE: u32 = u32::MAX;
 
-/// The rule that takes `packet` by the model's precedence, or [`NO_RULE`].
+/// The rule that takes `packet` by the model's precedence, or [`NO_RULE`]. Only kinds of keys
+/// that exist (`config.rule_kinds`) are looked up: a policy without rules costs no lookup.
 #[inline(always)]
-fn rule_for(packet: &Packet) -> u32 {
+fn rule_for(packet: &Packet, kinds: u32) -> u32 {
     let lookup = |key: RuleKey| {
         // SAFETY: pointer from a successful lookup; the value is a plain u32.
         RULE_MATCH
@@ -37,13 +38,15 @@ fn rule_for(packet: &Packet) -> u32 {
             .map_or(NO_RULE, |rule| unsafe { *rule })
     };
     let mut rule = NO_RULE;
-    if let Some(port) = packet.dst_port {
+    if kinds & RULES_BY_PORT != 0
+        && let Some(port) = packet.dst_port
+    {
         rule = lookup(RuleKey::new(packet.protocol, port));
     }
-    if rule == NO_RULE {
+    if rule == NO_RULE && kinds & RULES_BY_PROTOCOL != 0 {
         rule = lookup(RuleKey::new(packet.protocol, ANY_PORT));
     }
-    if rule == NO_RULE {
+    if rule == NO_RULE && kinds & RULES_FOR_ANY != 0 {
         rule = lookup(RuleKey::new(ANY_PROTOCOL, ANY_PORT));
     }
     rule
@@ -94,7 +97,7 @@ fn state(
 /// The rule that takes the packet ([`NO_RULE`] if none) and the outcome of its buckets.
 #[inline(always)]
 pub fn check(packet: &Packet, len: u64, config: &KernelConfig) -> (u32, Reason) {
-    let rule = rule_for(packet);
+    let rule = rule_for(packet, config.rule_kinds);
     if rule == NO_RULE {
         return (NO_RULE, Reason::Default);
     }

@@ -15,7 +15,7 @@ use firewall_common::{
     },
     prefix::{PrefixV4Key, PrefixV6Key, V4Summary, V6Summary},
     program_names,
-    rules::{RuleConfig, RuleKey},
+    rules::{ANY_PORT, ANY_PROTOCOL, RuleConfig, RuleKey},
 };
 use tracing::{info, warn};
 
@@ -222,6 +222,13 @@ impl Firewall {
         config.v6_short_mask = tables.v6_short_mask;
         if policy.dry_run {
             config.flags |= firewall_common::config::CONFIG_DRY_RUN;
+        }
+        for key in policy.rules.iter().flat_map(|rule| rule.keys()) {
+            config.rule_kinds |= match (key.protocol, key.port) {
+                (ANY_PROTOCOL, _) => firewall_common::config::RULES_FOR_ANY,
+                (_, ANY_PORT) => firewall_common::config::RULES_BY_PROTOCOL,
+                _ => firewall_common::config::RULES_BY_PORT,
+            };
         }
         self.write_config(config)?;
 
