@@ -210,7 +210,9 @@ impl Firewall {
             .map_err(missing)
     }
 
-    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, FirewallError> {
+    /// The map `name` (one of `firewall_common::map_names`), for tests and benchmarks that
+    /// inspect or preload kernel state.
+    pub fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, FirewallError> {
         self.ebpf
             .map_mut(name)
             .ok_or(FirewallError::MissingMap(name))
