@@ -22,6 +22,10 @@ pub struct KernelConfig {
     pub rule_kinds: u32,
     /// Explicit padding; always zero.
     pub _pad: u32,
+    /// Bit `L` set when subnet bans of IPv4 length `L` (0..=31) can exist.
+    pub ban_v4_lengths: u64,
+    /// Bit `L` (word `L / 64`) set when subnet bans of IPv6 length `L` (0..=127) can exist.
+    pub ban_v6_lengths: [u64; 2],
 }
 
 /// A rule matches some `(protocol, port)`.
@@ -33,6 +37,8 @@ pub const RULES_FOR_ANY: u32 = 4;
 
 /// Global dry run: rate limits count `would_drop` and pass.
 pub const CONFIG_DRY_RUN: u32 = 1;
+/// Bans can exist: the program checks the ban map.
+pub const CONFIG_BANS: u32 = 2;
 
 impl KernelConfig {
     /// The configuration of a firewall with empty lists.
@@ -44,6 +50,8 @@ impl KernelConfig {
             test_clock_ns: 0,
             rule_kinds: 0,
             _pad: 0,
+            ban_v4_lengths: 0,
+            ban_v6_lengths: [0; 2],
         }
     }
 

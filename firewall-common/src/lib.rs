@@ -49,9 +49,13 @@ pub mod map_names {
     pub const SUBNETS: &str = "APIFW_SUBNETS";
     /// `PerCpuArray<Counter>` indexed by [`crate::rules::rule_stats_index`].
     pub const RULE_STATS: &str = "APIFW_RULE_STATS";
+    /// `HashMap<BanKey, BanEntry>`: active bans (a plain hash, never evicted by traffic).
+    pub const BANS: &str = "APIFW_BANS";
+    /// `LruHashMap<TrackKey, EscalationState>`: banned sources per (rule, subnet).
+    pub const ESCALATION: &str = "APIFW_ESCALATION";
 
     /// Every map the daemon pins.
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 13] = [
         CONFIG,
         STATS,
         V4_SUMMARY,
@@ -63,6 +67,8 @@ pub mod map_names {
         SOURCES,
         SUBNETS,
         RULE_STATS,
+        BANS,
+        ESCALATION,
     ];
 }
 

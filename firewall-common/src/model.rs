@@ -21,6 +21,12 @@
 //!    would exceed stops the walk (later buckets are not charged): drop as `syn_limited` or
 //!    `rate_limited`, or under dry run (global or the rule's) pass as `would_drop`. A packet
 //!    that fits every bucket passes as `default`.
+//! 7. Bans: before any rule, a source with an unexpired host ban drops as `banned`, and one inside
+//!    an unexpired subnet ban as `subnet_banned` (allowlisted sources are never banned). A rule
+//!    with `RULE_BAN` tracks how long a source keeps being refused (a gap of `EXCEED_GAP_NS`
+//!    restarts the clock); once that reaches `ban_after_ns` the source is banned for `ban_ttl_ns`
+//!    (dry run: the packet passes as `would_ban` instead), and when `escalate_after` sources of one
+//!    subnet were banned within one `ban_ttl_ns`, the subnet is banned for `subnet_ban_ttl_ns`.
 
 use std::{collections::HashMap, net::IpAddr, vec::Vec};
 
@@ -29,7 +35,10 @@ use ipnet::IpNet;
 use crate::{
     packet::*,
     ratelimit::{Bucket, ticks},
-    rules::{RuleConfig, TrackKey, TrackState},
+    rules::{
+        BAN_HOST, BAN_SUBNET, BanEntry, BanKey, EXCEED_GAP_NS, EscalationState, RuleConfig,
+        TrackKey, TrackState,
+    },
     stats::{Action, Reason, Verdict},
 };
 
@@ -231,6 +240,9 @@ pub struct Model {
     pub policy: ModelPolicy,
     sources: HashMap<TrackKey, TrackState>,
     subnets: HashMap<TrackKey, TrackState>,
+    escalation: HashMap<TrackKey, EscalationState>,
+    /// Bans made so far (expired ones included; they no longer count).
+    pub bans: HashMap<BanKey, BanEntry>,
 }
 
 /// What the model decided for one frame, and under which rule.
@@ -285,6 +297,12 @@ impl Model {
             // Allowlisted sources skip the limits; blocklisted ones never reach a bucket.
             return Decision {
                 verdict,
+                rule: None,
+            };
+        }
+        if let Some(reason) = self.banned(&packet, now_ns) {
+            return Decision {
+                verdict: Verdict::new(Action::Drop, reason),
                 rule: None,
             };
         }
@@ -354,10 +372,18 @@ impl Model {
             match bucket.charge(*tat, now, cost) {
                 Some(next) => *tat = next,
                 None => {
-                    let verdict = if self.policy.dry_run || config.dry_run() {
-                        Verdict::new(Action::Pass, Reason::WouldDrop)
-                    } else {
-                        Verdict::new(Action::Drop, reason)
+                    let dry_run = self.policy.dry_run || config.dry_run();
+                    let ban =
+                        config.bans() && self.exceeding_long_enough(source_key, &config, now_ns);
+                    let verdict = match (dry_run, ban) {
+                        (true, true) => Verdict::new(Action::Pass, Reason::WouldBan),
+                        (true, false) => Verdict::new(Action::Pass, Reason::WouldDrop),
+                        (false, ban) => {
+                            if ban {
+                                self.ban(rule, &config, source_key, subnet_key, now_ns);
+                            }
+                            Verdict::new(Action::Drop, reason)
+                        }
                     };
                     return Decision {
                         verdict,
@@ -369,6 +395,111 @@ impl Model {
         Decision {
             verdict,
             rule: Some(rule),
+        }
+    }
+}
+
+impl Model {
+    /// Why `packet`'s source is banned at `now_ns`, if it is.
+    fn banned(&self, packet: &IpPacket, now_ns: u64) -> Option<Reason> {
+        let active = |key: &TrackKey| {
+            self.bans
+                .get(&BanKey::of(key))
+                .is_some_and(|ban| ban.expires_ns > now_ns)
+        };
+        let key = |len: u32| match packet.src {
+            IpAddr::V4(addr) => TrackKey::v4(0, u32::from(addr), len),
+            IpAddr::V6(addr) => {
+                let bits = u128::from(addr);
+                TrackKey::v6(0, (bits >> 64) as u64, bits as u64, len)
+            }
+        };
+        let host = if packet.src.is_ipv4() { 32 } else { 128 };
+        if active(&key(host)) {
+            return Some(Reason::Banned);
+        }
+        let escalating = self
+            .policy
+            .rules
+            .iter()
+            .filter(|rule| rule.config.bans() && rule.config.escalate_after > 0);
+        for rule in escalating {
+            let len = if packet.src.is_ipv4() {
+                rule.config.subnet_v4_len
+            } else {
+                rule.config.subnet_v6_len
+            };
+            if len < host && active(&key(len)) {
+                return Some(Reason::SubnetBanned);
+            }
+        }
+        None
+    }
+
+    /// Records a refusal of `source` at `now_ns`; whether it has now exceeded for `ban_after`.
+    fn exceeding_long_enough(
+        &mut self,
+        source: TrackKey,
+        config: &RuleConfig,
+        now_ns: u64,
+    ) -> bool {
+        let state = self.sources.entry(source).or_default();
+        if state.exceed_since == 0 || now_ns - state.last_exceed > EXCEED_GAP_NS {
+            state.exceed_since = now_ns;
+        }
+        state.last_exceed = now_ns;
+        if now_ns - state.exceed_since >= config.ban_after_ns {
+            // One ban (or would-ban) per run of refusals: the clock starts again.
+            state.exceed_since = 0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Bans `source`, and its subnet when enough of the subnet's sources were banned lately.
+    fn ban(
+        &mut self,
+        rule: u32,
+        config: &RuleConfig,
+        source: TrackKey,
+        subnet: TrackKey,
+        now_ns: u64,
+    ) {
+        self.bans.insert(
+            BanKey::of(&source),
+            BanEntry {
+                expires_ns: now_ns.saturating_add(config.ban_ttl_ns),
+                banned_at_ns: now_ns,
+                rule,
+                kind: BAN_HOST,
+            },
+        );
+        if config.escalate_after == 0 {
+            return;
+        }
+        let state = self.escalation.entry(subnet).or_default();
+        if state.window_start == 0 || now_ns - state.window_start > config.ban_ttl_ns {
+            *state = EscalationState {
+                banned: 0,
+                window_start: now_ns,
+            };
+        }
+        state.banned += 1;
+        if state.banned >= u64::from(config.escalate_after) {
+            *state = EscalationState {
+                banned: 0,
+                window_start: now_ns,
+            };
+            self.bans.insert(
+                BanKey::of(&subnet),
+                BanEntry {
+                    expires_ns: now_ns.saturating_add(config.subnet_ban_ttl_ns),
+                    banned_at_ns: now_ns,
+                    rule,
+                    kind: BAN_SUBNET,
+                },
+            );
         }
     }
 }

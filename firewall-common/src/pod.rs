@@ -3,7 +3,7 @@
 use crate::{
     config::KernelConfig,
     prefix::{PrefixV4Key, PrefixV6Key, V4Summary, V6Summary},
-    rules::{RuleConfig, RuleKey, TrackKey, TrackState},
+    rules::{BanEntry, BanKey, EscalationState, RuleConfig, RuleKey, TrackKey, TrackState},
     stats::Counter,
 };
 
@@ -28,3 +28,9 @@ unsafe impl aya::Pod for RuleKey {}
 unsafe impl aya::Pod for TrackKey {}
 // SAFETY: see above.
 unsafe impl aya::Pod for TrackState {}
+// SAFETY: see above.
+unsafe impl aya::Pod for BanKey {}
+// SAFETY: see above.
+unsafe impl aya::Pod for BanEntry {}
+// SAFETY: see above.
+unsafe impl aya::Pod for EscalationState {}

@@ -12,6 +12,11 @@ pub const ANY_PORT: u16 = 0;
 
 /// Rule flag: count "would drop" but pass.
 pub const RULE_DRY_RUN: u32 = 1;
+/// Rule flag: a source that keeps exceeding for `ban_after_ns` is banned.
+pub const RULE_BAN: u32 = 2;
+/// A source stops "exceeding" when it has not been refused for this long: a new refusal after
+/// the gap restarts the `ban_after` clock.
+pub const EXCEED_GAP_NS: u64 = 1_000_000_000;
 
 /// What a rule matches: `(protocol, destination port)`, either possibly "any". A packet takes the
 /// rule of `(protocol, port)`, else `(protocol, ANY_PORT)`, else `(ANY_PROTOCOL, ANY_PORT)`.
@@ -56,16 +61,27 @@ pub struct RuleConfig {
     pub subnet_v4_len: u32,
     /// Prefix length of an IPv6 source's subnet.
     pub subnet_v6_len: u32,
-    /// [`RULE_DRY_RUN`].
+    /// [`RULE_DRY_RUN`], [`RULE_BAN`].
     pub flags: u32,
-    /// Explicit padding; always zero.
-    pub _pad: u32,
+    /// Banned sources of one subnet (within one `ban_ttl_ns`) that ban the whole subnet; 0: never.
+    pub escalate_after: u32,
+    /// How long a source must keep exceeding before it is banned.
+    pub ban_after_ns: u64,
+    /// How long a source ban lasts.
+    pub ban_ttl_ns: u64,
+    /// How long a subnet ban (escalation) lasts.
+    pub subnet_ban_ttl_ns: u64,
 }
 
 impl RuleConfig {
     /// Whether the rule only counts what it would drop.
     pub const fn dry_run(&self) -> bool {
         self.flags & RULE_DRY_RUN != 0
+    }
+
+    /// Whether exceeding sources get banned.
+    pub const fn bans(&self) -> bool {
+        self.flags & RULE_BAN != 0
     }
 
     /// Whether any per-subnet limit is set.
@@ -99,6 +115,67 @@ pub struct TrackState {
     pub bytes: u64,
     /// SYN bucket (sources only).
     pub syn: u64,
+    /// When the current run of refusals began (ns; 0: not exceeding). Sources only.
+    pub exceed_since: u64,
+    /// When the source was last refused (ns). Sources only.
+    pub last_exceed: u64,
+}
+
+/// Escalation state of one (rule, subnet): sources banned in the current window.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EscalationState {
+    /// Sources banned since `window_start`.
+    pub banned: u64,
+    /// Start of the counting window (ns); the window lasts the rule's `ban_ttl_ns`.
+    pub window_start: u64,
+}
+
+/// Key of a ban: a host (/32, /128) or a subnet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BanKey {
+    /// 4 or 6.
+    pub family: u8,
+    /// Prefix length of `addr`.
+    pub prefix_len: u8,
+    /// Explicit padding; always zero.
+    pub _pad: u16,
+    /// Masked address, network order (IPv4 in the first 4 bytes, the rest zero).
+    pub addr: [u8; 16],
+}
+
+impl BanKey {
+    /// The ban key of a tracked source or subnet.
+    #[inline(always)]
+    pub const fn of(track: &TrackKey) -> Self {
+        Self {
+            family: track.family,
+            prefix_len: track.prefix_len,
+            _pad: 0,
+            addr: track.addr,
+        }
+    }
+}
+
+/// Ban kind: one host.
+pub const BAN_HOST: u32 = 1;
+/// Ban kind: a whole subnet (escalation).
+pub const BAN_SUBNET: u32 = 2;
+
+/// A ban with its expiry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
+pub struct BanEntry {
+    /// Expiry on the program's clock (CLOCK_MONOTONIC ns); the ban is void from then on.
+    pub expires_ns: u64,
+    /// When it was made.
+    pub banned_at_ns: u64,
+    /// The rule whose limit the source kept exceeding.
+    pub rule: u32,
+    /// [`BAN_HOST`] or [`BAN_SUBNET`].
+    pub kind: u32,
 }
 
 /// Index of a rule's counter for `reason` in the per-rule statistics map.

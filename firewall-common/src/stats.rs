@@ -66,11 +66,17 @@ pub enum Reason {
     SynLimited = 6,
     /// A limit was exceeded under dry run: counted, passed.
     WouldDrop = 7,
+    /// The source is banned.
+    Banned = 8,
+    /// The source's subnet is banned.
+    SubnetBanned = 9,
+    /// Under dry run, the source would have been banned now: counted, passed.
+    WouldBan = 10,
 }
 
 impl Reason {
     /// Every reason defined so far, in counter-index order.
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 11] = [
         Reason::Default,
         Reason::Allowlist,
         Reason::Blocklist,
@@ -79,6 +85,9 @@ impl Reason {
         Reason::RateLimited,
         Reason::SynLimited,
         Reason::WouldDrop,
+        Reason::Banned,
+        Reason::SubnetBanned,
+        Reason::WouldBan,
     ];
 
     /// Snake-case name, as used in JSON and metrics.
@@ -92,6 +101,9 @@ impl Reason {
             Reason::RateLimited => "rate_limited",
             Reason::SynLimited => "syn_limited",
             Reason::WouldDrop => "would_drop",
+            Reason::Banned => "banned",
+            Reason::SubnetBanned => "subnet_banned",
+            Reason::WouldBan => "would_ban",
         }
     }
 }

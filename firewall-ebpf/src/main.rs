@@ -7,6 +7,7 @@
 #![feature(core_intrinsics)]
 #![expect(internal_features, reason = "core::intrinsics atomics, see above")]
 
+mod bans;
 mod parse;
 mod prefixes;
 mod ratelimit;
@@ -23,7 +24,8 @@ use firewall_common::{
         FLAG_ALLOW, FLAG_BLOCK, PrefixV4Key, PrefixV6Key, V4_SUMMARY_ENTRIES, V4Summary, V6Summary,
     },
     rules::{
-        MAX_RULES, RULE_STATS_ENTRIES, RuleConfig, RuleKey, TrackKey, TrackState, rule_stats_index,
+        BanEntry, BanKey, EscalationState, MAX_RULES, RULE_STATS_ENTRIES, RuleConfig, RuleKey,
+        TrackKey, TrackState, rule_stats_index,
     },
     stats::{STATS_ENTRIES, stats_index},
 };
@@ -62,14 +64,26 @@ static SOURCES: LruHashMap<TrackKey, TrackState> = LruHashMap::with_max_entries(
 #[map(name = "APIFW_SUBNETS")]
 static SUBNETS: LruHashMap<TrackKey, TrackState> = LruHashMap::with_max_entries(1, 0);
 
+// Sizes set by the loader from `[limits] max_bans`. A plain hash: bans are never evicted by
+// traffic, only removed when they expire.
+#[map(name = "APIFW_BANS")]
+static BANS: HashMap<BanKey, BanEntry> = HashMap::with_max_entries(1, 0);
+
+#[map(name = "APIFW_ESCALATION")]
+static ESCALATION: LruHashMap<TrackKey, EscalationState> = LruHashMap::with_max_entries(1, 0);
+
 #[map(name = "APIFW_RULE_STATS")]
 static RULE_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(RULE_STATS_ENTRIES, 0);
 
 /// The firewall.
 #[xdp]
 pub fn apifw(ctx: XdpContext) -> u32 {
-    let config = CONFIG.get(0).copied().unwrap_or_default();
-    let verdict = match try_apifw(&ctx, &config) {
+    // Index 0 of an array map always exists; the check is for the verifier. Borrowed, not
+    // copied: the 512-byte stack is shared with everything below.
+    let Some(config) = CONFIG.get(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    let verdict = match try_apifw(&ctx, config) {
         Ok(verdict) => verdict,
         Err(Malformed) => Verdict::new(config.malformed(), Reason::Malformed),
     };
@@ -129,12 +143,13 @@ fn try_apifw(ctx: &XdpContext, config: &KernelConfig) -> Result<Verdict, Malform
     }
     let len = (ctx.data_end() - ctx.data()) as u64;
     let (rule, reason) = ratelimit::check(&packet, len, config);
-    if rule == ratelimit::NO_RULE {
-        return Ok(Verdict::new(Action::Pass, Reason::Default));
+    if rule != ratelimit::NO_RULE {
+        count_in(&RULE_STATS, rule_stats_index(rule, reason), len as usize);
     }
-    count_in(&RULE_STATS, rule_stats_index(rule, reason), len as usize);
     let action = match reason {
-        Reason::RateLimited | Reason::SynLimited => Action::Drop,
+        Reason::RateLimited | Reason::SynLimited | Reason::Banned | Reason::SubnetBanned => {
+            Action::Drop
+        }
         _ => Action::Pass,
     };
     Ok(Verdict::new(action, reason))

@@ -6,14 +6,14 @@ use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 use firewall_common::{
     KernelConfig, Reason,
-    config::{CONFIG_DRY_RUN, RULES_BY_PORT, RULES_BY_PROTOCOL, RULES_FOR_ANY},
+    config::{CONFIG_BANS, CONFIG_DRY_RUN, RULES_BY_PORT, RULES_BY_PROTOCOL, RULES_FOR_ANY},
     packet::IPPROTO_TCP,
     ratelimit::{Bucket, ticks},
-    rules::{ANY_PORT, ANY_PROTOCOL, RuleConfig, RuleKey, TrackKey, TrackState},
+    rules::{ANY_PORT, ANY_PROTOCOL, RuleKey, TrackKey, TrackState},
 };
 
 use crate::{
-    RULE_MATCH, RULES, SOURCES, SUBNETS,
+    RULE_MATCH, RULES, SOURCES, SUBNETS, bans,
     parse::{Packet, Source},
 };
 
@@ -94,29 +94,46 @@ fn state(
     map.get_ptr_mut(key)
 }
 
-/// The rule that takes the packet ([`NO_RULE`] if none) and the outcome of its buckets.
+/// The program's clock: `bpf_ktime_get_ns` (CLOCK_MONOTONIC), or the test hook.
+#[inline(always)]
+fn now_ns(config: &KernelConfig) -> u64 {
+    if config.test_clock_ns != 0 {
+        config.test_clock_ns
+    } else {
+        // SAFETY: a helper without arguments or preconditions.
+        unsafe { bpf_ktime_get_ns() }
+    }
+}
+
+/// Bans, then the rule that takes the packet: the rule ([`NO_RULE`] if none, or when a ban
+/// decided) and the outcome (`Banned`/`SubnetBanned`, or that of the rule's buckets).
 #[inline(always)]
 pub fn check(packet: &Packet, len: u64, config: &KernelConfig) -> (u32, Reason) {
+    let bans_on = config.flags & CONFIG_BANS != 0;
     let rule = rule_for(packet, config.rule_kinds);
+    if rule == NO_RULE && !bans_on {
+        return (NO_RULE, Reason::Default);
+    }
+    let now_ns = now_ns(config);
+    if bans_on {
+        let banned = bans::check(packet.source, config, now_ns);
+        if banned != Reason::Default {
+            return (NO_RULE, banned);
+        }
+    }
     if rule == NO_RULE {
         return (NO_RULE, Reason::Default);
     }
-    (rule, exceeded(packet, len, rule, config))
+    (rule, exceeded(packet, len, rule, config, now_ns))
 }
 
 /// `Reason::Default` when every bucket has room, else the reason of the first full one
 /// (`WouldDrop` under dry run).
 #[inline(always)]
-fn exceeded(packet: &Packet, len: u64, rule: u32, config: &KernelConfig) -> Reason {
+fn exceeded(packet: &Packet, len: u64, rule: u32, config: &KernelConfig, now_ns: u64) -> Reason {
+    // Borrowed from the map rather than copied: a RuleConfig is 128 bytes of a 512-byte stack.
     let Some(rule_config) = RULES.get(rule) else {
         return Reason::Default;
-    };
-    let rule_config: RuleConfig = *rule_config;
-    let now_ns = if config.test_clock_ns != 0 {
-        config.test_clock_ns
-    } else {
-        // SAFETY: a helper without arguments or preconditions.
-        unsafe { bpf_ktime_get_ns() }
     };
     let now = ticks(now_ns);
     let (source_key, subnet_key) = match packet.source {
@@ -137,9 +154,15 @@ fn exceeded(packet: &Packet, len: u64, rule: u32, config: &KernelConfig) -> Reas
         || rule_config.source_packets.is_limited()
         || rule_config.source_bytes.is_limited();
     let mut reason = Reason::Default;
+    // Per-source state exists when a source bucket must be charged or bans need its history.
+    let source = if limits_source || rule_config.bans() {
+        state(&SOURCES, &source_key)
+    } else {
+        None
+    };
     if !limits_source {
-        // No per-source bucket to charge: leave the source table alone.
-    } else if let Some(source) = state(&SOURCES, &source_key) {
+        // No per-source bucket to charge.
+    } else if let Some(source) = source {
         // SAFETY: `source` is a valid map value pointer; fields are 8-byte aligned u64s.
         let (packets, bytes, syn) = unsafe {
             (
@@ -168,8 +191,20 @@ fn exceeded(packet: &Packet, len: u64, rule: u32, config: &KernelConfig) -> Reas
             reason = Reason::RateLimited;
         }
     }
-    if reason != Reason::Default && (config.flags & CONFIG_DRY_RUN != 0 || rule_config.dry_run()) {
-        reason = Reason::WouldDrop;
+    if reason == Reason::Default {
+        return reason;
     }
-    reason
+    let dry_run = config.flags & CONFIG_DRY_RUN != 0 || rule_config.dry_run();
+    let ban = rule_config.bans()
+        && source.is_some_and(|source| bans::exceeding_long_enough(source, rule_config, now_ns));
+    match (dry_run, ban) {
+        (true, true) => Reason::WouldBan,
+        (true, false) => Reason::WouldDrop,
+        (false, ban) => {
+            if ban {
+                bans::ban(rule, rule_config, &source_key, &subnet_key, now_ns);
+            }
+            reason
+        }
+    }
 }

@@ -156,6 +156,8 @@ impl Firewall {
             .map_max_entries(V6_SUMMARY, limits.max_v6_prefixes)
             .map_max_entries(SOURCES, limits.max_tracked_sources)
             .map_max_entries(SUBNETS, limits.max_tracked_subnets)
+            .map_max_entries(map_names::ESCALATION, limits.max_tracked_subnets)
+            .map_max_entries(map_names::BANS, limits.max_bans)
             .load(EBPF_OBJECT)
             .map_err(|err| FirewallError::Load(Box::new(err)))?;
         let mut firewall = Self {
@@ -224,6 +226,18 @@ impl Firewall {
         config.v6_short_mask = tables.v6_short_mask;
         if policy.dry_run {
             config.flags |= firewall_common::config::CONFIG_DRY_RUN;
+        }
+        for rule in policy.rules.iter().filter(|rule| rule.config.bans()) {
+            config.flags |= firewall_common::config::CONFIG_BANS;
+            if rule.config.escalate_after > 0 {
+                let (v4, v6) = (rule.config.subnet_v4_len, rule.config.subnet_v6_len);
+                if v4 < 32 {
+                    config.ban_v4_lengths |= 1 << v4;
+                }
+                if v6 < 128 {
+                    config.ban_v6_lengths[(v6 / 64) as usize] |= 1 << (v6 % 64);
+                }
+            }
         }
         for key in policy.rules.iter().flat_map(|rule| rule.keys()) {
             config.rule_kinds |= match (key.protocol, key.port) {

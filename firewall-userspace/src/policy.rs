@@ -14,7 +14,7 @@ use firewall_common::{
     model::{ModelPolicy, ModelRule},
     packet::{IPPROTO_TCP, IPPROTO_UDP},
     ratelimit::Bucket,
-    rules::{ANY_PORT, ANY_PROTOCOL, MAX_RULES, RULE_DRY_RUN, RuleConfig, RuleKey},
+    rules::{ANY_PORT, ANY_PROTOCOL, MAX_RULES, RULE_BAN, RULE_DRY_RUN, RuleConfig, RuleKey},
 };
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -58,6 +58,9 @@ pub struct Limits {
     pub max_tracked_sources: u32,
     /// (rule, subnet) pairs whose buckets are tracked; least recently used ones are evicted.
     pub max_tracked_subnets: u32,
+    /// Active bans (hosts and subnets). Bans are never evicted; when the map is full, a source
+    /// that should be banned is only rate-limited.
+    pub max_bans: u32,
 }
 
 impl Default for Limits {
@@ -67,6 +70,7 @@ impl Default for Limits {
             max_v6_prefixes: 1 << 18,
             max_tracked_sources: 1 << 18,
             max_tracked_subnets: 1 << 16,
+            max_bans: 1 << 16,
         }
     }
 }
@@ -120,6 +124,17 @@ struct RawSynLimit {
     burst: Option<u64>,
 }
 
+/// What a rule does with a source that exceeds it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnExceed {
+    /// Drop the packets over the limit.
+    #[default]
+    Drop,
+    /// Drop them, and ban a source that keeps exceeding for `ban_after`.
+    Ban,
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRule {
@@ -132,6 +147,12 @@ struct RawRule {
     per_source: Option<RawSourceLimit>,
     per_subnet: Option<RawSubnetLimit>,
     syn_per_source: Option<RawSynLimit>,
+    #[serde(default)]
+    on_exceed: OnExceed,
+    ban_after: Option<String>,
+    ban_ttl: Option<String>,
+    escalate_after: Option<u32>,
+    subnet_ban_ttl: Option<String>,
 }
 
 /// A validated rate-limit rule.
@@ -432,6 +453,7 @@ impl Loaded {
             ("max_v6_prefixes", raw.limits.max_v6_prefixes),
             ("max_tracked_sources", raw.limits.max_tracked_sources),
             ("max_tracked_subnets", raw.limits.max_tracked_subnets),
+            ("max_bans", raw.limits.max_bans),
         ] {
             if value == 0 {
                 errors.push(locator.at(0, format!("limits.{name} must be at least 1")));
@@ -535,6 +557,45 @@ fn parse_rules(
             fail("per_subnet prefix_v4 must be 0..=32 and prefix_v6 0..=128".into());
             continue;
         }
+        let duration = |field: &str, value: &Option<String>, default: &str| {
+            let text = value.as_deref().unwrap_or(default);
+            humantime::parse_duration(text)
+                .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+                .map_err(|err| {
+                    format!("{field} = \"{text}\": {err} (e.g. \"5s\", \"10m\", \"1h\")")
+                })
+        };
+        let bans = rule.on_exceed == OnExceed::Ban;
+        if !bans
+            && (rule.ban_after.is_some()
+                || rule.ban_ttl.is_some()
+                || rule.escalate_after.is_some()
+                || rule.subnet_ban_ttl.is_some())
+        {
+            fail(
+                "ban_after, ban_ttl, escalate_after and subnet_ban_ttl need on_exceed = \"ban\""
+                    .into(),
+            );
+            continue;
+        }
+        let timing = (|| {
+            Ok::<_, String>((
+                duration("ban_after", &rule.ban_after, "5s")?,
+                duration("ban_ttl", &rule.ban_ttl, "10m")?,
+                duration("subnet_ban_ttl", &rule.subnet_ban_ttl, "1h")?,
+            ))
+        })();
+        let (ban_after_ns, ban_ttl_ns, subnet_ban_ttl_ns) = match timing {
+            Ok(timing) => timing,
+            Err(message) => {
+                fail(message);
+                continue;
+            }
+        };
+        if bans && ban_ttl_ns == 0 {
+            fail("ban_ttl must be longer than 0".into());
+            continue;
+        }
         let config = RuleConfig {
             source_packets: bucket(source.packets_per_second, source.burst_packets),
             source_bytes: bucket(source.bytes_per_second, source.burst_bytes),
@@ -545,8 +606,15 @@ fn parse_rules(
             }),
             subnet_v4_len: u32::from(subnet.prefix_v4),
             subnet_v6_len: u32::from(subnet.prefix_v6),
-            flags: if rule.dry_run { RULE_DRY_RUN } else { 0 },
-            _pad: 0,
+            flags: if rule.dry_run { RULE_DRY_RUN } else { 0 } | if bans { RULE_BAN } else { 0 },
+            escalate_after: if bans {
+                rule.escalate_after.unwrap_or(0)
+            } else {
+                0
+            },
+            ban_after_ns,
+            ban_ttl_ns,
+            subnet_ban_ttl_ns,
         };
         let limited = [
             config.source_packets,

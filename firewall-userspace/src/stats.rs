@@ -63,7 +63,7 @@ pub struct CounterRow {
 pub struct RuleRow {
     /// Rule index (order in the policy file).
     pub rule: u32,
-    /// `default` (taken and passed), `rate_limited`, `syn_limited` or `would_drop`.
+    /// `default` (taken and passed), `rate_limited`, `syn_limited`, `would_drop` or `would_ban`.
     pub reason: Reason,
     /// Packets.
     pub packets: u64,
@@ -82,11 +82,12 @@ pub struct Snapshot {
 }
 
 /// Reasons a rule counts under.
-const RULE_REASONS: [Reason; 4] = [
+const RULE_REASONS: [Reason; 5] = [
     Reason::Default,
     Reason::RateLimited,
     Reason::SynLimited,
     Reason::WouldDrop,
+    Reason::WouldBan,
 ];
 
 impl Snapshot {

@@ -28,6 +28,11 @@ protocol = "tcp"
 ports = [443, 8443]
 per_source = { packets_per_second = 40, burst_packets = 6 }
 syn_per_source = { per_second = 1, burst = 2 }
+on_exceed = "ban"
+ban_after = "100ms"
+ban_ttl = "700ms"
+escalate_after = 2
+subnet_ban_ttl = "1500ms"
 
 [[rule]]
 name = "dns"
@@ -46,6 +51,9 @@ per_subnet = { packets_per_second = 20, burst_packets = 3, prefix_v4 = 16, prefi
 name = "everything-else"
 protocol = "any"
 per_source = { packets_per_second = 10, burst_packets = 2 }
+on_exceed = "ban"
+ban_after = "300ms"
+ban_ttl = "400ms"
 "#;
 
 fn policy(dry_run: bool) -> Policy {
@@ -232,6 +240,8 @@ fn rate_limits_match_the_model_frame_by_frame() {
         Reason::RateLimited,
         Reason::SynLimited,
         Reason::WouldDrop,
+        Reason::Banned,
+        Reason::SubnetBanned,
     ] {
         assert!(
             reasons.get(&reason).copied().unwrap_or(0) >= 20,
