@@ -81,9 +81,27 @@ pub async fn run(policy: Policy) -> Result<(), DaemonError> {
         "apifw running"
     );
 
-    tokio::select! {
-        _ = sigterm.recv() => info!("SIGTERM received, stopping"),
-        _ = sigint.recv() => info!("SIGINT received, stopping"),
+    // Expired bans are already ignored by XDP; sweeping them frees their map slots.
+    let mut sweep = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => {
+                info!("SIGTERM received, stopping");
+                break;
+            }
+            _ = sigint.recv() => {
+                info!("SIGINT received, stopping");
+                break;
+            }
+            _ = sweep.tick() => match firewall.sweep_bans() {
+                Ok(expired) => {
+                    for (prefix, ban) in expired {
+                        info!(%prefix, rule = ban.rule, "ban expired");
+                    }
+                }
+                Err(err) => error!(%err, "cannot sweep expired bans"),
+            },
+        }
     }
     teardown(attachments, &layout);
     info!("detached and unpinned");

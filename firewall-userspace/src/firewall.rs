@@ -363,6 +363,27 @@ impl Firewall {
         Err(last_error.unwrap_or(FirewallError::MissingMap("none")))
     }
 
+    /// Removes expired bans from the kernel map; returns them.
+    pub fn sweep_bans(
+        &mut self,
+    ) -> Result<Vec<(ipnet::IpNet, firewall_common::rules::BanEntry)>, crate::bans::BanError> {
+        let now = crate::bans::monotonic_ns()?;
+        let map_err = |source| crate::bans::BanError::Map {
+            action: "open",
+            source: Box::new(source),
+        };
+        let map = self
+            .ebpf
+            .map_mut(map_names::BANS)
+            .ok_or(aya::maps::MapError::InvalidName {
+                name: map_names::BANS.to_owned(),
+            })
+            .map_err(map_err)?;
+        let mut bans: HashMap<_, firewall_common::rules::BanKey, firewall_common::rules::BanEntry> =
+            HashMap::try_from(map).map_err(map_err)?;
+        crate::bans::sweep(&mut bans, now)
+    }
+
     /// Pins every map under `layout`.
     pub fn pin_maps(&self, layout: &PinLayout) -> Result<(), FirewallError> {
         for dir in [layout.maps_dir(), layout.links_dir()] {

@@ -1,6 +1,7 @@
 //! apifw userspace: policy, map compilation, loading and attaching, statistics, the daemon and
 //! the CLI verbs. The `apifw` binary is a thin shell over [`cli`].
 
+pub mod bans;
 pub mod cli;
 pub mod daemon;
 pub mod firewall;

@@ -32,6 +32,15 @@ name = "tcp-api"
 protocol = "tcp"
 ports = [7001]
 syn_per_source = { per_second = 2, burst = 3 }
+
+[[rule]]
+name = "udp-ban"
+protocol = "udp"
+ports = [7002]
+per_source = { packets_per_second = 50, burst_packets = 5 }
+on_exceed = "ban"
+ban_after = "300ms"
+ban_ttl = "2s"
 "#;
 
 /// Waits until the counters stop moving (three equal readings 100 ms apart).
@@ -227,5 +236,107 @@ fn a_syn_flood_is_cut_while_the_sources_established_connection_works() {
         snapshot.rule(1, Reason::RateLimited).packets,
         0,
         "no packet limit on this rule"
+    );
+}
+
+/// Sends `count` datagrams from `source` to port 7002, `gap` apart.
+fn send_7002(lab: &VethLab, source: Ipv4Addr, count: usize, gap: Duration) {
+    lab.client.enter(move || {
+        let socket = UdpSocket::bind((source, 0)).expect("bind");
+        for _ in 0..count {
+            socket.send_to(b"x", (SERVER_ADDR, 7002)).expect("send");
+            std::thread::sleep(gap);
+        }
+    });
+}
+
+fn bans(dirs: &Dirs) -> serde_json::Value {
+    let output = apifw_tests::daemon::apifw(&[
+        "bans",
+        "--json",
+        "--pin-dir",
+        dirs.pin_dir.to_str().expect("utf-8"),
+    ]);
+    assert!(
+        output.status.success(),
+        "apifw bans: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("apifw bans --json prints JSON")
+}
+
+#[test]
+fn a_source_that_keeps_flooding_is_banned_in_the_kernel_and_the_ban_expires() {
+    let lab = VethLab::new("rlb", &[FLOODER]);
+    let dirs = Dirs::new("rlb");
+    dirs.write_policy(POLICY);
+    let _daemon = Daemon::start(&lab.server, &dirs, &lab.server_if);
+    let server = lab
+        .server
+        .enter(|| UdpSocket::bind((SERVER_ADDR, 7002)).expect("bind UDP"));
+    server
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    let received = |server: &UdpSocket| {
+        let mut count = 0;
+        let mut buf = [0u8; 16];
+        while server.recv_from(&mut buf).is_ok() {
+            count += 1;
+        }
+        count
+    };
+
+    // About 500 datagrams/s for 1 s: ten times the limit, for longer than ban_after.
+    send_7002(&lab, FLOODER, 500, Duration::from_millis(2));
+    let _ = received(&server);
+    let flooded = quiet(&dirs);
+    assert!(
+        flooded.rule(2, Reason::RateLimited).packets > 0,
+        "the flood exceeded the limit"
+    );
+    assert!(
+        flooded.get(Action::Drop, Reason::Banned).packets > 0,
+        "the flooder was banned while it kept flooding: {:?}",
+        flooded.counters
+    );
+    let listed = bans(&dirs);
+    let list = listed["bans"].as_array().expect("bans array");
+    assert_eq!(list.len(), 1, "{listed}");
+    assert_eq!(list[0]["prefix"], "198.51.100.66/32", "{listed}");
+    assert_eq!(list[0]["kind"], "host", "{listed}");
+    assert_eq!(list[0]["rule"], 2, "{listed}");
+    let remaining = list[0]["remaining_secs"].as_f64().expect("remaining");
+    assert!(remaining > 0.0 && remaining <= 2.0, "{listed}");
+
+    // While banned, even one polite datagram is dropped in XDP as `banned`.
+    send_7002(&lab, FLOODER, 1, Duration::ZERO);
+    let during = quiet(&dirs);
+    assert_eq!(received(&server), 0, "a banned source reached the socket");
+    assert_eq!(
+        during.get(Action::Drop, Reason::Banned).packets,
+        flooded.get(Action::Drop, Reason::Banned).packets + 1,
+        "the polite datagram counted as banned"
+    );
+
+    // The ban expires (XDP ignores it from then on) and the daemon sweeps it from the map.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !bans(&dirs)["bans"].as_array().expect("bans").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ban was never swept"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    send_7002(&lab, FLOODER, 1, Duration::ZERO);
+    let after = quiet(&dirs);
+    assert_eq!(
+        received(&server),
+        1,
+        "after expiry the source is served again"
+    );
+    assert_eq!(
+        after.rule(2, Reason::Default).packets,
+        during.rule(2, Reason::Default).packets + 1,
+        "passed under its rule again"
     );
 }

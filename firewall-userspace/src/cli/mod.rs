@@ -1,5 +1,6 @@
 //! The `apifw` command line: one module per verb.
 
+pub mod bans;
 pub mod check;
 pub mod run;
 pub mod stats;
@@ -26,6 +27,8 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Print the verdict counters of the running daemon.
     Stats(stats::StatsArgs),
+    /// List the running daemon's active bans with their remaining time.
+    Bans(bans::BansArgs),
 }
 
 /// Where a daemon keeps its pins and lock, overriding the policy's `[daemon]` table.
@@ -46,6 +49,7 @@ impl Cli {
             Command::Run(args) => run::execute(args),
             Command::Check(args) => check::execute(args),
             Command::Stats(args) => stats::execute(args),
+            Command::Bans(args) => bans::execute(args),
         }
     }
 }

@@ -1,0 +1,55 @@
+//! `apifw bans [--json]`: the running daemon's active bans with their remaining time.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use crate::{
+    bans,
+    cli::Locations,
+    paths::{self, PinLayout},
+    policy::Loaded,
+};
+
+/// Arguments of `apifw bans`.
+#[derive(Debug, clap::Args)]
+pub struct BansArgs {
+    /// Print JSON: `{"bans":[{"prefix","kind","rule","reason","remaining_secs","age_secs"}]}`.
+    #[arg(long)]
+    pub json: bool,
+    /// Take the pin directory from this policy.
+    #[arg(long, short, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Pin and lock locations (override `--config`).
+    #[command(flatten)]
+    pub locations: Locations,
+}
+
+/// Prints the active bans.
+pub fn execute(args: BansArgs) -> anyhow::Result<ExitCode> {
+    let mut pin_dir = PathBuf::from(paths::DEFAULT_PIN_DIR);
+    if let Some(config) = &args.config {
+        pin_dir = Loaded::from_file(config)?.policy.daemon.pin_dir;
+    }
+    let pin_dir = args.locations.pin_dir.unwrap_or(pin_dir);
+    let rows = bans::read_pinned(&PinLayout::new(&pin_dir))?;
+    if args.json {
+        println!("{}", serde_json::json!({ "bans": rows }));
+    } else if rows.is_empty() {
+        println!("no active bans");
+    } else {
+        println!(
+            "{:<44} {:<7} {:>5} {:>12}  REASON",
+            "PREFIX", "KIND", "RULE", "REMAINING"
+        );
+        for row in rows {
+            println!(
+                "{:<44} {:<7} {:>5} {:>11.1}s  {}",
+                row.prefix.to_string(),
+                row.kind,
+                row.rule,
+                row.remaining_secs,
+                row.reason
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
