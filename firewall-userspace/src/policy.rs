@@ -1084,6 +1084,67 @@ per_source = { packets_per_second = 10 }
     }
 
     #[test]
+    fn ban_settings_parse_with_defaults_and_need_on_exceed_ban() {
+        let loaded = load(
+            r#"
+[[rule]]
+name = "login"
+protocol = "tcp"
+ports = [443]
+per_source = { packets_per_second = 100 }
+on_exceed = "ban"
+ban_after = "2s"
+escalate_after = 5
+[[rule]]
+name = "api"
+protocol = "tcp"
+ports = [8443]
+per_source = { packets_per_second = 100 }
+on_exceed = "ban"
+"#,
+        )
+        .unwrap_or_else(|err| panic!("{err}"));
+        let login = loaded.policy.rules[0].config;
+        assert!(login.bans());
+        assert_eq!(login.ban_after_ns, 2_000_000_000);
+        assert_eq!(
+            login.ban_ttl_ns, 600_000_000_000,
+            "ban_ttl defaults to 10 minutes"
+        );
+        assert_eq!(
+            login.subnet_ban_ttl_ns, 3_600_000_000_000,
+            "subnet_ban_ttl defaults to 1 hour"
+        );
+        assert_eq!(login.escalate_after, 5);
+        let api = loaded.policy.rules[1].config;
+        assert_eq!(api.ban_after_ns, 5_000_000_000, "ban_after defaults to 5 s");
+        assert_eq!(api.escalate_after, 0, "no escalation unless asked");
+
+        let rule = |body: &str| {
+            format!(
+                "[[rule]]\nname = \"r\"\nprotocol = \"tcp\"\nper_source = {{ packets_per_second = 1 }}\n{body}\n"
+            )
+        };
+        for (body, expected) in [
+            ("ban_ttl = \"1m\"", "need on_exceed = \"ban\""),
+            (
+                "on_exceed = \"ban\"\nban_after = \"soon\"",
+                "ban_after = \"soon\"",
+            ),
+            (
+                "on_exceed = \"ban\"\nban_ttl = \"0s\"",
+                "ban_ttl must be longer than 0",
+            ),
+        ] {
+            let found = messages(&errors(&rule(body)));
+            assert_eq!(found.len(), 1, "{body}: {found:?}");
+            assert!(found[0].contains(expected), "{body}: {found:?}");
+        }
+        let found = messages(&errors(&rule("on_exceed = \"block\"")));
+        assert!(found[0].contains("unknown variant `block`"), "{found:?}");
+    }
+
+    #[test]
     fn unreadable_file_names_the_path() {
         let err =
             Loaded::from_file(Path::new("/nonexistent/apifw.toml")).expect_err("missing file");
