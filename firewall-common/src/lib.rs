@@ -49,13 +49,15 @@ pub mod map_names {
     pub const SUBNETS: &str = "APIFW_SUBNETS";
     /// `PerCpuArray<Counter>` indexed by [`crate::rules::rule_stats_index`].
     pub const RULE_STATS: &str = "APIFW_RULE_STATS";
+    /// `LruHashMap<TrackKey, u64>`: sources seen once (first-seen ns), not yet tracked.
+    pub const CANDIDATES: &str = "APIFW_CANDIDATES";
     /// `HashMap<BanKey, BanEntry>`: active bans (a plain hash, never evicted by traffic).
     pub const BANS: &str = "APIFW_BANS";
     /// `LruHashMap<TrackKey, EscalationState>`: banned sources per (rule, subnet).
     pub const ESCALATION: &str = "APIFW_ESCALATION";
 
     /// Every map the daemon pins.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         CONFIG,
         STATS,
         V4_SUMMARY,
@@ -69,6 +71,7 @@ pub mod map_names {
         RULE_STATS,
         BANS,
         ESCALATION,
+        CANDIDATES,
     ];
 }
 

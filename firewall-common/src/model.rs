@@ -27,6 +27,9 @@
 //!    restarts the clock); once that reaches `ban_after_ns` the source is banned for `ban_ttl_ns`
 //!    (dry run: the packet passes as `would_ban` instead), and when `escalate_after` sources of one
 //!    subnet were banned within one `ban_ttl_ns`, the subnet is banned for `subnet_ban_ttl_ns`.
+//! 8. Admission: a rule that needs per-source state (a per-source bucket for this packet, or
+//!    bans) gives a source state only on its second packet within `ADMISSION_WINDOW_NS`; the
+//!    first packet charges no per-source bucket (subnet buckets still apply).
 
 use std::{collections::HashMap, net::IpAddr, vec::Vec};
 
@@ -36,8 +39,8 @@ use crate::{
     packet::*,
     ratelimit::{Bucket, ticks},
     rules::{
-        BAN_HOST, BAN_SUBNET, BanEntry, BanKey, EXCEED_GAP_NS, EscalationState, RuleConfig,
-        TrackKey, TrackState,
+        ADMISSION_WINDOW_NS, BAN_HOST, BAN_SUBNET, BanEntry, BanKey, EXCEED_GAP_NS,
+        EscalationState, RuleConfig, TrackKey, TrackState,
     },
     stats::{Action, Reason, Verdict},
 };
@@ -241,6 +244,7 @@ pub struct Model {
     sources: HashMap<TrackKey, TrackState>,
     subnets: HashMap<TrackKey, TrackState>,
     escalation: HashMap<TrackKey, EscalationState>,
+    candidates: HashMap<TrackKey, u64>,
     /// Bans made so far (expired ones included; they no longer count).
     pub bans: HashMap<BanKey, BanEntry>,
 }
@@ -354,8 +358,15 @@ impl Model {
             (config.subnet_packets, true, 0, 1, Reason::RateLimited),
             (config.subnet_bytes, true, 1, len, Reason::RateLimited),
         ];
+        // Admission: a source that needs per-source state gets it on its second packet within
+        // ADMISSION_WINDOW_NS; its first packet charges no per-source bucket.
+        let needs_source = (is_syn && config.syn.is_limited())
+            || config.source_packets.is_limited()
+            || config.source_bytes.is_limited()
+            || config.bans();
+        let tracked = needs_source && self.admit(source_key, now_ns);
         for (bucket, subnet, field, cost, reason) in steps {
-            if !bucket.is_limited() {
+            if !bucket.is_limited() || (!subnet && !tracked) {
                 continue;
             }
             let (map, key) = if subnet {
@@ -373,8 +384,9 @@ impl Model {
                 Some(next) => *tat = next,
                 None => {
                     let dry_run = self.policy.dry_run || config.dry_run();
-                    let ban =
-                        config.bans() && self.exceeding_long_enough(source_key, &config, now_ns);
+                    let ban = config.bans()
+                        && tracked
+                        && self.exceeding_long_enough(source_key, &config, now_ns);
                     let verdict = match (dry_run, ban) {
                         (true, true) => Verdict::new(Action::Pass, Reason::WouldBan),
                         (true, false) => Verdict::new(Action::Pass, Reason::WouldDrop),
@@ -434,6 +446,24 @@ impl Model {
             }
         }
         None
+    }
+
+    /// Whether `source` has per-source state, creating it on a second sighting within
+    /// [`ADMISSION_WINDOW_NS`]; a first sighting only records the candidate.
+    fn admit(&mut self, source: TrackKey, now_ns: u64) -> bool {
+        if self.sources.contains_key(&source) {
+            return true;
+        }
+        match self.candidates.get(&source) {
+            Some(first_seen) if now_ns - first_seen <= ADMISSION_WINDOW_NS => {
+                self.sources.insert(source, TrackState::default());
+                true
+            }
+            _ => {
+                self.candidates.insert(source, now_ns);
+                false
+            }
+        }
     }
 
     /// Records a refusal of `source` at `now_ns`; whether it has now exceeded for `ban_after`.

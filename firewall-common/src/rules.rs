@@ -14,6 +14,9 @@ pub const ANY_PORT: u16 = 0;
 pub const RULE_DRY_RUN: u32 = 1;
 /// Rule flag: a source that keeps exceeding for `ban_after_ns` is banned.
 pub const RULE_BAN: u32 = 2;
+/// A source gets per-source state on its second packet under a rule within this window; its
+/// first packet only makes it a candidate (see docs/DESIGN.md, "Spoofed floods").
+pub const ADMISSION_WINDOW_NS: u64 = 10_000_000_000;
 /// A source stops "exceeding" when it has not been refused for this long: a new refusal after
 /// the gap restarts the `ban_after` clock.
 pub const EXCEED_GAP_NS: u64 = 1_000_000_000;

@@ -61,6 +61,10 @@ static RULE_MATCH: HashMap<RuleKey, u32> = HashMap::with_max_entries(4 * MAX_RUL
 #[map(name = "APIFW_SOURCES")]
 static SOURCES: LruHashMap<TrackKey, TrackState> = LruHashMap::with_max_entries(1, 0);
 
+// Sources seen once, with the time they were seen: sized like APIFW_SOURCES by the loader.
+#[map(name = "APIFW_CANDIDATES")]
+static CANDIDATES: LruHashMap<TrackKey, u64> = LruHashMap::with_max_entries(1, 0);
+
 #[map(name = "APIFW_SUBNETS")]
 static SUBNETS: LruHashMap<TrackKey, TrackState> = LruHashMap::with_max_entries(1, 0);
 

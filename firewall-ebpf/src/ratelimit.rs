@@ -9,11 +9,11 @@ use firewall_common::{
     config::{CONFIG_BANS, CONFIG_DRY_RUN, RULES_BY_PORT, RULES_BY_PROTOCOL, RULES_FOR_ANY},
     packet::IPPROTO_TCP,
     ratelimit::{Bucket, ticks},
-    rules::{ANY_PORT, ANY_PROTOCOL, RuleKey, TrackKey, TrackState},
+    rules::{ADMISSION_WINDOW_NS, ANY_PORT, ANY_PROTOCOL, RuleKey, TrackKey, TrackState},
 };
 
 use crate::{
-    RULE_MATCH, RULES, SOURCES, SUBNETS, bans,
+    CANDIDATES, RULE_MATCH, RULES, SOURCES, SUBNETS, bans,
     parse::{Packet, Source},
 };
 
@@ -78,6 +78,25 @@ fn charge(tat: *mut u64, bucket: &Bucket, now: u64, cost: u64) -> bool {
         }
     }
     false
+}
+
+/// The per-source state of `key`, if the source is tracked. A source that is not gets state
+/// on its second packet within `ADMISSION_WINDOW_NS`; its first packet only makes it a
+/// candidate, so a flood of one-packet spoofed sources churns the candidate map and never evicts
+/// the state of sources that are really talking.
+#[inline(always)]
+fn admitted_state(key: &TrackKey, now_ns: u64) -> Option<*mut TrackState> {
+    if let Some(state) = SOURCES.get_ptr_mut(key) {
+        return Some(state);
+    }
+    // SAFETY: pointer from a successful lookup; the value is a plain u64.
+    let first_seen = CANDIDATES.get_ptr(key).map_or(0, |seen| unsafe { *seen });
+    if first_seen != 0 && now_ns.wrapping_sub(first_seen) <= ADMISSION_WINDOW_NS {
+        state(&SOURCES, key)
+    } else {
+        let _ = CANDIDATES.insert(key, now_ns, 0);
+        None
+    }
 }
 
 /// The state of `key`, created empty when missing.
@@ -154,9 +173,10 @@ fn exceeded(packet: &Packet, len: u64, rule: u32, config: &KernelConfig, now_ns:
         || rule_config.source_packets.is_limited()
         || rule_config.source_bytes.is_limited();
     let mut reason = Reason::Default;
-    // Per-source state exists when a source bucket must be charged or bans need its history.
+    // Per-source state exists when a source bucket must be charged or bans need its history,
+    // and only from a source's second packet (admission).
     let source = if limits_source || rule_config.bans() {
-        state(&SOURCES, &source_key)
+        admitted_state(&source_key, now_ns)
     } else {
         None
     };

@@ -156,6 +156,7 @@ impl Firewall {
             .map_max_entries(V6_SUMMARY, limits.max_v6_prefixes)
             .map_max_entries(SOURCES, limits.max_tracked_sources)
             .map_max_entries(SUBNETS, limits.max_tracked_subnets)
+            .map_max_entries(map_names::CANDIDATES, limits.max_tracked_sources)
             .map_max_entries(map_names::ESCALATION, limits.max_tracked_subnets)
             .map_max_entries(map_names::BANS, limits.max_bans)
             .load(EBPF_OBJECT)

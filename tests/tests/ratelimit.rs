@@ -352,6 +352,28 @@ per_source = { packets_per_second = 1000000, burst_packets = 1000 }
             })
         })
         .collect();
+    // Warm-up, on one CPU and one second before the measurement: the source's first packet
+    // only makes it a candidate, the second gives it state (admission). The bucket is full again
+    // by the first step.
+    for _ in 0..2 {
+        firewall
+            .set_test_clock(start_ns - 1_000_000_000)
+            .expect("clock");
+        firewall
+            .program_mut(program_names::FIREWALL)
+            .expect("program")
+            .test_run(TestRunOptions {
+                data_in: Some(&frame),
+                ..TestRunOptions::default()
+            })
+            .expect("warm-up run");
+    }
+    let warm = firewall
+        .stats()
+        .expect("counters")
+        .rule(0, Reason::Default)
+        .packets;
+    assert_eq!(warm, 2, "both warm-up packets pass");
     for step in 0..STEPS {
         firewall
             .set_test_clock(start_ns + step * STEP_NS)
@@ -364,7 +386,7 @@ per_source = { packets_per_second = 1000000, burst_packets = 1000 }
     }
 
     let snapshot = firewall.stats().expect("counters");
-    let admitted = snapshot.rule(0, Reason::Default).packets;
+    let admitted = snapshot.rule(0, Reason::Default).packets - warm;
     let limited = snapshot.rule(0, Reason::RateLimited).packets;
     let offered = STEPS * threads as u64 * u64::from(PER_THREAD_PER_STEP);
     assert_eq!(admitted + limited, offered, "every packet counted once");
@@ -374,5 +396,118 @@ per_source = { packets_per_second = 1000000, burst_packets = 1000 }
     assert_eq!(
         admitted, expected,
         "admitted {admitted} of {offered} with {threads} CPUs"
+    );
+}
+
+/// A flood of one-packet spoofed sources, far more than the source map holds, evicts neither
+/// the bucket state of a source that is really talking nor a ban.
+#[test]
+fn one_packet_spoofed_sources_evict_neither_client_state_nor_bans() {
+    let policy = Loaded::from_str(
+        Path::new("spoof.toml"),
+        r#"
+[[rule]]
+name = "ntp"
+protocol = "udp"
+ports = [123]
+per_source = { packets_per_second = 1, burst_packets = 2 }
+
+[[rule]]
+name = "dns"
+protocol = "udp"
+ports = [53]
+per_source = { packets_per_second = 1, burst_packets = 2 }
+on_exceed = "ban"
+ban_after = "0s"
+ban_ttl = "1h"
+
+[limits]
+max_tracked_sources = 64
+max_tracked_subnets = 64
+"#,
+    )
+    .unwrap_or_else(|err| panic!("{err}"))
+    .policy;
+    let mut model = Model::new(policy.model());
+    let mut firewall = Firewall::load(&policy).expect("load firewall");
+    let udp = |src: Ipv4Addr, port: u16| {
+        let mut out = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1])
+            .ipv4(src.octets(), [192, 0, 2, 254], 64)
+            .udp(40000, port)
+            .write(&mut out, &[0u8; 8])
+            .expect("frame");
+        out
+    };
+    let now = 7_000_000_000u64;
+    firewall.set_test_clock(now).expect("clock");
+    // Runs one frame through kernel and model; returns the model's reason after checking that
+    // the kernel counted the same one.
+    let step = |firewall: &mut Firewall, model: &mut Model, frame: &[u8]| {
+        let before = firewall.stats().expect("counters");
+        let decision = model.decide(frame, now);
+        let got = run(firewall, frame);
+        let after = firewall.stats().expect("counters");
+        let reason = decision.verdict.reason;
+        assert_eq!(got, decision.verdict.action, "{decision:?}");
+        assert_eq!(
+            after.get(decision.verdict.action, reason).packets,
+            before.get(decision.verdict.action, reason).packets + 1,
+            "kernel reason differs from the model's {decision:?}"
+        );
+        reason
+    };
+
+    // A talking client empties its NTP bucket: candidate, then two tokens, then refused.
+    let client = Ipv4Addr::new(192, 0, 2, 10);
+    let reasons: Vec<Reason> = (0..4)
+        .map(|_| step(&mut firewall, &mut model, &udp(client, 123)))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            Reason::Default,
+            Reason::Default,
+            Reason::Default,
+            Reason::RateLimited
+        ]
+    );
+    // An abuser of DNS is banned at its first refusal.
+    let abuser = Ipv4Addr::new(192, 0, 2, 66);
+    let reasons: Vec<Reason> = (0..5)
+        .map(|_| step(&mut firewall, &mut model, &udp(abuser, 53)))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            Reason::Default,
+            Reason::Default,
+            Reason::Default,
+            Reason::RateLimited,
+            Reason::Banned
+        ]
+    );
+
+    // 20,000 one-packet sources, 300 times the source map's capacity.
+    let mut rng = SmallRng::seed_from_u64(0x5B00F);
+    for _ in 0..20_000 {
+        let spoofed = Ipv4Addr::from((198u32 << 24) | (18 << 16) | rng.random_range(0..1u32 << 17));
+        let frame = udp(spoofed, 123);
+        assert_eq!(
+            run(&mut firewall, &frame),
+            Action::Pass,
+            "one-packet sources are not limited"
+        );
+        model.decide(&frame, now);
+    }
+
+    // The client's state survived (its bucket is still empty) and so did the ban.
+    assert_eq!(
+        step(&mut firewall, &mut model, &udp(client, 123)),
+        Reason::RateLimited
+    );
+    assert_eq!(
+        step(&mut firewall, &mut model, &udp(abuser, 123)),
+        Reason::Banned
     );
 }
