@@ -27,6 +27,8 @@
 //!    restarts the clock); once that reaches `ban_after_ns` the source is banned for `ban_ttl_ns`
 //!    (dry run: the packet passes as `would_ban` instead), and when `escalate_after` sources of one
 //!    subnet were banned within one `ban_ttl_ns`, the subnet is banned for `subnet_ban_ttl_ns`.
+//!    The packet that triggers a ban drops as `banned` (`subnet_banned` if it escalated), under
+//!    its rule: per rule, those counters count the bans it made.
 //! 8. Admission: a rule that needs per-source state (a per-source bucket for this packet, or
 //!    bans) gives a source state only on its second packet within `ADMISSION_WINDOW_NS`; the
 //!    first packet charges no per-source bucket (subnet buckets still apply).
@@ -390,12 +392,17 @@ impl Model {
                     let verdict = match (dry_run, ban) {
                         (true, true) => Verdict::new(Action::Pass, Reason::WouldBan),
                         (true, false) => Verdict::new(Action::Pass, Reason::WouldDrop),
-                        (false, ban) => {
-                            if ban {
-                                self.ban(rule, &config, source_key, subnet_key, now_ns);
-                            }
+                        // The packet that triggers a ban counts as banned.
+                        (false, true) => {
+                            let subnet = self.ban(rule, &config, source_key, subnet_key, now_ns);
+                            let reason = if subnet {
+                                Reason::SubnetBanned
+                            } else {
+                                Reason::Banned
+                            };
                             Verdict::new(Action::Drop, reason)
                         }
+                        (false, false) => Verdict::new(Action::Drop, reason),
                     };
                     return Decision {
                         verdict,
@@ -487,7 +494,8 @@ impl Model {
         }
     }
 
-    /// Bans `source`, and its subnet when enough of the subnet's sources were banned lately.
+    /// Bans `source`, and its subnet when enough of the subnet's sources were banned lately;
+    /// `true` when the subnet was banned.
     fn ban(
         &mut self,
         rule: u32,
@@ -495,7 +503,7 @@ impl Model {
         source: TrackKey,
         subnet: TrackKey,
         now_ns: u64,
-    ) {
+    ) -> bool {
         self.bans.insert(
             BanKey::of(&source),
             BanEntry {
@@ -506,7 +514,7 @@ impl Model {
             },
         );
         if config.escalate_after == 0 {
-            return;
+            return false;
         }
         let state = self.escalation.entry(subnet).or_default();
         if state.window_start == 0 || now_ns - state.window_start > config.ban_ttl_ns {
@@ -530,6 +538,9 @@ impl Model {
                     kind: BAN_SUBNET,
                 },
             );
+            true
+        } else {
+            false
         }
     }
 }

@@ -94,9 +94,16 @@ pub fn exceeding_long_enough(state: *mut TrackState, config: &RuleConfig, now_ns
     }
 }
 
-/// Bans the source, and its subnet when enough of the subnet's sources were banned lately.
+/// Bans the source, and its subnet when enough of the subnet's sources were banned lately;
+/// `true` when the subnet was banned.
 #[inline(always)]
-pub fn ban(rule: u32, config: &RuleConfig, source: &TrackKey, subnet: &TrackKey, now_ns: u64) {
+pub fn ban(
+    rule: u32,
+    config: &RuleConfig,
+    source: &TrackKey,
+    subnet: &TrackKey,
+    now_ns: u64,
+) -> bool {
     let entry = BanEntry {
         expires_ns: now_ns.saturating_add(config.ban_ttl_ns),
         banned_at_ns: now_ns,
@@ -106,13 +113,13 @@ pub fn ban(rule: u32, config: &RuleConfig, source: &TrackKey, subnet: &TrackKey,
     // A full ban map refuses the insert; the packet is dropped as rate-limited all the same.
     let _ = BANS.insert(BanKey::of(source), entry, 0);
     if config.escalate_after == 0 {
-        return;
+        return false;
     }
     if ESCALATION.get_ptr_mut(subnet).is_none() {
         let _ = ESCALATION.insert(subnet, EscalationState::default(), 0);
     }
     let Some(state) = ESCALATION.get_ptr_mut(subnet) else {
-        return;
+        return false;
     };
     // SAFETY: valid map value pointer from a successful lookup.
     let escalate = unsafe {
@@ -140,4 +147,5 @@ pub fn ban(rule: u32, config: &RuleConfig, source: &TrackKey, subnet: &TrackKey,
         };
         let _ = BANS.insert(BanKey::of(subnet), entry, 0);
     }
+    escalate
 }

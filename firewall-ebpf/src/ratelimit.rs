@@ -220,11 +220,14 @@ fn exceeded(packet: &Packet, len: u64, rule: u32, config: &KernelConfig, now_ns:
     match (dry_run, ban) {
         (true, true) => Reason::WouldBan,
         (true, false) => Reason::WouldDrop,
-        (false, ban) => {
-            if ban {
-                bans::ban(rule, rule_config, &source_key, &subnet_key, now_ns);
+        // The packet that triggers a ban counts as banned (per rule: the bans it made).
+        (false, true) => {
+            if bans::ban(rule, rule_config, &source_key, &subnet_key, now_ns) {
+                Reason::SubnetBanned
+            } else {
+                Reason::Banned
             }
-            reason
         }
+        (false, false) => reason,
     }
 }

@@ -81,13 +81,15 @@ pub struct Snapshot {
     pub rules: Vec<RuleRow>,
 }
 
-/// Reasons a rule counts under.
-const RULE_REASONS: [Reason; 5] = [
+/// Reasons a rule counts under (banned / subnet_banned: the bans it made).
+const RULE_REASONS: [Reason; 7] = [
     Reason::Default,
     Reason::RateLimited,
     Reason::SynLimited,
     Reason::WouldDrop,
     Reason::WouldBan,
+    Reason::Banned,
+    Reason::SubnetBanned,
 ];
 
 impl Snapshot {

@@ -472,7 +472,7 @@ max_tracked_subnets = 64
             Reason::RateLimited
         ]
     );
-    // An abuser of DNS is banned at its first refusal.
+    // An abuser of DNS is banned at its first refusal (that packet already counts as banned).
     let abuser = Ipv4Addr::new(192, 0, 2, 66);
     let reasons: Vec<Reason> = (0..5)
         .map(|_| step(&mut firewall, &mut model, &udp(abuser, 53)))
@@ -483,7 +483,7 @@ max_tracked_subnets = 64
             Reason::Default,
             Reason::Default,
             Reason::Default,
-            Reason::RateLimited,
+            Reason::Banned,
             Reason::Banned
         ]
     );
