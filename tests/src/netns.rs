@@ -236,3 +236,20 @@ impl VethLab {
         !links[0]["xdp"].is_null()
     }
 }
+
+/// Connects from `source` to the server's TCP `port` within `timeout`. Call it on a thread that
+/// is in the client namespace ([`Netns::enter`]).
+pub fn connect_from(
+    source: Ipv4Addr,
+    port: u16,
+    timeout: std::time::Duration,
+) -> std::io::Result<std::net::TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    socket.bind(&std::net::SocketAddr::from((source, 0)).into())?;
+    socket.connect_timeout(
+        &std::net::SocketAddr::from((SERVER_ADDR, port)).into(),
+        timeout,
+    )?;
+    Ok(socket.into())
+}

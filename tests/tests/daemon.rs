@@ -5,13 +5,13 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket},
     time::{Duration, Instant},
 };
 
 use apifw_tests::{
     daemon::{Daemon, Dirs, apifw, stderr_of},
-    netns::{SERVER_ADDR, VethLab},
+    netns::{SERVER_ADDR, VethLab, connect_from},
 };
 use firewall_common::{Action, Reason};
 use firewall_userspace::stats::Snapshot;
@@ -145,8 +145,8 @@ fn blocked_sources_are_dropped_and_allowed_ones_pass_with_exact_counters() {
     // segment it sent is counted as pass/allowlist.
     let before = quiet(&lab, &dirs);
     let reply = lab.client.enter(|| {
-        let socket =
-            connect_from(ALLOWED_IN_BLOCKED, Duration::from_secs(5)).expect("allowed connect");
+        let socket = connect_from(ALLOWED_IN_BLOCKED, 7001, Duration::from_secs(5))
+            .expect("allowed connect");
         let mut stream = socket;
         stream.write_all(b"hello").expect("write");
         let mut buf = [0u8; 5];
@@ -171,7 +171,7 @@ fn blocked_sources_are_dropped_and_allowed_ones_pass_with_exact_counters() {
     let before = quiet(&lab, &dirs);
     let result = lab
         .client
-        .enter(|| connect_from(BLOCKED, Duration::from_millis(1500)));
+        .enter(|| connect_from(BLOCKED, 7001, Duration::from_millis(1500)));
     assert!(
         result.is_err(),
         "connection from a blocked source succeeded"
@@ -183,15 +183,6 @@ fn blocked_sources_are_dropped_and_allowed_ones_pass_with_exact_counters() {
         vec![(Action::Drop, Reason::Blocklist, sent)],
         "TCP blocked deltas"
     );
-}
-
-/// Connects to the TCP echo server from `source` with a timeout.
-fn connect_from(source: Ipv4Addr, timeout: Duration) -> std::io::Result<TcpStream> {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
-    socket.bind(&SocketAddr::from((source, 0)).into())?;
-    socket.connect_timeout(&SocketAddr::from((SERVER_ADDR, 7001)).into(), timeout)?;
-    Ok(socket.into())
 }
 
 #[test]

@@ -6,13 +6,13 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket},
     time::{Duration, Instant},
 };
 
 use apifw_tests::{
     daemon::{Daemon, Dirs},
-    netns::{SERVER_ADDR, VethLab},
+    netns::{SERVER_ADDR, VethLab, connect_from},
 };
 use firewall_common::{Action, Reason};
 use socket2::{Domain, Socket, Type};
@@ -142,13 +142,6 @@ fn a_flooder_is_cut_to_its_rate_and_a_polite_client_is_fully_served() {
     );
 }
 
-fn connect_from(source: Ipv4Addr, timeout: Duration) -> std::io::Result<TcpStream> {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
-    socket.bind(&SocketAddr::from((source, 0)).into())?;
-    socket.connect_timeout(&SocketAddr::from((SERVER_ADDR, 7001)).into(), timeout)?;
-    Ok(socket.into())
-}
-
 #[test]
 fn a_syn_flood_is_cut_while_the_sources_established_connection_works() {
     let lab = VethLab::new("rls", &[FLOODER]);
@@ -186,7 +179,7 @@ fn a_syn_flood_is_cut_while_the_sources_established_connection_works() {
 
     let (established, flood_attempts) = lab.client.enter(|| {
         let mut established =
-            connect_from(FLOODER, Duration::from_secs(5)).expect("first connection");
+            connect_from(FLOODER, 7001, Duration::from_secs(5)).expect("first connection");
         // 50 connection attempts from the same source, as fast as the stack sends them.
         let mut pending = Vec::new();
         for _ in 0..50 {

@@ -146,6 +146,47 @@ fn median(values: &mut [f64]) -> f64 {
     }
 }
 
+/// The empty and one-lookup reference runs of a whole benchmark, for the report's header.
+#[derive(Default)]
+struct References {
+    floors: Vec<f64>,
+    lookups: Vec<f64>,
+}
+
+/// Measures `frame` through the firewall `runs` times, each run next to the empty and the
+/// one-lookup programs, and summarises the runs.
+fn measure(
+    firewall: &mut Firewall,
+    case: &str,
+    frame: &[u8],
+    args: &Args,
+    references: &mut References,
+) -> anyhow::Result<Measurement> {
+    let (mut cost, mut ratios, mut lookup_ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..args.runs {
+        let floor = ns_per_packet(firewall, program_names::EMPTY, frame, args.repeat)?;
+        let lookup = ns_per_packet(firewall, program_names::ONE_LOOKUP, frame, args.repeat)?;
+        let ns = ns_per_packet(firewall, program_names::FIREWALL, frame, args.repeat)?;
+        references.floors.push(floor);
+        references.lookups.push(lookup);
+        cost.push(ns);
+        ratios.push(ns / floor.max(0.5));
+        lookup_ratios.push(ns / lookup.max(0.5));
+    }
+    let (min, max) = spread(&cost);
+    let (ratio_min, ratio_max) = spread(&ratios);
+    Ok(Measurement {
+        case: case.to_owned(),
+        median: median(&mut cost),
+        min,
+        max,
+        ratio: median(&mut ratios),
+        ratio_min,
+        ratio_max,
+        lookup_ratio: median(&mut lookup_ratios),
+    })
+}
+
 fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     let cpu_count = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -168,8 +209,7 @@ fn main() -> anyhow::Result<()> {
         ),
     ];
     let mut rows: Vec<(usize, f64, Measurement)> = Vec::new();
-    let mut floors = Vec::new();
-    let mut lookups = Vec::new();
+    let mut references = References::default();
     for size in [1usize, 100_000, 1_000_000] {
         let policy = Policy {
             block: blocklist(size, &mut rng),
@@ -182,37 +222,13 @@ fn main() -> anyhow::Result<()> {
         firewall.load_program(program_names::ONE_LOOKUP)?;
         eprintln!("bench: {size} prefixes loaded in {load_seconds:.2} s");
         for (name, source) in cases {
-            let frame = udp_frame(source);
-            let (mut apifw, mut ratios, mut lookup_ratios) = (Vec::new(), Vec::new(), Vec::new());
-            for _ in 0..args.runs {
-                let floor =
-                    ns_per_packet(&mut firewall, program_names::EMPTY, &frame, args.repeat)?;
-                let lookup = ns_per_packet(
-                    &mut firewall,
-                    program_names::ONE_LOOKUP,
-                    &frame,
-                    args.repeat,
-                )?;
-                let cost =
-                    ns_per_packet(&mut firewall, program_names::FIREWALL, &frame, args.repeat)?;
-                floors.push(floor);
-                lookups.push(lookup);
-                apifw.push(cost);
-                ratios.push(cost / floor.max(0.5));
-                lookup_ratios.push(cost / lookup.max(0.5));
-            }
-            let (min, max) = spread(&apifw);
-            let (ratio_min, ratio_max) = spread(&ratios);
-            let measurement = Measurement {
-                case: name.to_owned(),
-                median: median(&mut apifw),
-                min,
-                max,
-                ratio: median(&mut ratios),
-                ratio_min,
-                ratio_max,
-                lookup_ratio: median(&mut lookup_ratios),
-            };
+            let measurement = measure(
+                &mut firewall,
+                name,
+                &udp_frame(source),
+                &args,
+                &mut references,
+            )?;
             eprintln!(
                 "bench: {size:>9} prefixes, {name}: {:.1} ns/packet, {:.2}x empty, {:.2}x one lookup",
                 measurement.median, measurement.ratio, measurement.lookup_ratio
@@ -249,36 +265,7 @@ fn main() -> anyhow::Result<()> {
                 started.elapsed().as_secs_f64()
             );
             let frame = udp_frame(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10)));
-            let (mut cost, mut ratios, mut lookup_ratios) = (Vec::new(), Vec::new(), Vec::new());
-            for _ in 0..args.runs {
-                let floor =
-                    ns_per_packet(&mut firewall, program_names::EMPTY, &frame, args.repeat)?;
-                let lookup = ns_per_packet(
-                    &mut firewall,
-                    program_names::ONE_LOOKUP,
-                    &frame,
-                    args.repeat,
-                )?;
-                let ns =
-                    ns_per_packet(&mut firewall, program_names::FIREWALL, &frame, args.repeat)?;
-                floors.push(floor);
-                lookups.push(lookup);
-                cost.push(ns);
-                ratios.push(ns / floor.max(0.5));
-                lookup_ratios.push(ns / lookup.max(0.5));
-            }
-            let (min, max) = spread(&cost);
-            let (ratio_min, ratio_max) = spread(&ratios);
-            let measurement = Measurement {
-                case: name.to_owned(),
-                median: median(&mut cost),
-                min,
-                max,
-                ratio: median(&mut ratios),
-                ratio_min,
-                ratio_max,
-                lookup_ratio: median(&mut lookup_ratios),
-            };
+            let measurement = measure(&mut firewall, name, &frame, &args, &mut references)?;
             eprintln!(
                 "bench: {tracked:>9} tracked, {name}: {:.1} ns/packet, {:.2}x empty, {:.2}x one lookup",
                 measurement.median, measurement.ratio, measurement.lookup_ratio
@@ -287,8 +274,8 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
-    let floor = median(&mut floors);
-    let lookup = median(&mut lookups);
+    let floor = median(&mut references.floors);
+    let lookup = median(&mut references.lookups);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
