@@ -506,12 +506,7 @@ impl Model {
     ) -> bool {
         self.bans.insert(
             BanKey::of(&source),
-            BanEntry {
-                expires_ns: now_ns.saturating_add(config.ban_ttl_ns),
-                banned_at_ns: now_ns,
-                rule,
-                kind: BAN_HOST,
-            },
+            BanEntry::new(now_ns, config.ban_ttl_ns, rule, BAN_HOST),
         );
         if config.escalate_after == 0 {
             return false;
@@ -531,12 +526,7 @@ impl Model {
             };
             self.bans.insert(
                 BanKey::of(&subnet),
-                BanEntry {
-                    expires_ns: now_ns.saturating_add(config.subnet_ban_ttl_ns),
-                    banned_at_ns: now_ns,
-                    rule,
-                    kind: BAN_SUBNET,
-                },
+                BanEntry::new(now_ns, config.subnet_ban_ttl_ns, rule, BAN_SUBNET),
             );
             true
         } else {

@@ -161,6 +161,19 @@ impl BanKey {
     }
 }
 
+impl BanEntry {
+    /// A ban of `kind` made at `now_ns` by `rule`, lasting `ttl_ns` (saturating).
+    #[inline(always)]
+    pub const fn new(now_ns: u64, ttl_ns: u64, rule: u32, kind: u32) -> Self {
+        Self {
+            expires_ns: now_ns.saturating_add(ttl_ns),
+            banned_at_ns: now_ns,
+            rule,
+            kind,
+        }
+    }
+}
+
 /// Ban kind: one host.
 pub const BAN_HOST: u32 = 1;
 /// Ban kind: a whole subnet (escalation).

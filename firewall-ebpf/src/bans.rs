@@ -104,12 +104,7 @@ pub fn ban(
     subnet: &TrackKey,
     now_ns: u64,
 ) -> bool {
-    let entry = BanEntry {
-        expires_ns: now_ns.saturating_add(config.ban_ttl_ns),
-        banned_at_ns: now_ns,
-        rule,
-        kind: BAN_HOST,
-    };
+    let entry = BanEntry::new(now_ns, config.ban_ttl_ns, rule, BAN_HOST);
     // A full ban map refuses the insert; the packet is dropped as rate-limited all the same.
     let _ = BANS.insert(BanKey::of(source), entry, 0);
     if config.escalate_after == 0 {
@@ -139,12 +134,7 @@ pub fn ban(
         }
     };
     if escalate {
-        let entry = BanEntry {
-            expires_ns: now_ns.saturating_add(config.subnet_ban_ttl_ns),
-            banned_at_ns: now_ns,
-            rule,
-            kind: BAN_SUBNET,
-        };
+        let entry = BanEntry::new(now_ns, config.subnet_ban_ttl_ns, rule, BAN_SUBNET);
         let _ = BANS.insert(BanKey::of(subnet), entry, 0);
     }
     escalate

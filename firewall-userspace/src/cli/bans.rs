@@ -2,12 +2,7 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use crate::{
-    bans,
-    cli::Locations,
-    paths::{self, PinLayout},
-    policy::Loaded,
-};
+use crate::{bans, cli::Locations, paths::PinLayout};
 
 /// Arguments of `apifw bans`.
 #[derive(Debug, clap::Args)]
@@ -25,11 +20,7 @@ pub struct BansArgs {
 
 /// Prints the active bans.
 pub fn execute(args: BansArgs) -> anyhow::Result<ExitCode> {
-    let mut pin_dir = PathBuf::from(paths::DEFAULT_PIN_DIR);
-    if let Some(config) = &args.config {
-        pin_dir = Loaded::from_file(config)?.policy.daemon.pin_dir;
-    }
-    let pin_dir = args.locations.pin_dir.unwrap_or(pin_dir);
+    let (pin_dir, _) = args.locations.resolve(args.config.as_deref())?;
     let rows = bans::read_pinned(&PinLayout::new(&pin_dir))?;
     if args.json {
         println!("{}", serde_json::json!({ "bans": rows }));

@@ -42,6 +42,21 @@ pub struct Locations {
     pub run_dir: Option<PathBuf>,
 }
 
+impl Locations {
+    /// The pin and run directories for a reading verb: the flags, else the policy's `[daemon]`
+    /// table when `config` is given, else the defaults.
+    pub fn resolve(&self, config: Option<&std::path::Path>) -> anyhow::Result<(PathBuf, PathBuf)> {
+        let daemon = match config {
+            Some(config) => crate::policy::Loaded::from_file(config)?.policy.daemon,
+            None => crate::policy::DaemonSettings::default(),
+        };
+        Ok((
+            self.pin_dir.clone().unwrap_or(daemon.pin_dir),
+            self.run_dir.clone().unwrap_or(daemon.run_dir),
+        ))
+    }
+}
+
 impl Cli {
     /// Runs the chosen verb; the result is the process exit code.
     pub fn execute(self) -> anyhow::Result<std::process::ExitCode> {

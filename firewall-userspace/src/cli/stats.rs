@@ -6,7 +6,6 @@ use crate::{
     cli::Locations,
     lock::InstanceLock,
     paths::{self, PinLayout},
-    policy::Loaded,
     stats,
 };
 
@@ -26,16 +25,7 @@ pub struct StatsArgs {
 
 /// Prints the counters.
 pub fn execute(args: StatsArgs) -> anyhow::Result<ExitCode> {
-    let (mut pin_dir, mut run_dir) = (
-        PathBuf::from(paths::DEFAULT_PIN_DIR),
-        PathBuf::from(paths::DEFAULT_RUN_DIR),
-    );
-    if let Some(config) = &args.config {
-        let daemon = Loaded::from_file(config)?.policy.daemon;
-        (pin_dir, run_dir) = (daemon.pin_dir, daemon.run_dir);
-    }
-    pin_dir = args.locations.pin_dir.unwrap_or(pin_dir);
-    run_dir = args.locations.run_dir.unwrap_or(run_dir);
+    let (pin_dir, run_dir) = args.locations.resolve(args.config.as_deref())?;
 
     let snapshot = stats::read_pinned(&PinLayout::new(&pin_dir))?;
     if !InstanceLock::is_held(&run_dir) {
