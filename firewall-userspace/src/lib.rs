@@ -1,13 +1,17 @@
 //! apifw userspace: policy, map compilation, loading and attaching, statistics, the daemon and
 //! the CLI verbs. The `apifw` binary is a thin shell over [`cli`].
 
+pub mod audit;
 pub mod bans;
+pub mod batch;
 pub mod cli;
 pub mod daemon;
+pub mod feeds;
 pub mod firewall;
 pub mod lock;
 pub mod paths;
 pub mod policy;
+pub mod state;
 pub mod stats;
 pub mod tables;
 

@@ -1,5 +1,6 @@
 //! The `apifw` command line: one module per verb.
 
+pub mod audit;
 pub mod bans;
 pub mod check;
 pub mod run;
