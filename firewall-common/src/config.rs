@@ -20,8 +20,9 @@ pub struct KernelConfig {
     /// Which kinds of rule match key exist ([`RULES_BY_PORT`], [`RULES_BY_PROTOCOL`],
     /// [`RULES_FOR_ANY`]), so that packets skip match lookups that cannot hit.
     pub rule_kinds: u32,
-    /// Explicit padding; always zero.
-    pub _pad: u32,
+    /// The policy generation this record belongs to (its index in `APIFW_CONFIG`), so that
+    /// everything the program looks up after reading it stays in one generation.
+    pub generation: u32,
     /// Bit `L` set when subnet bans of IPv4 length `L` (0..=31) can exist.
     pub ban_v4_lengths: u64,
     /// Bit `L` (word `L / 64`) set when subnet bans of IPv6 length `L` (0..=127) can exist.
@@ -49,7 +50,7 @@ impl KernelConfig {
             v6_short_mask: 0,
             test_clock_ns: 0,
             rule_kinds: 0,
-            _pad: 0,
+            generation: 0,
             ban_v4_lengths: 0,
             ban_v6_lengths: [0; 2],
         }

@@ -24,22 +24,43 @@ mod pod;
 pub use config::KernelConfig;
 pub use stats::{Action, Counter, Reason, Verdict};
 
+/// Policy generations: how a new policy replaces the old one atomically.
+///
+/// Every map the policy fills (configuration, prefix tables, rules) holds two generations, told
+/// apart by a generation number in the key or index. The program reads the active generation
+/// from [`map_names::ACTIVE`] once per packet and uses only that generation's entries, so a
+/// packet sees either the whole old policy or the whole new one. Userspace writes the inactive
+/// generation, flips `ACTIVE`, waits for every program run that may still use the old generation
+/// to finish (an RCU grace period), then brings the old generation up to date.
+pub mod generation {
+    /// Number of generations.
+    pub const COUNT: u32 = 2;
+
+    /// The other generation.
+    #[inline(always)]
+    pub const fn other(generation: u32) -> u32 {
+        (generation + 1) % COUNT
+    }
+}
+
 /// Map names as they appear in the eBPF object and under the pin directory.
 pub mod map_names {
-    /// `Array<KernelConfig>` with one entry.
+    /// `Array<u32>` with one entry: the active policy generation.
+    pub const ACTIVE: &str = "APIFW_ACTIVE";
+    /// `Array<KernelConfig>` with one entry per generation.
     pub const CONFIG: &str = "APIFW_CONFIG";
     /// `PerCpuArray<Counter>` indexed by [`crate::stats::stats_index`].
     pub const STATS: &str = "APIFW_STATS";
-    /// `Array<V4Summary>` indexed by the top 16 bits of the IPv4 source.
+    /// `Array<V4Summary>` indexed by [`crate::prefix::v4_summary_index`].
     pub const V4_SUMMARY: &str = "APIFW_V4_SUMMARY";
     /// `HashMap<PrefixV4Key, u32>`: IPv4 prefixes longer than /16 with resolved flags.
     pub const V4_PREFIXES: &str = "APIFW_V4_PREFIXES";
-    /// `HashMap<[u8; 4], V6Summary>` keyed by the top 32 bits of the IPv6 source.
+    /// `HashMap<V6SummaryKey, V6Summary>` keyed by the top 32 bits of the IPv6 source.
     pub const V6_SUMMARY: &str = "APIFW_V6_SUMMARY";
     /// `HashMap<PrefixV6Key, u32>`: every IPv6 prefix with resolved flags.
     pub const V6_PREFIXES: &str = "APIFW_V6_PREFIXES";
 
-    /// `Array<RuleConfig>` of `MAX_RULES` entries.
+    /// `Array<RuleConfig>` indexed by [`crate::rules::rule_index`].
     pub const RULES: &str = "APIFW_RULES";
     /// `HashMap<RuleKey, u32>`: which rule takes a (protocol, port).
     pub const RULE_MATCH: &str = "APIFW_RULE_MATCH";
@@ -57,7 +78,8 @@ pub mod map_names {
     pub const ESCALATION: &str = "APIFW_ESCALATION";
 
     /// Every map the daemon pins.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 15] = [
+        ACTIVE,
         CONFIG,
         STATS,
         V4_SUMMARY,

@@ -2,7 +2,7 @@
 
 use crate::{
     config::KernelConfig,
-    prefix::{PrefixV4Key, PrefixV6Key, V4Summary, V6Summary},
+    prefix::{PrefixV4Key, PrefixV6Key, V4Summary, V6Summary, V6SummaryKey},
     rules::{BanEntry, BanKey, EscalationState, RuleConfig, RuleKey, TrackKey, TrackState},
     stats::Counter,
 };
@@ -20,6 +20,8 @@ unsafe impl aya::Pod for PrefixV6Key {}
 unsafe impl aya::Pod for V4Summary {}
 // SAFETY: see above.
 unsafe impl aya::Pod for V6Summary {}
+// SAFETY: see above.
+unsafe impl aya::Pod for V6SummaryKey {}
 // SAFETY: see above.
 unsafe impl aya::Pod for RuleConfig {}
 // SAFETY: see above.

@@ -14,8 +14,14 @@ pub const FLAG_BLOCK: u32 = 2;
 
 /// IPv4 prefixes up to this length are expanded into [`V4Summary::short_flags`].
 pub const V4_SUMMARY_BITS: u32 = 16;
-/// Entries of the IPv4 summary array: one per /16.
+/// Entries of the IPv4 summary array per policy generation: one per /16.
 pub const V4_SUMMARY_ENTRIES: u32 = 1 << V4_SUMMARY_BITS;
+
+/// Index of the summary of the /16 `top` in generation `generation`.
+#[inline(always)]
+pub const fn v4_summary_index(generation: u32, top: u32) -> u32 {
+    (generation << V4_SUMMARY_BITS) | top
+}
 /// IPv6 sources are summarised per /32.
 pub const V6_SUMMARY_BITS: u32 = 32;
 
@@ -24,7 +30,9 @@ pub const V6_SUMMARY_BITS: u32 = 32;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PrefixV4Key {
     /// Prefix length, 17..=32.
-    pub prefix_len: u32,
+    pub prefix_len: u16,
+    /// Policy generation the entry belongs to (see [`crate::generation`]).
+    pub generation: u16,
     /// Masked address in network byte order.
     pub addr: [u8; 4],
 }
@@ -34,7 +42,9 @@ pub struct PrefixV4Key {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PrefixV6Key {
     /// Prefix length, 0..=128.
-    pub prefix_len: u32,
+    pub prefix_len: u16,
+    /// Policy generation the entry belongs to (see [`crate::generation`]).
+    pub generation: u16,
     /// Masked address in network byte order.
     pub addr: [u8; 16],
 }
@@ -123,9 +133,17 @@ impl PrefixV4Key {
     #[inline(always)]
     pub const fn new(addr: u32, len: u32) -> Self {
         Self {
-            prefix_len: len,
+            prefix_len: len as u16,
+            generation: 0,
             addr: mask_v4(addr, len).to_be_bytes(),
         }
+    }
+
+    /// The same key in policy generation `generation`.
+    #[inline(always)]
+    pub const fn in_generation(mut self, generation: u32) -> Self {
+        self.generation = generation as u16;
+        self
     }
 }
 
@@ -137,13 +155,31 @@ impl PrefixV6Key {
         let hi = hi.to_be_bytes();
         let lo = lo.to_be_bytes();
         Self {
-            prefix_len: len,
+            prefix_len: len as u16,
+            generation: 0,
             addr: [
                 hi[0], hi[1], hi[2], hi[3], hi[4], hi[5], hi[6], hi[7], lo[0], lo[1], lo[2], lo[3],
                 lo[4], lo[5], lo[6], lo[7],
             ],
         }
     }
+
+    /// The same key in policy generation `generation`.
+    #[inline(always)]
+    pub const fn in_generation(mut self, generation: u32) -> Self {
+        self.generation = generation as u16;
+        self
+    }
+}
+
+/// Key of the IPv6 summary hash: the top 32 bits of a source in one policy generation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct V6SummaryKey {
+    /// Policy generation (see [`crate::generation`]).
+    pub generation: u32,
+    /// The /32, network byte order.
+    pub top: [u8; 4],
 }
 
 /// What a probe returns for a missing key, and [`probe_longest_first`] when no length hit. Flags are small bit sets, so this

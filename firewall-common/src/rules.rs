@@ -28,21 +28,34 @@ pub const EXCEED_GAP_NS: u64 = 1_000_000_000;
 pub struct RuleKey {
     /// IP protocol number, or [`ANY_PROTOCOL`].
     pub protocol: u8,
-    /// Explicit padding; always zero.
-    pub _pad: u8,
+    /// Policy generation (see [`crate::generation`]).
+    pub generation: u8,
     /// Destination port (host order), or [`ANY_PORT`].
     pub port: u16,
 }
 
 impl RuleKey {
-    /// Builds a key.
+    /// Builds a key (generation 0).
     pub const fn new(protocol: u8, port: u16) -> Self {
         Self {
             protocol,
-            _pad: 0,
+            generation: 0,
             port,
         }
     }
+
+    /// The same key in policy generation `generation`.
+    #[inline(always)]
+    pub const fn in_generation(mut self, generation: u32) -> Self {
+        self.generation = generation as u8;
+        self
+    }
+}
+
+/// Index in `APIFW_RULES` of rule slot `rule` in policy generation `generation`.
+#[inline(always)]
+pub const fn rule_index(generation: u32, rule: u32) -> u32 {
+    generation * MAX_RULES + rule
 }
 
 /// The limits of one rule. An unlimited bucket has `interval == 0`.

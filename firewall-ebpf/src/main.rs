@@ -19,9 +19,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use firewall_common::{
-    Action, Counter, KernelConfig, Reason, Verdict,
+    Action, Counter, KernelConfig, Reason, Verdict, generation,
     prefix::{
         FLAG_ALLOW, FLAG_BLOCK, PrefixV4Key, PrefixV6Key, V4_SUMMARY_ENTRIES, V4Summary, V6Summary,
+        V6SummaryKey,
     },
     rules::{
         BanEntry, BanKey, EscalationState, MAX_RULES, RULE_STATS_ENTRIES, RuleConfig, RuleKey,
@@ -32,30 +33,35 @@ use firewall_common::{
 
 use crate::parse::{Malformed, Source};
 
+// The active policy generation (see `firewall_common::generation`).
+#[map(name = "APIFW_ACTIVE")]
+static ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
+
 #[map(name = "APIFW_CONFIG")]
-static CONFIG: Array<KernelConfig> = Array::with_max_entries(1, 0);
+static CONFIG: Array<KernelConfig> = Array::with_max_entries(generation::COUNT, 0);
 
 #[map(name = "APIFW_STATS")]
 static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STATS_ENTRIES, 0);
 
 #[map(name = "APIFW_V4_SUMMARY")]
-static V4_SUMMARY: Array<V4Summary> = Array::with_max_entries(V4_SUMMARY_ENTRIES, 0);
+static V4_SUMMARY: Array<V4Summary> =
+    Array::with_max_entries(generation::COUNT * V4_SUMMARY_ENTRIES, 0);
 
 // Sizes of the prefix maps are set by the loader from the policy's `[limits]`.
 #[map(name = "APIFW_V4_PREFIXES")]
 static V4_PREFIXES: HashMap<PrefixV4Key, u32> = HashMap::with_max_entries(1, 0);
 
 #[map(name = "APIFW_V6_SUMMARY")]
-static V6_SUMMARY: HashMap<[u8; 4], V6Summary> = HashMap::with_max_entries(1, 0);
+static V6_SUMMARY: HashMap<V6SummaryKey, V6Summary> = HashMap::with_max_entries(1, 0);
 
 #[map(name = "APIFW_V6_PREFIXES")]
 static V6_PREFIXES: HashMap<PrefixV6Key, u32> = HashMap::with_max_entries(1, 0);
 
 #[map(name = "APIFW_RULES")]
-static RULES: Array<RuleConfig> = Array::with_max_entries(MAX_RULES, 0);
+static RULES: Array<RuleConfig> = Array::with_max_entries(generation::COUNT * MAX_RULES, 0);
 
 #[map(name = "APIFW_RULE_MATCH")]
-static RULE_MATCH: HashMap<RuleKey, u32> = HashMap::with_max_entries(4 * MAX_RULES * 64, 0);
+static RULE_MATCH: HashMap<RuleKey, u32> = HashMap::with_max_entries(generation::COUNT * 4 * MAX_RULES * 64, 0);
 
 // Sizes set by the loader from `[limits] max_tracked_sources` / `max_tracked_subnets`.
 #[map(name = "APIFW_SOURCES")]
@@ -82,9 +88,12 @@ static RULE_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(RULE_STA
 /// The firewall.
 #[xdp]
 pub fn apifw(ctx: XdpContext) -> u32 {
-    // Index 0 of an array map always exists; the check is for the verifier. Borrowed, not
-    // copied: the 512-byte stack is shared with everything below.
-    let Some(config) = CONFIG.get(0) else {
+    // Read once: everything below uses this generation's configuration and tables, so a policy
+    // swap in the middle of this packet cannot mix old and new entries.
+    let active = ACTIVE.get(0).map_or(0, |generation| *generation) % generation::COUNT;
+    // Both generations of an array map always exist; the check is for the verifier. Borrowed,
+    // not copied: the 512-byte stack is shared with everything below.
+    let Some(config) = CONFIG.get(active) else {
         return xdp_action::XDP_PASS;
     };
     let verdict = match try_apifw(&ctx, config) {
@@ -136,8 +145,10 @@ fn try_apifw(ctx: &XdpContext, config: &KernelConfig) -> Result<Verdict, Malform
         None => return Ok(Verdict::new(Action::Pass, Reason::NonIp)),
     };
     let flags = match packet.source {
-        Source::V4(addr) => prefixes::lookup_v4(addr),
-        Source::V6(hi, lo) => prefixes::lookup_v6(hi, lo, config.v6_short_mask),
+        Source::V4(addr) => prefixes::lookup_v4(addr, config.generation),
+        Source::V6(hi, lo) => {
+            prefixes::lookup_v6(hi, lo, config.v6_short_mask, config.generation)
+        }
     };
     if flags & FLAG_ALLOW != 0 {
         return Ok(Verdict::new(Action::Pass, Reason::Allowlist));

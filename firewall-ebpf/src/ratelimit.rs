@@ -9,7 +9,9 @@ use firewall_common::{
     config::{CONFIG_BANS, CONFIG_DRY_RUN, RULES_BY_PORT, RULES_BY_PROTOCOL, RULES_FOR_ANY},
     packet::IPPROTO_TCP,
     ratelimit::{Bucket, ticks},
-    rules::{ADMISSION_WINDOW_NS, ANY_PORT, ANY_PROTOCOL, RuleKey, TrackKey, TrackState},
+    rules::{
+        ADMISSION_WINDOW_NS, ANY_PORT, ANY_PROTOCOL, RuleKey, TrackKey, TrackState, rule_index,
+    },
 };
 
 use crate::{
@@ -30,11 +32,11 @@ pub const NO_RULE: u32 = u32::MAX;
 /// The rule that takes `packet` by the model's precedence, or [`NO_RULE`]. Only kinds of keys
 /// that exist (`config.rule_kinds`) are looked up: a policy without rules costs no lookup.
 #[inline(always)]
-fn rule_for(packet: &Packet, kinds: u32) -> u32 {
+fn rule_for(packet: &Packet, kinds: u32, generation: u32) -> u32 {
     let lookup = |key: RuleKey| {
         // SAFETY: pointer from a successful lookup; the value is a plain u32.
         RULE_MATCH
-            .get_ptr(key)
+            .get_ptr(key.in_generation(generation))
             .map_or(NO_RULE, |rule| unsafe { *rule })
     };
     let mut rule = NO_RULE;
@@ -129,7 +131,7 @@ fn now_ns(config: &KernelConfig) -> u64 {
 #[inline(always)]
 pub fn check(packet: &Packet, len: u64, config: &KernelConfig) -> (u32, Reason) {
     let bans_on = config.flags & CONFIG_BANS != 0;
-    let rule = rule_for(packet, config.rule_kinds);
+    let rule = rule_for(packet, config.rule_kinds, config.generation);
     if rule == NO_RULE && !bans_on {
         return (NO_RULE, Reason::Default);
     }
@@ -151,7 +153,7 @@ pub fn check(packet: &Packet, len: u64, config: &KernelConfig) -> (u32, Reason) 
 #[inline(always)]
 fn exceeded(packet: &Packet, len: u64, rule: u32, config: &KernelConfig, now_ns: u64) -> Reason {
     // Borrowed from the map rather than copied: a RuleConfig is 128 bytes of a 512-byte stack.
-    let Some(rule_config) = RULES.get(rule) else {
+    let Some(rule_config) = RULES.get(rule_index(config.generation, rule)) else {
         return Reason::Default;
     };
     let now = ticks(now_ns);

@@ -1,1 +1,898 @@
-//! (in progress)
+//! Blocklist feed files: plain address lists, FireHOL `.netset`/`.ipset` lists and Spamhaus
+//! DROP/EDROP lists (text or JSON lines), parsed into normalised, de-duplicated prefixes.
+//!
+//! Feeds come from third parties and are refreshed unattended, so parsing never fails on
+//! content: every line that is not an entry or a comment becomes a [`BadLine`] with its line
+//! number and the precise reason, and the caller decides whether to apply the rest. Only reading
+//! the file can fail ([`FeedError`]).
+//!
+//! Feeds can be large (FireHOL level lists run to hundreds of thousands of lines), so the good
+//! path borrows `&str` slices of the text and allocates nothing per line except the prefix
+//! itself; strings are only built for bad lines.
+
+use std::{
+    borrow::Cow,
+    collections::HashSet,
+    fmt,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// Format of a feed file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum FeedFormat {
+    /// One IPv4/IPv6 address or CIDR prefix per line; `#` starts a comment (a whole line, or
+    /// after whitespace at the end of an entry). A bare address is a /32 or /128.
+    #[default]
+    Plain,
+    /// FireHOL `.netset`/`.ipset` lists: the plain syntax, with the header in `#` comments.
+    Firehol,
+    /// Spamhaus DROP/EDROP lists: `CIDR ; SBLnnn` lines with `;` comments, or the JSON-lines
+    /// lists (`drop_v4.json`, `drop_v6.json`) with one `{"cidr": …}` object per line.
+    Spamhaus,
+}
+
+/// Longest [`BadLine::text`] kept, in characters: enough to recognise the line in a message
+/// without copying a runaway line (a feed that is really an HTML error page, say) whole.
+const TEXT_LIMIT: usize = 80;
+
+/// Longest piece of a line quoted inside a [`BadLine::reason`], in characters.
+const QUOTE_LIMIT: usize = 40;
+
+/// A line of a feed that is neither an entry nor a comment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadLine {
+    /// Line number, from 1.
+    pub line: usize,
+    /// The line without surrounding whitespace, cut to about 80 characters (`…` marks a cut).
+    pub text: String,
+    /// Why the line was rejected.
+    pub reason: String,
+}
+
+impl BadLine {
+    /// The line as a message: `FILE:LINE: REASON: `TEXT``, with `origin` naming the feed.
+    pub fn describe(&self, origin: &Path) -> String {
+        format!(
+            "{}:{}: {}: `{}`",
+            origin.display(),
+            self.line,
+            self.reason,
+            self.text
+        )
+    }
+}
+
+/// The content of a feed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ParsedFeed {
+    /// The prefixes, host bits cleared, in file order; a prefix listed again (or normalising to
+    /// one already listed) is kept only at its first place.
+    pub prefixes: Vec<IpNet>,
+    /// Lines rejected, in file order.
+    pub bad_lines: Vec<BadLine>,
+    /// Entries that had host bits set (such as `10.0.0.1/8`) and were normalised, counted per
+    /// line, including those whose normalised prefix turned out to be a duplicate.
+    pub host_bits_cleared: usize,
+}
+
+/// Why a feed could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    /// The file could not be read.
+    #[error("cannot read feed {}", path.display())]
+    Read {
+        /// The feed file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Reads and parses the feed at `path`.
+///
+/// Bytes that are not UTF-8 are replaced (U+FFFD) rather than rejecting the file: in a comment
+/// they are harmless, and in an entry they make just that line bad.
+pub fn read(path: &Path, format: FeedFormat) -> Result<ParsedFeed, FeedError> {
+    let bytes = std::fs::read(path).map_err(|source| FeedError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(parse(&String::from_utf8_lossy(&bytes), format))
+}
+
+/// Parses feed `text` in `format`. Never fails: lines that are not entries or comments are
+/// reported in [`ParsedFeed::bad_lines`].
+pub fn parse(text: &str, format: FeedFormat) -> ParsedFeed {
+    // Editors on Windows save UTF-8 with a byte-order mark, which `trim` does not remove and
+    // which would otherwise make the first entry bad.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut feed = ParsedFeed::default();
+    let mut seen = HashSet::new();
+    // `lines` also drops the `\r` of CRLF line endings.
+    for (index, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        let entry = match format {
+            FeedFormat::Plain | FeedFormat::Firehol => plain_entry(line),
+            FeedFormat::Spamhaus => spamhaus_entry(line),
+        };
+        match entry {
+            Ok(None) => {}
+            Ok(Some(net)) => {
+                let normal = net.trunc();
+                if normal != net {
+                    feed.host_bits_cleared += 1;
+                }
+                if seen.insert(normal) {
+                    feed.prefixes.push(normal);
+                }
+            }
+            Err(reason) => feed.bad_lines.push(BadLine {
+                line: index + 1,
+                text: quote(line, TEXT_LIMIT),
+                reason,
+            }),
+        }
+    }
+    feed
+}
+
+/// One trimmed line of a plain or FireHOL list: `Ok(None)` for a blank or comment line.
+fn plain_entry(line: &str) -> Result<Option<IpNet>, String> {
+    if line.is_empty() || line.starts_with('#') {
+        return Ok(None);
+    }
+    if line.starts_with('{') {
+        return Err("a JSON object; Spamhaus JSON lists need the `spamhaus` format".to_owned());
+    }
+    let (token, rest) = split_token(line);
+    if !rest.is_empty() && !rest.starts_with('#') {
+        let hint = if rest.starts_with(';') {
+            "comments start with `#` (`;` comments are Spamhaus syntax: use the `spamhaus` format)"
+        } else {
+            "comments start with `#`"
+        };
+        return Err(format!(
+            "unexpected text `{}` after the entry; {hint}",
+            quote(rest, QUOTE_LIMIT)
+        ));
+    }
+    parse_token(token)
+        .map(Some)
+        .map_err(|reason| refine(token, reason, true))
+}
+
+/// One trimmed line of a Spamhaus list, text or JSON: `Ok(None)` for a blank, comment or
+/// metadata line.
+fn spamhaus_entry(line: &str) -> Result<Option<IpNet>, String> {
+    if line.is_empty() || line.starts_with(';') {
+        return Ok(None);
+    }
+    if line.starts_with('{') {
+        return json_entry(line);
+    }
+    if line.starts_with('#') {
+        return Err("a `#` comment; Spamhaus comments start with `;`".to_owned());
+    }
+    // `1.10.16.0/20 ; SBL256894`: everything from `;` on is the comment.
+    let entry = line
+        .split_once(';')
+        .map_or(line, |(entry, _)| entry.trim_end());
+    let (token, rest) = split_token(entry);
+    if !rest.is_empty() {
+        return Err(format!(
+            "unexpected text `{}` after the entry; Spamhaus comments start with `;`",
+            quote(rest, QUOTE_LIMIT)
+        ));
+    }
+    parse_token(token)
+        .map(Some)
+        .map_err(|reason| refine(token, reason, false))
+}
+
+/// A JSON string, borrowed from the line unless it has escapes (`"1.10.16.0\/20"` is valid JSON
+/// and some encoders write it), so that the usual line costs no allocation.
+struct JsonText<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for JsonText<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor<'a>(std::marker::PhantomData<&'a str>);
+
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visitor<'a> {
+            type Value = JsonText<'a>;
+
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("a string")
+            }
+
+            fn visit_borrowed_str<E>(self, value: &'de str) -> Result<Self::Value, E> {
+                Ok(JsonText(Cow::Borrowed(value)))
+            }
+
+            fn visit_str<E>(self, value: &str) -> Result<Self::Value, E> {
+                Ok(JsonText(Cow::Owned(value.to_owned())))
+            }
+        }
+
+        deserializer.deserialize_str(Visitor(std::marker::PhantomData))
+    }
+}
+
+/// The fields of a Spamhaus JSON line this module uses; the others (`sblid`, `rir`, and the
+/// metadata's `timestamp`, `records`, …) are ignored.
+#[derive(Deserialize)]
+struct JsonLine<'a> {
+    #[serde(borrow)]
+    cidr: Option<JsonText<'a>>,
+    /// `"metadata"` on the last line of the list.
+    #[serde(borrow, rename = "type")]
+    kind: Option<JsonText<'a>>,
+}
+
+/// One line of a Spamhaus JSON list: `Ok(None)` for the metadata line.
+fn json_entry(line: &str) -> Result<Option<IpNet>, String> {
+    let parsed: JsonLine<'_> =
+        serde_json::from_str(line).map_err(|err| format!("invalid JSON: {err}"))?;
+    if parsed
+        .kind
+        .as_ref()
+        .is_some_and(|kind| kind.0 == "metadata")
+    {
+        return Ok(None);
+    }
+    let Some(cidr) = parsed.cidr else {
+        return Err("JSON object without a `cidr` field".to_owned());
+    };
+    parse_token(&cidr.0)
+        .map(Some)
+        .map_err(|reason| format!("`cidr`: {reason}"))
+}
+
+/// Splits a trimmed line into its first word and the rest, itself without leading whitespace.
+fn split_token(line: &str) -> (&str, &str) {
+    match line.split_once(char::is_whitespace) {
+        Some((token, rest)) => (token, rest.trim_start()),
+        None => (line, ""),
+    }
+}
+
+/// Parses `ADDR/LEN` or a bare `ADDR` (a host prefix).
+///
+/// The two halves are parsed separately, rather than with `IpNet::from_str`, to say which one is
+/// wrong, and because `ipnet` accepts IPv4 octets with leading zeros (`010.0.0.1`) that the
+/// standard library rightly rejects: other tools read them as octal, so their meaning is unclear.
+fn parse_token(token: &str) -> Result<IpNet, String> {
+    let Some((addr, length)) = token.split_once('/') else {
+        return token
+            .parse::<IpAddr>()
+            .map(IpNet::from)
+            .map_err(|_| bad_address(token));
+    };
+    if addr.is_empty() {
+        return Err("missing address before `/`".to_owned());
+    }
+    let addr: IpAddr = addr.parse().map_err(|_| bad_address(addr))?;
+    if length.is_empty() {
+        return Err("missing prefix length after `/`".to_owned());
+    }
+    // `u8::from_str` would also take a sign (`+24`).
+    if !length.bytes().all(|byte| byte.is_ascii_digit()) {
+        return Err(format!(
+            "prefix length `{}` is not a number",
+            quote(length, QUOTE_LIMIT)
+        ));
+    }
+    let too_long = || {
+        let (max, family) = match addr {
+            IpAddr::V4(_) => (32, "IPv4"),
+            IpAddr::V6(_) => (128, "IPv6"),
+        };
+        format!(
+            "prefix length {} is longer than {max}, the {family} maximum",
+            quote(length, QUOTE_LIMIT)
+        )
+    };
+    let length: u8 = length.parse().map_err(|_| too_long())?;
+    IpNet::new(addr, length).map_err(|_| too_long())
+}
+
+/// The reason for an address that does not parse.
+fn bad_address(addr: &str) -> String {
+    let octets: Vec<&str> = addr.split('.').collect();
+    let leading_zero = octets.len() == 4
+        && octets
+            .iter()
+            .all(|octet| !octet.is_empty() && octet.bytes().all(|byte| byte.is_ascii_digit()))
+        && octets
+            .iter()
+            .any(|octet| octet.len() > 1 && octet.starts_with('0'));
+    if leading_zero {
+        format!(
+            "`{}` has IPv4 octets with leading zeros, which some tools read as octal",
+            quote(addr, QUOTE_LIMIT)
+        )
+    } else {
+        format!(
+            "`{}` is not an IPv4 or IPv6 address",
+            quote(addr, QUOTE_LIMIT)
+        )
+    }
+}
+
+/// A better reason than `reason` for two common mistakes in `token`: a `#` comment without
+/// whitespace before it (when `hash_comments`), and an address range.
+fn refine(token: &str, reason: String, hash_comments: bool) -> String {
+    if hash_comments && let Some(at) = token.find('#') {
+        return format!(
+            "unexpected text `{}` after the entry; a `#` comment must follow whitespace",
+            quote(&token[at..], QUOTE_LIMIT)
+        );
+    }
+    if let Some((first, last)) = token.split_once('-')
+        && first.parse::<IpAddr>().is_ok()
+        && last.parse::<IpAddr>().is_ok()
+    {
+        return "an address range; only addresses and CIDR prefixes are accepted".to_owned();
+    }
+    reason
+}
+
+/// `text` cut to `limit` characters, `…` marking a cut.
+fn quote(text: &str, limit: usize) -> String {
+    match text.char_indices().nth(limit) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(text: &str) -> IpNet {
+        text.parse().unwrap()
+    }
+
+    fn nets(texts: &[&str]) -> Vec<IpNet> {
+        texts.iter().map(|text| net(text)).collect()
+    }
+
+    /// `(line, reason)` of each bad line.
+    fn reasons(feed: &ParsedFeed) -> Vec<(usize, &str)> {
+        feed.bad_lines
+            .iter()
+            .map(|bad| (bad.line, bad.reason.as_str()))
+            .collect()
+    }
+
+    /// The single bad line of a one-line feed.
+    fn bad(line: &str, format: FeedFormat) -> BadLine {
+        let feed = parse(line, format);
+        assert!(feed.prefixes.is_empty(), "{line}: {:?}", feed.prefixes);
+        assert_eq!(feed.bad_lines.len(), 1, "{line}: {:?}", feed.bad_lines);
+        feed.bad_lines[0].clone()
+    }
+
+    #[test]
+    fn plain_addresses_prefixes_and_comments() {
+        let text = "\
+# blocklist for the API edge
+192.0.2.0/24
+  198.51.100.7   # scanner, seen 2024-05-01
+\t203.0.113.128/25\t
+2001:db8:1::/48 # IPv6 example
+2001:db8::dead:beef
+
+198.18.0.0/15#not-a-comment
+   # indented comment
+";
+        let feed = parse(text, FeedFormat::Plain);
+        assert_eq!(
+            feed.prefixes,
+            nets(&[
+                "192.0.2.0/24",
+                "198.51.100.7/32",
+                "203.0.113.128/25",
+                "2001:db8:1::/48",
+                "2001:db8::dead:beef/128",
+            ])
+        );
+        assert_eq!(
+            reasons(&feed),
+            [(
+                8,
+                "unexpected text `#not-a-comment` after the entry; a `#` comment must follow \
+                 whitespace"
+            )]
+        );
+        assert_eq!(feed.host_bits_cleared, 0);
+    }
+
+    #[test]
+    fn empty_and_comment_only_feeds_are_empty() {
+        for text in ["", "\n\n", "# nothing yet\n", "   \r\n\t\n"] {
+            assert_eq!(
+                parse(text, FeedFormat::Plain),
+                ParsedFeed::default(),
+                "{text:?}"
+            );
+        }
+        assert_eq!(
+            parse("; nothing\n\n", FeedFormat::Spamhaus),
+            ParsedFeed::default()
+        );
+    }
+
+    #[test]
+    fn bare_addresses_are_host_prefixes() {
+        let feed = parse(
+            "192.0.2.1\n2001:db8::1\n::ffff:192.0.2.1\n",
+            FeedFormat::Plain,
+        );
+        assert_eq!(
+            feed.prefixes,
+            nets(&["192.0.2.1/32", "2001:db8::1/128", "::ffff:192.0.2.1/128"])
+        );
+        assert!(feed.bad_lines.is_empty());
+    }
+
+    #[test]
+    fn crlf_line_endings_and_byte_order_mark() {
+        let text = "\u{feff}# header\r\n192.0.2.0/24\r\n\r\n198.51.100.0/24 # note\r\n2001:db8::/32\r\nnope\r\n";
+        let feed = parse(text, FeedFormat::Plain);
+        assert_eq!(
+            feed.prefixes,
+            nets(&["192.0.2.0/24", "198.51.100.0/24", "2001:db8::/32"])
+        );
+        // The bad line's text carries no `\r`, and the line count is unaffected.
+        assert_eq!(
+            feed.bad_lines,
+            [BadLine {
+                line: 6,
+                text: "nope".to_owned(),
+                reason: "`nope` is not an IPv4 or IPv6 address".to_owned(),
+            }]
+        );
+
+        let text = "; Spamhaus DROP List\r\n192.0.2.0/24 ; SBL000001\r\n";
+        let feed = parse(text, FeedFormat::Spamhaus);
+        assert_eq!(feed.prefixes, nets(&["192.0.2.0/24"]));
+        assert!(feed.bad_lines.is_empty());
+    }
+
+    #[test]
+    fn ipv6_spellings() {
+        let text = "\
+2001:db8::/32
+2001:0db8:0000:0000:0000:0000:0000:0001
+2001:DB8:aa::/48
+2001:db8:ffff:ffff:ffff:ffff:ffff:ffff/128
+::/0
+";
+        let feed = parse(text, FeedFormat::Plain);
+        assert_eq!(
+            feed.prefixes,
+            nets(&[
+                "2001:db8::/32",
+                "2001:db8::1/128",
+                "2001:db8:aa::/48",
+                "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff/128",
+                "::/0",
+            ])
+        );
+        assert!(feed.bad_lines.is_empty());
+    }
+
+    #[test]
+    fn host_bits_are_cleared_and_counted() {
+        let text = "192.0.2.77/24\n198.51.100.0/24\n2001:db8:1:2::5/32\n203.0.113.255/0\n";
+        let feed = parse(text, FeedFormat::Plain);
+        assert_eq!(
+            feed.prefixes,
+            nets(&[
+                "192.0.2.0/24",
+                "198.51.100.0/24",
+                "2001:db8::/32",
+                "0.0.0.0/0"
+            ])
+        );
+        assert_eq!(feed.host_bits_cleared, 3);
+    }
+
+    #[test]
+    fn duplicates_are_kept_once_at_their_first_place() {
+        let text = "\
+198.51.100.0/24
+192.0.2.0/24
+198.51.100.0/24
+192.0.2.9/24
+2001:db8::/32
+2001:db8::1:0/32
+203.0.113.5
+203.0.113.5/32
+";
+        let feed = parse(text, FeedFormat::Plain);
+        assert_eq!(
+            feed.prefixes,
+            nets(&[
+                "198.51.100.0/24",
+                "192.0.2.0/24",
+                "2001:db8::/32",
+                "203.0.113.5/32"
+            ])
+        );
+        // The duplicates that had host bits still count as normalised.
+        assert_eq!(feed.host_bits_cleared, 2);
+        assert!(feed.bad_lines.is_empty());
+    }
+
+    #[test]
+    fn the_same_prefix_length_in_both_families_is_not_a_duplicate() {
+        let feed = parse("0.0.0.0/0\n::/0\n", FeedFormat::Plain);
+        assert_eq!(feed.prefixes, nets(&["0.0.0.0/0", "::/0"]));
+    }
+
+    #[test]
+    fn firehol_netset() {
+        let text = "\
+#
+# firehol_level1
+#
+# ipv4 hash:net ipset
+#
+# A firewall blacklist composed from IP lists, providing
+# maximum protection with minimum false positives. Suitable
+# for basic protection on all internet facing servers,
+# routers and firewalls.
+#
+# Maintainer      : FireHOL
+# Maintainer URL  : http://iplists.firehol.org/
+# List source URL : https://iplists.firehol.org/files/firehol_level1.netset
+# Source File Date: Mon May 13 09:12:04 UTC 2024
+#
+# This File Date  : Mon May 13 09:28:11 UTC 2024
+# Update Frequency: 1 min
+# Aggregation     : none
+# Entries         : 4 subnets, 4611 unique IPs
+#
+# EOF
+#
+192.0.2.0/24
+198.18.0.0/15
+198.51.100.64/26
+203.0.113.9
+";
+        let feed = parse(text, FeedFormat::Firehol);
+        assert_eq!(
+            feed.prefixes,
+            nets(&[
+                "192.0.2.0/24",
+                "198.18.0.0/15",
+                "198.51.100.64/26",
+                "203.0.113.9/32"
+            ])
+        );
+        assert!(feed.bad_lines.is_empty());
+        // FireHOL is the plain syntax.
+        assert_eq!(feed, parse(text, FeedFormat::Plain));
+    }
+
+    #[test]
+    fn spamhaus_drop_text() {
+        let text = "\
+; Spamhaus DROP List 2024/05/13 - (c) 2024 The Spamhaus Project SLC
+; https://www.spamhaus.org/drop/drop.txt
+; Last-Modified: Mon, 13 May 2024 07:23:19 GMT
+; Expires: Mon, 13 May 2024 08:44:43 GMT
+192.0.2.0/24 ; SBL000001
+198.18.0.0/15 ; SBL000002
+198.51.100.0/25;SBL000003
+203.0.113.0/24 ;  SBL000004   
+2001:db8:100::/40 ; SBL000005
+203.0.113.7
+";
+        let feed = parse(text, FeedFormat::Spamhaus);
+        assert_eq!(
+            feed.prefixes,
+            nets(&[
+                "192.0.2.0/24",
+                "198.18.0.0/15",
+                "198.51.100.0/25",
+                "203.0.113.0/24",
+                "2001:db8:100::/40",
+                "203.0.113.7/32",
+            ])
+        );
+        assert!(feed.bad_lines.is_empty());
+    }
+
+    #[test]
+    fn spamhaus_json_lines() {
+        let text = r#"{"cidr":"192.0.2.0/24","sblid":"SBL000001","rir":"arin"}
+{"cidr":"198.18.0.0/15","sblid":"SBL000002","rir":"ripencc"}
+{"cidr": "203.0.113.64/26", "sblid": "SBL000003", "rir": "apnic"}
+{"cidr":"198.51.100.0\/24","sblid":"SBL000004","rir":"lacnic"}
+{"cidr":"2001:db8:200::/40","sblid":"SBL000005","rir":"ripencc"}
+{"type":"metadata","timestamp":1715584999,"size":412,"records":5,"copyright":"(c) 2024 The Spamhaus Project SLC","terms":"https://www.spamhaus.org/drop/terms/"}
+"#;
+        let feed = parse(text, FeedFormat::Spamhaus);
+        assert_eq!(
+            feed.prefixes,
+            nets(&[
+                "192.0.2.0/24",
+                "198.18.0.0/15",
+                "203.0.113.64/26",
+                "198.51.100.0/24",
+                "2001:db8:200::/40",
+            ])
+        );
+        assert!(feed.bad_lines.is_empty(), "{:?}", feed.bad_lines);
+    }
+
+    #[test]
+    fn spamhaus_json_bad_lines() {
+        let text = r#"{"cidr":"192.0.2.0/33","sblid":"SBL000001"}
+{"sblid":"SBL000002","rir":"arin"}
+{"cidr":null}
+{"cidr":24}
+{"cidr":"192.0.2.0/24"
+{"cidr":"192.0.2.0/24"} trailing
+{"cidr":"192.0.2.0/24 ; SBL1"}
+{"type":"metadata","cidr":"not read"}
+{"cidr":"2001:db8::/32"}
+"#;
+        let feed = parse(text, FeedFormat::Spamhaus);
+        assert_eq!(feed.prefixes, nets(&["2001:db8::/32"]));
+        assert_eq!(
+            reasons(&feed),
+            [
+                (
+                    1,
+                    "`cidr`: prefix length 33 is longer than 32, the IPv4 maximum"
+                ),
+                (2, "JSON object without a `cidr` field"),
+                (3, "JSON object without a `cidr` field"),
+                (
+                    4,
+                    "invalid JSON: invalid type: integer `24`, expected a string at line 1 \
+                     column 10"
+                ),
+                (
+                    5,
+                    "invalid JSON: EOF while parsing an object at line 1 column 22"
+                ),
+                (6, "invalid JSON: trailing characters at line 1 column 25"),
+                (7, "`cidr`: prefix length `24 ; SBL1` is not a number"),
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_entries_name_their_line_and_reason() {
+        let text = "\
+192.0.2.0/24
+not-an-address
+192.0.2.0/33
+2001:db8::/129
+192.0.2.0/
+/24
+192.0.2.0/x4
+192.0.2.0/+24
+192.0.2.0/300
+192.0.2.256
+2001:db8::g
+010.0.2.1
+192.0.2.0/24 extra words
+192.0.2.0/24 ; SBL000001
+192.0.2.1-192.0.2.9
+{\"cidr\":\"192.0.2.0/24\"}
+192.0.2.0/24/8
+2001:db8::/32
+";
+        let feed = parse(text, FeedFormat::Plain);
+        assert_eq!(feed.prefixes, nets(&["192.0.2.0/24", "2001:db8::/32"]));
+        assert_eq!(
+            reasons(&feed),
+            [
+                (2, "`not-an-address` is not an IPv4 or IPv6 address"),
+                (3, "prefix length 33 is longer than 32, the IPv4 maximum"),
+                (4, "prefix length 129 is longer than 128, the IPv6 maximum"),
+                (5, "missing prefix length after `/`"),
+                (6, "missing address before `/`"),
+                (7, "prefix length `x4` is not a number"),
+                (8, "prefix length `+24` is not a number"),
+                (9, "prefix length 300 is longer than 32, the IPv4 maximum"),
+                (10, "`192.0.2.256` is not an IPv4 or IPv6 address"),
+                (11, "`2001:db8::g` is not an IPv4 or IPv6 address"),
+                (
+                    12,
+                    "`010.0.2.1` has IPv4 octets with leading zeros, which some tools read as \
+                     octal"
+                ),
+                (
+                    13,
+                    "unexpected text `extra words` after the entry; comments start with `#`"
+                ),
+                (
+                    14,
+                    "unexpected text `; SBL000001` after the entry; comments start with `#` \
+                     (`;` comments are Spamhaus syntax: use the `spamhaus` format)"
+                ),
+                (
+                    15,
+                    "an address range; only addresses and CIDR prefixes are accepted"
+                ),
+                (
+                    16,
+                    "a JSON object; Spamhaus JSON lists need the `spamhaus` format"
+                ),
+                (17, "prefix length `24/8` is not a number"),
+            ]
+        );
+        assert_eq!(feed.bad_lines[10].text, "010.0.2.1");
+        assert_eq!(feed.bad_lines[11].text, "192.0.2.0/24 extra words");
+    }
+
+    #[test]
+    fn spamhaus_bad_text_lines() {
+        let text = "\
+; header
+192.0.2.0/24 # SBL000001
+192.0.2.0/24 SBL000002 ; comment
+# not a Spamhaus comment
+192.0.2.0/40 ; SBL000003
+198.51.100.0/24 ; SBL000004
+";
+        let feed = parse(text, FeedFormat::Spamhaus);
+        assert_eq!(feed.prefixes, nets(&["198.51.100.0/24"]));
+        assert_eq!(
+            reasons(&feed),
+            [
+                (
+                    2,
+                    "unexpected text `# SBL000001` after the entry; Spamhaus comments start \
+                     with `;`"
+                ),
+                (
+                    3,
+                    "unexpected text `SBL000002` after the entry; Spamhaus comments start with \
+                     `;`"
+                ),
+                (4, "a `#` comment; Spamhaus comments start with `;`"),
+                (5, "prefix length 40 is longer than 32, the IPv4 maximum"),
+            ]
+        );
+        assert_eq!(feed.bad_lines[3].text, "192.0.2.0/40 ; SBL000003");
+    }
+
+    #[test]
+    fn long_lines_are_cut() {
+        let long = "é".repeat(200);
+        let line = bad(&format!("  {long}  "), FeedFormat::Plain);
+        assert_eq!(line.text.chars().count(), TEXT_LIMIT + 1);
+        assert!(line.text.ends_with('…'));
+        assert!(line.text.starts_with("éé"));
+        assert_eq!(
+            line.reason,
+            format!(
+                "`{}…` is not an IPv4 or IPv6 address",
+                "é".repeat(QUOTE_LIMIT)
+            )
+        );
+        // A line at the limit is kept whole.
+        let exact = "x".repeat(TEXT_LIMIT);
+        assert_eq!(bad(&exact, FeedFormat::Plain).text, exact);
+    }
+
+    #[test]
+    fn describe_names_file_line_reason_and_text() {
+        let feed = parse(
+            "192.0.2.0/24\n\n  192.0.2.0/33  # too long\n",
+            FeedFormat::Plain,
+        );
+        assert_eq!(feed.bad_lines.len(), 1);
+        assert_eq!(
+            feed.bad_lines[0].describe(Path::new("/etc/apifw/feeds/edge.netset")),
+            "/etc/apifw/feeds/edge.netset:3: prefix length 33 is longer than 32, the IPv4 \
+             maximum: `192.0.2.0/33  # too long`"
+        );
+    }
+
+    #[test]
+    fn formats_deserialize_from_lowercase_names() {
+        #[derive(Deserialize)]
+        struct Wrapper {
+            format: FeedFormat,
+        }
+        for (name, format) in [
+            ("plain", FeedFormat::Plain),
+            ("firehol", FeedFormat::Firehol),
+            ("spamhaus", FeedFormat::Spamhaus),
+        ] {
+            let wrapper: Wrapper =
+                serde_json::from_str(&format!("{{\"format\":\"{name}\"}}")).unwrap();
+            assert_eq!(wrapper.format, format);
+        }
+        assert_eq!(FeedFormat::default(), FeedFormat::Plain);
+    }
+
+    /// A file under the system temporary directory, removed when dropped.
+    struct TempFile(PathBuf);
+
+    impl TempFile {
+        fn new(name: &str, content: &[u8]) -> Self {
+            let path =
+                std::env::temp_dir().join(format!("apifw-feeds-{}-{name}", std::process::id()));
+            std::fs::write(&path, content).unwrap();
+            Self(path)
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    #[test]
+    fn read_parses_a_file() {
+        let file = TempFile::new(
+            "drop.txt",
+            b"; Spamhaus DROP\n192.0.2.0/24 ; SBL000001\n2001:db8::/32 ; SBL000002\n",
+        );
+        let feed = read(&file.0, FeedFormat::Spamhaus).unwrap();
+        assert_eq!(feed.prefixes, nets(&["192.0.2.0/24", "2001:db8::/32"]));
+    }
+
+    #[test]
+    fn read_tolerates_bytes_that_are_not_utf8() {
+        // Latin-1 `é` in a comment is harmless; in an entry it makes that line bad.
+        let file = TempFile::new(
+            "latin1.netset",
+            b"# r\xe9seau\n192.0.2.0/24\n198.51.100.\xe9\n203.0.113.0/24\n",
+        );
+        let feed = read(&file.0, FeedFormat::Firehol).unwrap();
+        assert_eq!(feed.prefixes, nets(&["192.0.2.0/24", "203.0.113.0/24"]));
+        assert_eq!(
+            reasons(&feed),
+            [(3, "`198.51.100.\u{fffd}` is not an IPv4 or IPv6 address")]
+        );
+    }
+
+    #[test]
+    fn unreadable_file_names_the_path() {
+        let err = read(Path::new("/nonexistent/apifw.netset"), FeedFormat::Plain)
+            .expect_err("missing file");
+        assert_eq!(
+            err.to_string(),
+            "cannot read feed /nonexistent/apifw.netset"
+        );
+        assert!(std::error::Error::source(&err).is_some());
+    }
+
+    #[test]
+    fn a_million_lines() {
+        const LINES: u32 = 1_000_000;
+        // 131,072 IPv4 hosts fill 198.18.0.0/15; the rest are IPv6 /64s of 2001:db8::/32.
+        let v4_hosts = 1u32 << 17;
+        let mut text = String::with_capacity(LINES as usize * 24);
+        for i in 0..LINES {
+            if i < v4_hosts {
+                let addr =
+                    std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(198, 18, 0, 0)) + i);
+                text.push_str(&format!("{addr}\n"));
+            } else {
+                text.push_str(&format!("2001:db8:{:x}:{:x}::/64\n", i >> 16, i & 0xffff));
+            }
+        }
+        let feed = parse(&text, FeedFormat::Plain);
+        assert_eq!(feed.prefixes.len(), LINES as usize);
+        assert!(feed.bad_lines.is_empty());
+        assert_eq!(feed.host_bits_cleared, 0);
+    }
+}

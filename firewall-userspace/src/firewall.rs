@@ -5,21 +5,28 @@ use std::path::{Path, PathBuf};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray},
-    programs::{ProgramError, Xdp, XdpMode, links::FdLink},
+    programs::{
+        ProgramError, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
 };
 use firewall_common::{
-    Counter, KernelConfig,
+    Counter, KernelConfig, generation,
     map_names::{
-        self, CONFIG, RULE_MATCH, RULE_STATS, RULES, SOURCES, STATS, SUBNETS, V4_PREFIXES,
-        V4_SUMMARY, V6_PREFIXES, V6_SUMMARY,
+        self, ACTIVE, CONFIG, RULE_MATCH, RULE_STATS, RULES, SOURCES, STATS, SUBNETS,
+        V4_PREFIXES, V4_SUMMARY, V6_PREFIXES, V6_SUMMARY,
     },
-    prefix::{PrefixV4Key, PrefixV6Key, V4Summary, V6Summary},
+    prefix::{V4_SUMMARY_ENTRIES, V4Summary, V6Summary, V6SummaryKey, v4_summary_index},
     program_names,
-    rules::{ANY_PORT, ANY_PROTOCOL, RuleConfig, RuleKey},
+    rules::{MAX_RULES, RuleConfig, rule_index},
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
+    barrier::RcuBarrier,
+    batch,
+    compile::{Compiled, diff_array, diff_hash},
     paths::PinLayout,
     policy::{Policy, XdpModeSetting},
     stats::{self, Snapshot},
@@ -73,6 +80,8 @@ pub enum FirewallError {
         mode: &'static str,
         /// A readable cause.
         reason: String,
+        /// The interface already carries an XDP program.
+        busy: bool,
         /// The error.
         #[source]
         source: Box<ProgramError>,
@@ -103,6 +112,28 @@ pub enum FirewallError {
         #[source]
         source: std::io::Error,
     },
+    /// A pinned link of a previous daemon could not be taken over.
+    #[error("cannot adopt the pinned XDP link on `{interface}`: {action} failed: {reason}")]
+    Adopt {
+        /// Interface name.
+        interface: String,
+        /// What was attempted.
+        action: &'static str,
+        /// The cause.
+        reason: String,
+    },
+    /// A batch map write failed.
+    #[error("map `{name}`: writing failed")]
+    Batch {
+        /// Map name.
+        name: &'static str,
+        /// The error.
+        #[source]
+        source: crate::batch::BatchError,
+    },
+    /// The RCU barrier failed.
+    #[error(transparent)]
+    Barrier(#[from] crate::barrier::BarrierError),
     /// Reading the counters failed.
     #[error(transparent)]
     Stats(#[from] stats::StatsError),
@@ -113,24 +144,48 @@ pub enum FirewallError {
 pub struct Attachment {
     /// The interface.
     pub interface: String,
-    /// The mode the kernel accepted.
-    pub mode: XdpMode,
-    link: aya::programs::links::PinnedLink,
+    /// The mode the kernel accepted; `None` for a link adopted from a previous daemon (the
+    /// kernel keeps the mode it was created with).
+    pub mode: Option<XdpMode>,
+    /// Where the link is pinned.
+    pub pin: PathBuf,
+    link: FdLink,
 }
 
 impl Attachment {
+    /// The mode as a word.
+    pub fn mode_name(&self) -> &'static str {
+        self.mode.map_or("adopted", mode_name)
+    }
+
     /// Unpins the link and drops it, which detaches the program from the interface.
     pub fn detach(self) -> std::io::Result<()> {
-        let link: FdLink = self.link.unpin()?;
-        drop(link);
+        std::fs::remove_file(&self.pin)?;
+        drop(self.link);
         Ok(())
     }
+}
+
+/// Whether the maps were found pinned (and reused) or created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapOrigin {
+    /// Created empty (and pinned, for a pinned firewall).
+    Created,
+    /// Reused from the pins of a previous daemon, with their bans, counters and state.
+    Adopted,
 }
 
 /// The loaded firewall.
 pub struct Firewall {
     ebpf: Ebpf,
-    config: KernelConfig,
+    /// The generation the program reads.
+    active: u32,
+    /// What both generations hold, when known (`None` after adopting maps or after a failed
+    /// write: the next swap then rewrites each generation completely).
+    installed: Option<Compiled>,
+    test_clock_ns: u64,
+    barrier: RcuBarrier,
+    origin: MapOrigin,
 }
 
 fn map_err(
@@ -144,46 +199,290 @@ fn map_err(
     }
 }
 
+/// The capacity the policy gives the map `name`, for maps sized by `[limits]`. Maps holding
+/// two policy generations get room for both.
+pub fn max_entries(policy: &Policy, name: &str) -> Option<u32> {
+    let limits = policy.limits;
+    let twice = |n: u32| n.saturating_mul(generation::COUNT);
+    Some(match name {
+        V4_PREFIXES => twice(limits.max_v4_prefixes),
+        V6_PREFIXES | V6_SUMMARY => twice(limits.max_v6_prefixes),
+        SOURCES | map_names::CANDIDATES => limits.max_tracked_sources,
+        SUBNETS | map_names::ESCALATION => limits.max_tracked_subnets,
+        map_names::BANS => limits.max_bans,
+        _ => return None,
+    })
+}
+
+/// The loader with the policy's map sizes.
+fn loader<'a>(policy: &Policy) -> EbpfLoader<'a> {
+    let mut loader = EbpfLoader::new();
+    for name in map_names::ALL {
+        if let Some(entries) = max_entries(policy, name) {
+            loader.map_max_entries(name, entries);
+        }
+    }
+    loader
+}
+
 impl Firewall {
-    /// Loads the object with map sizes from `policy`, loads the firewall program and fills the
-    /// maps. Nothing is attached yet.
+    /// Loads the object with map sizes from `policy` into fresh, unpinned maps, loads the
+    /// firewall program and installs the policy (rules in file order). Nothing is attached.
     pub fn load(policy: &Policy) -> Result<Self, FirewallError> {
-        let tables = PrefixTables::build(&policy.allow, &policy.block, &policy.limits)?;
-        let limits = policy.limits;
-        let ebpf = EbpfLoader::new()
-            .map_max_entries(V4_PREFIXES, limits.max_v4_prefixes)
-            .map_max_entries(V6_PREFIXES, limits.max_v6_prefixes)
-            .map_max_entries(V6_SUMMARY, limits.max_v6_prefixes)
-            .map_max_entries(SOURCES, limits.max_tracked_sources)
-            .map_max_entries(SUBNETS, limits.max_tracked_subnets)
-            .map_max_entries(map_names::CANDIDATES, limits.max_tracked_sources)
-            .map_max_entries(map_names::ESCALATION, limits.max_tracked_subnets)
-            .map_max_entries(map_names::BANS, limits.max_bans)
+        let compiled = Compiled::build(policy, &policy.allow, &policy.block, None)?;
+        let ebpf = loader(policy)
             .load(EBPF_OBJECT)
             .map_err(|err| FirewallError::Load(Box::new(err)))?;
-        let mut firewall = Self {
-            ebpf,
-            config: KernelConfig::new(policy.malformed),
-        };
-        firewall.load_program(program_names::FIREWALL)?;
-        firewall.fill(policy, &tables)?;
+        let mut firewall = Self::new(ebpf, MapOrigin::Created)?;
+        firewall.install(&compiled)?;
         Ok(firewall)
     }
 
-    fn write_config(&mut self, config: KernelConfig) -> Result<(), FirewallError> {
-        let mut array: Array<_, KernelConfig> =
+    /// Loads the object with every map pinned under `layout`: maps already pinned there (by a
+    /// previous daemon of the same layout, see [`crate::pins::inspect`]) are reused with
+    /// their content, missing ones are created and pinned. Nothing is installed or attached.
+    pub fn load_pinned(policy: &Policy, layout: &PinLayout) -> Result<Self, FirewallError> {
+        let maps_dir = layout.maps_dir();
+        std::fs::create_dir_all(&maps_dir).map_err(|source| FirewallError::PinDir {
+            path: maps_dir.clone(),
+            source,
+        })?;
+        let adopted = map_names::ALL
+            .iter()
+            .all(|name| layout.map(name).exists());
+        let paths: Vec<(&'static str, PathBuf)> = map_names::ALL
+            .iter()
+            .map(|name| (*name, layout.map(name)))
+            .collect();
+        let mut loader = loader(policy);
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let ebpf = loader
+            .load(EBPF_OBJECT)
+            .map_err(|err| FirewallError::Load(Box::new(err)))?;
+        let origin = if adopted {
+            MapOrigin::Adopted
+        } else {
+            MapOrigin::Created
+        };
+        Self::new(ebpf, origin)
+    }
+
+    fn new(ebpf: Ebpf, origin: MapOrigin) -> Result<Self, FirewallError> {
+        let mut firewall = Self {
+            ebpf,
+            active: 0,
+            installed: match origin {
+                MapOrigin::Created => Some(Compiled::default()),
+                MapOrigin::Adopted => None,
+            },
+            test_clock_ns: 0,
+            barrier: RcuBarrier::new()?,
+            origin,
+        };
+        firewall.active = firewall.read_active()?;
+        firewall.load_program(program_names::FIREWALL)?;
+        Ok(firewall)
+    }
+
+    /// Whether the maps were created or adopted.
+    pub fn origin(&self) -> MapOrigin {
+        self.origin
+    }
+
+    /// The generation the program currently reads.
+    pub fn active_generation(&self) -> u32 {
+        self.active
+    }
+
+    fn read_active(&mut self) -> Result<u32, FirewallError> {
+        let array: Array<_, u32> =
+            Array::try_from(self.map_mut(ACTIVE)?).map_err(map_err(ACTIVE, "open"))?;
+        Ok(array.get(&0, 0).map_err(map_err(ACTIVE, "read"))? % generation::COUNT)
+    }
+
+    /// Installs `compiled` atomically: writes it into the inactive generation, makes that
+    /// generation active, waits until no packet can still be using the old one, then brings the
+    /// old one up to date. A failure before the flip leaves the running policy untouched.
+    pub fn install(&mut self, compiled: &Compiled) -> Result<(), FirewallError> {
+        let next = generation::other(self.active);
+        let installed = self.installed.take();
+        self.write_generation(next, installed.as_ref(), compiled)?;
+        let mut active: Array<_, u32> =
+            Array::try_from(self.map_mut(ACTIVE)?).map_err(map_err(ACTIVE, "open"))?;
+        active.set(0, next, 0).map_err(map_err(ACTIVE, "write"))?;
+        let old = self.active;
+        self.active = next;
+        self.barrier.wait()?;
+        self.write_generation(old, installed.as_ref(), compiled)?;
+        self.installed = Some(compiled.clone());
+        Ok(())
+    }
+
+    /// The compiled policy both generations hold, when known.
+    pub fn installed(&self) -> Option<&Compiled> {
+        self.installed.as_ref()
+    }
+
+    /// Makes generation `generation` hold `new`, given that it holds `old` (`None`: unknown,
+    /// so everything of that generation is rewritten).
+    fn write_generation(
+        &mut self,
+        generation: u32,
+        old: Option<&Compiled>,
+        new: &Compiled,
+    ) -> Result<(), FirewallError> {
+        let mut config = new.config;
+        config.generation = generation;
+        config.test_clock_ns = self.test_clock_ns;
+        let mut configs: Array<_, KernelConfig> =
             Array::try_from(self.map_mut(CONFIG)?).map_err(map_err(CONFIG, "open"))?;
-        array.set(0, config, 0).map_err(map_err(CONFIG, "write"))?;
-        self.config = config;
+        configs
+            .set(generation, config, 0)
+            .map_err(map_err(CONFIG, "write"))?;
+
+        let mut rules: Array<_, RuleConfig> =
+            Array::try_from(self.map_mut(RULES)?).map_err(map_err(RULES, "open"))?;
+        for slot in 0..MAX_RULES {
+            let value = new.rules.get(&slot).copied().unwrap_or_default();
+            let before = old.map(|old| old.rules.get(&slot).copied().unwrap_or_default());
+            if before != Some(value) {
+                rules
+                    .set(rule_index(generation, slot), value, 0)
+                    .map_err(map_err(RULES, "write"))?;
+            }
+        }
+
+        let summary_changes: Vec<(u32, V4Summary)> = match old {
+            Some(old) => diff_array(&old.tables.v4_summary, &new.tables.v4_summary),
+            None => (0..V4_SUMMARY_ENTRIES)
+                .map(|top| (top, new.tables.v4_summary.get(&top).copied().unwrap_or_default()))
+                .collect(),
+        };
+        let mut summary: Array<_, V4Summary> =
+            Array::try_from(self.map_mut(V4_SUMMARY)?).map_err(map_err(V4_SUMMARY, "open"))?;
+        for (top, value) in summary_changes {
+            summary
+                .set(v4_summary_index(generation, top), value, 0)
+                .map_err(map_err(V4_SUMMARY, "write"))?;
+        }
+
+        self.write_hash(
+            RULE_MATCH,
+            generation,
+            old.map(|old| &old.matches),
+            &new.matches,
+            |key, generation| key.in_generation(generation),
+            |key| u32::from(key.generation),
+        )?;
+        self.write_hash(
+            V4_PREFIXES,
+            generation,
+            old.map(|old| &old.tables.v4_prefixes),
+            &new.tables.v4_prefixes,
+            |key, generation| key.in_generation(generation),
+            |key| u32::from(key.generation),
+        )?;
+        self.write_hash(
+            V6_PREFIXES,
+            generation,
+            old.map(|old| &old.tables.v6_prefixes),
+            &new.tables.v6_prefixes,
+            |key, generation| key.in_generation(generation),
+            |key| u32::from(key.generation),
+        )?;
+        let summaries = |tables: &PrefixTables| -> std::collections::HashMap<V6SummaryKey, V6Summary> {
+            tables
+                .v6_summary
+                .iter()
+                .map(|(top, value)| (V6SummaryKey { generation: 0, top: *top }, *value))
+                .collect()
+        };
+        self.write_hash(
+            V6_SUMMARY,
+            generation,
+            old.map(|old| summaries(&old.tables)).as_ref(),
+            &summaries(&new.tables),
+            |mut key, generation| {
+                key.generation = generation;
+                key
+            },
+            |key| key.generation,
+        )?;
+        debug!(
+            generation,
+            full = old.is_none(),
+            v4_hashed = new.tables.v4_prefixes.len(),
+            v6_hashed = new.tables.v6_prefixes.len(),
+            "policy generation written"
+        );
+        Ok(())
+    }
+
+    /// Makes the generation-`generation` entries of the hash `name` equal `new` (keys stored
+    /// generation-less in userspace), given they equal `old` (`None`: unknown, so every entry of
+    /// that generation is deleted first).
+    fn write_hash<K, V>(
+        &mut self,
+        name: &'static str,
+        generation: u32,
+        old: Option<&std::collections::HashMap<K, V>>,
+        new: &std::collections::HashMap<K, V>,
+        with_generation: impl Fn(K, u32) -> K,
+        generation_of: impl Fn(&K) -> u32,
+    ) -> Result<(), FirewallError>
+    where
+        K: aya::Pod + Eq + std::hash::Hash,
+        V: aya::Pod + PartialEq,
+    {
+        let map = self.map_mut(name)?;
+        let (upserts, deletes) = match old {
+            Some(old) => {
+                let diff = diff_hash(old, new);
+                let deletes: Vec<K> = diff
+                    .deletes
+                    .into_iter()
+                    .map(|key| with_generation(key, generation))
+                    .collect();
+                (diff.upserts, deletes)
+            }
+            None => {
+                let hash: HashMap<&MapData, K, V> =
+                    HashMap::try_from(&*map).map_err(map_err(name, "open"))?;
+                let mut stale = Vec::new();
+                for key in hash.keys() {
+                    let key = key.map_err(map_err(name, "iterate"))?;
+                    if generation_of(&key) == generation {
+                        stale.push(key);
+                    }
+                }
+                (new.iter().map(|(k, v)| (*k, *v)).collect(), stale)
+            }
+        };
+        let data = map_data(map).ok_or(FirewallError::MissingMap(name))?;
+        let batch_err = |source| FirewallError::Batch { name, source };
+        batch::delete(data, &deletes).map_err(batch_err)?;
+        let (keys, values): (Vec<K>, Vec<V>) = upserts
+            .into_iter()
+            .map(|(key, value)| (with_generation(key, generation), value))
+            .unzip();
+        batch::update(data, &keys, &values).map_err(batch_err)?;
         Ok(())
     }
 
     /// Test hook: makes the program read `now_ns` as its clock (0: the real clock again), so
     /// that verdict tests can replay the reference model's virtual time.
     pub fn set_test_clock(&mut self, now_ns: u64) -> Result<(), FirewallError> {
-        let mut config = self.config;
+        self.test_clock_ns = now_ns;
+        let active = self.active;
+        let mut configs: Array<_, KernelConfig> =
+            Array::try_from(self.map_mut(CONFIG)?).map_err(map_err(CONFIG, "open"))?;
+        let mut config = configs.get(&active, 0).map_err(map_err(CONFIG, "read"))?;
         config.test_clock_ns = now_ns;
-        self.write_config(config)
+        configs
+            .set(active, config, 0)
+            .map_err(map_err(CONFIG, "write"))
     }
 
     /// Loads the program `name` into the kernel (the firewall, or the empty baseline).
@@ -221,85 +520,9 @@ impl Firewall {
             .ok_or(FirewallError::MissingMap(name))
     }
 
-    /// Writes the configuration and the prefix tables into the (empty) maps.
-    fn fill(&mut self, policy: &Policy, tables: &PrefixTables) -> Result<(), FirewallError> {
-        let mut config = KernelConfig::new(policy.malformed);
-        config.v6_short_mask = tables.v6_short_mask;
-        if policy.dry_run {
-            config.flags |= firewall_common::config::CONFIG_DRY_RUN;
-        }
-        for rule in policy.rules.iter().filter(|rule| rule.config.bans()) {
-            config.flags |= firewall_common::config::CONFIG_BANS;
-            if rule.config.escalate_after > 0 {
-                let (v4, v6) = (rule.config.subnet_v4_len, rule.config.subnet_v6_len);
-                if v4 < 32 {
-                    config.ban_v4_lengths |= 1 << v4;
-                }
-                if v6 < 128 {
-                    config.ban_v6_lengths[(v6 / 64) as usize] |= 1 << (v6 % 64);
-                }
-            }
-        }
-        for key in policy.rules.iter().flat_map(|rule| rule.keys()) {
-            config.rule_kinds |= match (key.protocol, key.port) {
-                (ANY_PROTOCOL, _) => firewall_common::config::RULES_FOR_ANY,
-                (_, ANY_PORT) => firewall_common::config::RULES_BY_PROTOCOL,
-                _ => firewall_common::config::RULES_BY_PORT,
-            };
-        }
-        self.write_config(config)?;
-
-        let mut rules: Array<_, RuleConfig> =
-            Array::try_from(self.map_mut(RULES)?).map_err(map_err(RULES, "open"))?;
-        for (index, rule) in policy.rules.iter().enumerate() {
-            rules
-                .set(index as u32, rule.config, 0)
-                .map_err(map_err(RULES, "write"))?;
-        }
-        let mut matches: HashMap<_, RuleKey, u32> =
-            HashMap::try_from(self.map_mut(RULE_MATCH)?).map_err(map_err(RULE_MATCH, "open"))?;
-        for (index, rule) in policy.rules.iter().enumerate() {
-            for key in rule.keys() {
-                matches
-                    .insert(key, index as u32, 0)
-                    .map_err(map_err(RULE_MATCH, "insert"))?;
-            }
-        }
-
-        let mut summary: Array<_, V4Summary> =
-            Array::try_from(self.map_mut(V4_SUMMARY)?).map_err(map_err(V4_SUMMARY, "open"))?;
-        for (index, entry) in &tables.v4_summary {
-            summary
-                .set(*index, entry, 0)
-                .map_err(map_err(V4_SUMMARY, "write"))?;
-        }
-        let mut v4: HashMap<_, PrefixV4Key, u32> =
-            HashMap::try_from(self.map_mut(V4_PREFIXES)?).map_err(map_err(V4_PREFIXES, "open"))?;
-        for (key, flags) in &tables.v4_prefixes {
-            v4.insert(key, flags, 0)
-                .map_err(map_err(V4_PREFIXES, "insert"))?;
-        }
-        let mut v6: HashMap<_, PrefixV6Key, u32> =
-            HashMap::try_from(self.map_mut(V6_PREFIXES)?).map_err(map_err(V6_PREFIXES, "open"))?;
-        for (key, flags) in &tables.v6_prefixes {
-            v6.insert(key, flags, 0)
-                .map_err(map_err(V6_PREFIXES, "insert"))?;
-        }
-        let mut v6_summary: HashMap<_, [u8; 4], V6Summary> =
-            HashMap::try_from(self.map_mut(V6_SUMMARY)?).map_err(map_err(V6_SUMMARY, "open"))?;
-        for (key, entry) in &tables.v6_summary {
-            v6_summary
-                .insert(key, entry, 0)
-                .map_err(map_err(V6_SUMMARY, "insert"))?;
-        }
-        info!(
-            allow = policy.allow.len(),
-            block = policy.block.len(),
-            v4_hashed = tables.v4_prefixes.len(),
-            v6_hashed = tables.v6_prefixes.len(),
-            "policy loaded into maps"
-        );
-        Ok(())
+    /// The map `name`, read-only.
+    pub fn map(&self, name: &'static str) -> Result<&aya::maps::Map, FirewallError> {
+        self.ebpf.map(name).ok_or(FirewallError::MissingMap(name))
     }
 
     /// Attaches the firewall to `interface`, pins the link at `pin` and returns it.
@@ -339,8 +562,9 @@ impl Firewall {
                     info!(interface, mode = mode_name(*mode), "attached");
                     return Ok(Attachment {
                         interface: interface.to_owned(),
-                        mode: *mode,
-                        link,
+                        mode: Some(*mode),
+                        pin: pin.to_owned(),
+                        link: FdLink::from(link),
                     });
                 }
                 Err(source) => {
@@ -353,6 +577,7 @@ impl Firewall {
                         interface: interface.to_owned(),
                         mode: mode_name(*mode),
                         reason,
+                        busy: is_busy(&source),
                         source: Box::new(source),
                     });
                     if !fallback {
@@ -364,11 +589,54 @@ impl Firewall {
         Err(last_error.unwrap_or(FirewallError::MissingMap("none")))
     }
 
+    /// Takes over the XDP link a previous daemon pinned at `pin` on `interface`: the kernel
+    /// swaps this firewall's program into the live link atomically (`bpf_link_update`), so the
+    /// interface is never without a filter.
+    pub fn adopt(&mut self, interface: &str, pin: &Path) -> Result<Attachment, FirewallError> {
+        let adopt_err = |action: &'static str| {
+            let interface = interface.to_owned();
+            move |reason: String| FirewallError::Adopt {
+                interface,
+                action,
+                reason,
+            }
+        };
+        let pinned = PinnedLink::from_pin(pin).map_err(|err| adopt_err("open pinned link")(err.to_string()))?;
+        let link = XdpLink::try_from(FdLink::from(pinned))
+            .map_err(|err| adopt_err("open pinned link")(err.to_string()))?;
+        let program = self.load_program(program_names::FIREWALL)?;
+        let id = program
+            .attach_to_link(link)
+            .map_err(|err| adopt_err("replace the program in the link")(err.to_string()))?;
+        let link = program
+            .take_link(id)
+            .map_err(|err| adopt_err("take link")(err.to_string()))?;
+        let link = FdLink::try_from(link).map_err(|err| adopt_err("take link")(err.to_string()))?;
+        info!(interface, "adopted the pinned XDP link; program replaced in place");
+        Ok(Attachment {
+            interface: interface.to_owned(),
+            mode: None,
+            pin: pin.to_owned(),
+            link,
+        })
+    }
+
     /// Removes expired bans from the kernel map; returns them.
     pub fn sweep_bans(
         &mut self,
     ) -> Result<Vec<(ipnet::IpNet, firewall_common::rules::BanEntry)>, crate::bans::BanError> {
         let now = crate::bans::monotonic_ns()?;
+        let mut bans = self.bans_mut()?;
+        crate::bans::sweep(&mut bans, now)
+    }
+
+    /// The kernel's ban map.
+    pub fn bans_mut(
+        &mut self,
+    ) -> Result<
+        HashMap<&mut MapData, firewall_common::rules::BanKey, firewall_common::rules::BanEntry>,
+        crate::bans::BanError,
+    > {
         let map_err = |source| crate::bans::BanError::Map {
             action: "open",
             source: Box::new(source),
@@ -380,12 +648,10 @@ impl Firewall {
                 name: map_names::BANS.to_owned(),
             })
             .map_err(map_err)?;
-        let mut bans: HashMap<_, firewall_common::rules::BanKey, firewall_common::rules::BanEntry> =
-            HashMap::try_from(map).map_err(map_err)?;
-        crate::bans::sweep(&mut bans, now)
+        HashMap::try_from(map).map_err(map_err)
     }
 
-    /// Pins every map under `layout`.
+    /// Pins every map under `layout` (for a firewall from [`Firewall::load`]).
     pub fn pin_maps(&self, layout: &PinLayout) -> Result<(), FirewallError> {
         for dir in [layout.maps_dir(), layout.links_dir()] {
             std::fs::create_dir_all(&dir).map_err(|source| FirewallError::PinDir {
@@ -411,6 +677,19 @@ impl Firewall {
             PerCpuArray::try_from(map).map_err(map_err(name, "open"))
         };
         Ok(stats::snapshot(&open(STATS)?, &open(RULE_STATS)?)?)
+    }
+}
+
+/// The map data behind any kind of map this program has.
+fn map_data(map: &mut aya::maps::Map) -> Option<&mut MapData> {
+    use aya::maps::Map;
+    match map {
+        Map::Array(data)
+        | Map::HashMap(data)
+        | Map::LruHashMap(data)
+        | Map::PerCpuArray(data)
+        | Map::PerCpuHashMap(data) => Some(data),
+        _ => None,
     }
 }
 

@@ -3,13 +3,17 @@
 
 pub mod audit;
 pub mod bans;
+pub mod barrier;
 pub mod batch;
 pub mod cli;
+pub mod compile;
+pub mod control;
 pub mod daemon;
 pub mod feeds;
 pub mod firewall;
 pub mod lock;
 pub mod paths;
+pub mod pins;
 pub mod policy;
 pub mod state;
 pub mod stats;

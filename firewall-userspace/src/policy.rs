@@ -206,6 +206,12 @@ pub struct DaemonSettings {
     pub run_dir: PathBuf,
     /// Log format.
     pub log_format: LogFormat,
+    /// Group whose members may use the control socket besides root (none: root only).
+    pub control_group: Option<String>,
+    /// The audit log (one JSON object per change).
+    pub audit_log: PathBuf,
+    /// The runtime state file (default: next to the policy, `<policy stem>.state.json`).
+    pub state_file: Option<PathBuf>,
 }
 
 impl Default for DaemonSettings {
@@ -214,6 +220,9 @@ impl Default for DaemonSettings {
             pin_dir: PathBuf::from(paths::DEFAULT_PIN_DIR),
             run_dir: PathBuf::from(paths::DEFAULT_RUN_DIR),
             log_format: LogFormat::default(),
+            control_group: None,
+            audit_log: PathBuf::from(crate::audit::DEFAULT_AUDIT_LOG),
+            state_file: None,
         }
     }
 }
@@ -250,6 +259,33 @@ fn default_malformed() -> Action {
 struct RawList {
     #[serde(default)]
     cidrs: Vec<Spanned<String>>,
+    #[serde(default)]
+    feeds: Vec<Spanned<Feed>>,
+}
+
+/// What to do with a line of a feed that is not an address or CIDR.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnBadLine {
+    /// Refuse the policy (and so the start or reload), naming every bad line.
+    #[default]
+    Reject,
+    /// Log the bad lines and use the rest.
+    Skip,
+}
+
+/// A list file (blocklist feed) the policy includes; re-read on every reload.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Feed {
+    /// The file; relative paths are relative to the policy file's directory.
+    pub path: PathBuf,
+    /// Its format.
+    #[serde(default)]
+    pub format: crate::feeds::FeedFormat,
+    /// Bad lines reject the policy (default) or are skipped.
+    #[serde(default)]
+    pub on_bad_line: OnBadLine,
 }
 
 /// A validated policy.
@@ -273,6 +309,10 @@ pub struct Policy {
     pub dry_run: bool,
     /// Rate-limit rules, in file order (the index is the kernel's rule number).
     pub rules: Vec<Rule>,
+    /// Feeds added to the allowlist (paths resolved against the policy's directory).
+    pub allow_feeds: Vec<Feed>,
+    /// Feeds added to the blocklist (paths resolved against the policy's directory).
+    pub block_feeds: Vec<Feed>,
 }
 
 impl Policy {
@@ -308,6 +348,8 @@ impl Default for Policy {
             daemon: DaemonSettings::default(),
             dry_run: false,
             rules: Vec::new(),
+            allow_feeds: Vec::new(),
+            block_feeds: Vec::new(),
         }
     }
 }
@@ -478,6 +520,8 @@ impl Loaded {
                 daemon: raw.daemon,
                 dry_run: raw.dry_run,
                 rules,
+                allow_feeds: resolve_feeds(path, &raw.allow.feeds),
+                block_feeds: resolve_feeds(path, &raw.block.feeds),
             },
             warnings,
             interface_spans,
@@ -497,6 +541,19 @@ impl Loaded {
             })
             .collect()
     }
+}
+
+/// Feed paths relative to the policy's directory.
+fn resolve_feeds(policy: &Path, feeds: &[Spanned<Feed>]) -> Vec<Feed> {
+    let base = policy.parent().unwrap_or(Path::new("."));
+    feeds
+        .iter()
+        .map(|feed| {
+            let mut feed = feed.get_ref().clone();
+            feed.path = base.join(&feed.path);
+            feed
+        })
+        .collect()
 }
 
 /// Validates the `[[rule]]` tables.

@@ -1,1 +1,1124 @@
-//! (in progress)
+//! The daemon's runtime state: the block and allow entries and the manual bans made through the
+//! CLI while the daemon runs. They are kept in a state file next to the policy (`apifw.toml` →
+//! `apifw.state.json`, see [`state_path`]) so that they survive a daemon restart and a reboot;
+//! the policy file itself is never rewritten.
+//!
+//! The file is pretty-printed JSON with every list sorted by CIDR, so that operators can read it
+//! and its diffs stay small. It is replaced atomically ([`RuntimeState::save`]): a crash, a full
+//! disk or a power cut leaves either the previous version or the new one, never a torn file.
+//!
+//! In memory each list is a map keyed by CIDR, so that adding, replacing and removing one of
+//! 100k entries costs a tree lookup rather than a scan or a shift of the whole list.
+
+use std::{
+    collections::BTreeMap,
+    ffi::OsString,
+    fmt,
+    fs::{File, OpenOptions, Permissions},
+    io::{self, Write as _},
+    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Version of the state file format. Bump it whenever a change would make an older apifw
+/// misread a newer file.
+pub const STATE_VERSION: u32 = 1;
+
+/// Mode of the state file: it tells who is blocked and allowed, which is nobody else's business.
+const FILE_MODE: u32 = 0o600;
+
+/// Why the state file could not be loaded or saved.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The file exists but could not be read.
+    #[error("cannot read state file {}", path.display())]
+    Read {
+        /// The state file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The file is not valid JSON, or not a state of this format.
+    #[error(
+        "state file {} is corrupt at line {line}, column {column}: {}; the daemon keeps its last \
+         good state; fix or remove the file",
+        path.display(),
+        detail(.source)
+    )]
+    Corrupt {
+        /// The state file.
+        path: PathBuf,
+        /// Line of the error, from 1.
+        line: usize,
+        /// Column of the error, from 1 (0 for an empty file).
+        column: usize,
+        /// The parser's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The file was written in a format version this apifw does not read.
+    #[error(
+        "state file {} has format version {found}, but this apifw reads only version \
+         {supported}; the daemon keeps its last good state; upgrade apifw or remove the file",
+        path.display()
+    )]
+    Version {
+        /// The state file.
+        path: PathBuf,
+        /// The version in the file.
+        found: u32,
+        /// The version this apifw reads ([`STATE_VERSION`]).
+        supported: u32,
+    },
+    /// The new state could not be saved. Up to and including `rename`, the previous file is
+    /// left as it was and the temporary file is removed; a failed `fsync directory` comes after
+    /// the new file took the previous one's place, and only means the rename may not survive a
+    /// power cut.
+    #[error("cannot save state file {} ({step} failed)", path.display())]
+    Write {
+        /// The state file.
+        path: PathBuf,
+        /// What failed: `encode`, `create`, `write`, `fsync`, `rename` or `fsync directory`.
+        step: &'static str,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The parser's message without its trailing " at line L column C", which the
+/// [`StateError::Corrupt`] message already gives in its own words.
+fn detail(err: &serde_json::Error) -> String {
+    let mut text = err.to_string();
+    let location = format!(" at line {} column {}", err.line(), err.column());
+    if let Some(len) = text.strip_suffix(&location).map(str::len) {
+        text.truncate(len);
+    }
+    text
+}
+
+/// Which runtime list an entry belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListKind {
+    /// Sources whose packets are dropped.
+    Block,
+    /// Sources exempt from blocking, rate limits and bans.
+    Allow,
+}
+
+impl ListKind {
+    /// The list's name as the CLI and the state file spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Block => "block",
+            Self::Allow => "allow",
+        }
+    }
+}
+
+impl fmt::Display for ListKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One runtime block or allow entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListEntry {
+    /// The prefix. [`RuntimeState`] clears its host bits when the entry is added or loaded.
+    #[serde(deserialize_with = "deserialize_cidr")]
+    pub cidr: IpNet,
+    /// When the entry lapses, in unix seconds; `None` keeps it until it is removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    /// Why it was added, as the operator put it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    /// When it was added (or last replaced), in unix seconds.
+    pub added_at: u64,
+    /// Who added it, e.g. `uid 0`.
+    pub added_by: String,
+}
+
+/// One manual ban: like a block entry, but always temporary.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BanRecord {
+    /// The banned host or subnet. [`RuntimeState`] clears its host bits when the ban is added
+    /// or loaded.
+    #[serde(deserialize_with = "deserialize_cidr")]
+    pub cidr: IpNet,
+    /// When the ban lapses, in unix seconds.
+    pub expires_at: u64,
+    /// Why it was made, as the operator put it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    /// When it was made (or last replaced), in unix seconds.
+    pub added_at: u64,
+    /// Who made it, e.g. `uid 0`.
+    pub added_by: String,
+}
+
+/// A CIDR as the policy takes it: `ADDR/LEN`, or a bare address for its host prefix, which an
+/// operator editing the file by hand may well write.
+fn deserialize_cidr<'de, D: Deserializer<'de>>(deserializer: D) -> Result<IpNet, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    crate::policy::parse_cidr(&text).map_err(serde::de::Error::custom)
+}
+
+/// What the lists and the ban list have in common, so that one set of map helpers serves both.
+trait Record {
+    fn cidr_mut(&mut self) -> &mut IpNet;
+    fn expired(&self, now_unix: u64) -> bool;
+}
+
+impl Record for ListEntry {
+    fn cidr_mut(&mut self) -> &mut IpNet {
+        &mut self.cidr
+    }
+
+    fn expired(&self, now_unix: u64) -> bool {
+        self.expires_at.is_some_and(|at| at <= now_unix)
+    }
+}
+
+impl Record for BanRecord {
+    fn cidr_mut(&mut self) -> &mut IpNet {
+        &mut self.cidr
+    }
+
+    fn expired(&self, now_unix: u64) -> bool {
+        self.expires_at <= now_unix
+    }
+}
+
+/// Records by their (host-bits-cleared) CIDR; the key always equals the record's own `cidr`.
+type Records<R> = BTreeMap<IpNet, R>;
+
+/// Inserts `record` under its normalized CIDR; true if no record had that CIDR.
+fn upsert_record<R: Record>(records: &mut Records<R>, mut record: R) -> bool {
+    // 10.1.2.3/24 and 10.1.2.0/24 match the same packets, so they must be one entry.
+    let cidr = record.cidr_mut().trunc();
+    *record.cidr_mut() = cidr;
+    records.insert(cidr, record).is_none()
+}
+
+fn expire_records<R: Record>(records: &mut Records<R>, now_unix: u64) -> Vec<R> {
+    records
+        .extract_if(.., |_, record| record.expired(now_unix))
+        .map(|(_, record)| record)
+        .collect()
+}
+
+fn serialize_values<S: Serializer, R: Serialize>(
+    records: &Records<R>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    // A list of objects rather than a map keyed by CIDR: the CIDR stays inside its entry, and
+    // the map's order makes the list sorted.
+    serializer.collect_seq(records.values())
+}
+
+/// The state file as written; [`RuntimeState`] is built from it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    version: u32,
+    // Optional so that a hand-written file may leave out the lists it does not use.
+    #[serde(default)]
+    block: Vec<ListEntry>,
+    #[serde(default)]
+    allow: Vec<ListEntry>,
+    #[serde(default)]
+    bans: Vec<BanRecord>,
+}
+
+/// Only the version, read first: a newer format may differ in every other field, and its
+/// operator should hear "unsupported version", not "unknown field".
+#[derive(Deserialize)]
+struct VersionProbe {
+    version: u32,
+}
+
+/// The runtime changes: block and allow entries and manual bans, each list kept sorted by CIDR
+/// with host bits cleared and at most one entry per CIDR.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RawState")]
+pub struct RuntimeState {
+    version: u32,
+    #[serde(serialize_with = "serialize_values")]
+    block: Records<ListEntry>,
+    #[serde(serialize_with = "serialize_values")]
+    allow: Records<ListEntry>,
+    #[serde(serialize_with = "serialize_values")]
+    bans: Records<BanRecord>,
+}
+
+impl Default for RuntimeState {
+    fn default() -> Self {
+        // Not derived: a derived default would say version 0, which no apifw could load back.
+        Self {
+            version: STATE_VERSION,
+            block: Records::new(),
+            allow: Records::new(),
+            bans: Records::new(),
+        }
+    }
+}
+
+impl TryFrom<RawState> for RuntimeState {
+    type Error = String;
+
+    fn try_from(raw: RawState) -> Result<Self, Self::Error> {
+        if raw.version != STATE_VERSION {
+            return Err(format!(
+                "unsupported state version {}, expected {STATE_VERSION}",
+                raw.version
+            ));
+        }
+        // A hand-edited file may be unsorted, have host bits set or name a CIDR twice; the
+        // later entry wins, as if the entries had been added in file order.
+        let mut state = Self::default();
+        for entry in raw.block {
+            upsert_record(&mut state.block, entry);
+        }
+        for entry in raw.allow {
+            upsert_record(&mut state.allow, entry);
+        }
+        for ban in raw.bans {
+            upsert_record(&mut state.bans, ban);
+        }
+        Ok(state)
+    }
+}
+
+/// What [`RuntimeState::expire`] removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Expired {
+    /// Lapsed block entries, sorted by CIDR.
+    pub block: Vec<ListEntry>,
+    /// Lapsed allow entries, sorted by CIDR.
+    pub allow: Vec<ListEntry>,
+    /// Lapsed bans, sorted by CIDR.
+    pub bans: Vec<BanRecord>,
+}
+
+impl Expired {
+    /// Whether nothing lapsed.
+    pub fn is_empty(&self) -> bool {
+        self.block.is_empty() && self.allow.is_empty() && self.bans.is_empty()
+    }
+
+    /// The lapsed entries of one list.
+    pub fn list(&self, kind: ListKind) -> &[ListEntry] {
+        match kind {
+            ListKind::Block => &self.block,
+            ListKind::Allow => &self.allow,
+        }
+    }
+}
+
+impl RuntimeState {
+    /// Reads the state file at `path`. A missing file is an empty state: the daemon has not
+    /// saved one yet.
+    pub fn load(path: &Path) -> Result<Self, StateError> {
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(source) => {
+                return Err(StateError::Read {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        Self::from_slice(path, &bytes)
+    }
+
+    /// Parses the contents of a state file; `path` is only used in errors.
+    fn from_slice(path: &Path, bytes: &[u8]) -> Result<Self, StateError> {
+        let corrupt = |source: serde_json::Error| StateError::Corrupt {
+            path: path.to_owned(),
+            line: source.line(),
+            column: source.column(),
+            source,
+        };
+        let probe: VersionProbe = serde_json::from_slice(bytes).map_err(corrupt)?;
+        if probe.version != STATE_VERSION {
+            return Err(StateError::Version {
+                path: path.to_owned(),
+                found: probe.version,
+                supported: STATE_VERSION,
+            });
+        }
+        serde_json::from_slice(bytes).map_err(corrupt)
+    }
+
+    /// Writes the state to `path` atomically, with mode 0600: it goes to a temporary file in
+    /// the same directory, which is flushed to disk and renamed over `path`, and then the
+    /// directory is flushed so that the rename itself survives a power cut. On an error before
+    /// the rename, the temporary file is removed and `path` is left as it was.
+    pub fn save(&self, path: &Path) -> Result<(), StateError> {
+        let mut text = serde_json::to_vec_pretty(self).map_err(|err| StateError::Write {
+            path: path.to_owned(),
+            step: "encode",
+            source: io::Error::other(err),
+        })?;
+        text.push(b'\n');
+        replace_file(path, &temp_path(path), |file| file.write_all(&text))
+    }
+
+    /// The entries of one list, sorted by CIDR.
+    pub fn list(&self, kind: ListKind) -> impl ExactSizeIterator<Item = &ListEntry> + '_ {
+        self.records(kind).values()
+    }
+
+    /// The entry of a list for `cidr` (host bits ignored).
+    pub fn get(&self, kind: ListKind, cidr: &IpNet) -> Option<&ListEntry> {
+        self.records(kind).get(&cidr.trunc())
+    }
+
+    /// Adds `entry` to a list, clearing the host bits of its CIDR. Returns true if the CIDR was
+    /// new, false if the entry replaced one with the same CIDR (refreshing its expiry, comment,
+    /// `added_at` and `added_by`).
+    pub fn upsert(&mut self, kind: ListKind, entry: ListEntry) -> bool {
+        upsert_record(self.records_mut(kind), entry)
+    }
+
+    /// Removes the entry for `cidr` (host bits ignored) from a list, returning it.
+    pub fn remove(&mut self, kind: ListKind, cidr: &IpNet) -> Option<ListEntry> {
+        self.records_mut(kind).remove(&cidr.trunc())
+    }
+
+    /// The CIDRs of one list, sorted.
+    pub fn cidrs(&self, kind: ListKind) -> impl ExactSizeIterator<Item = IpNet> + '_ {
+        self.records(kind).keys().copied()
+    }
+
+    /// The manual bans, sorted by CIDR.
+    pub fn bans(&self) -> impl ExactSizeIterator<Item = &BanRecord> + '_ {
+        self.bans.values()
+    }
+
+    /// The manual ban of `cidr` (host bits ignored).
+    pub fn get_ban(&self, cidr: &IpNet) -> Option<&BanRecord> {
+        self.bans.get(&cidr.trunc())
+    }
+
+    /// Adds a manual ban, clearing the host bits of its CIDR. Returns true if the CIDR was new,
+    /// false if the ban replaced one with the same CIDR.
+    pub fn upsert_ban(&mut self, ban: BanRecord) -> bool {
+        upsert_record(&mut self.bans, ban)
+    }
+
+    /// Removes the manual ban of `cidr` (host bits ignored), returning it.
+    pub fn remove_ban(&mut self, cidr: &IpNet) -> Option<BanRecord> {
+        self.bans.remove(&cidr.trunc())
+    }
+
+    /// Removes and returns every entry and ban whose `expires_at` is at or before `now_unix`.
+    pub fn expire(&mut self, now_unix: u64) -> Expired {
+        Expired {
+            block: expire_records(&mut self.block, now_unix),
+            allow: expire_records(&mut self.allow, now_unix),
+            bans: expire_records(&mut self.bans, now_unix),
+        }
+    }
+
+    /// Whether there are no entries and no bans.
+    pub fn is_empty(&self) -> bool {
+        self.block.is_empty() && self.allow.is_empty() && self.bans.is_empty()
+    }
+
+    fn records(&self, kind: ListKind) -> &Records<ListEntry> {
+        match kind {
+            ListKind::Block => &self.block,
+            ListKind::Allow => &self.allow,
+        }
+    }
+
+    fn records_mut(&mut self, kind: ListKind) -> &mut Records<ListEntry> {
+        match kind {
+            ListKind::Block => &mut self.block,
+            ListKind::Allow => &mut self.allow,
+        }
+    }
+}
+
+/// Temporary file for replacing `path`: hidden, in the same directory (a rename only replaces
+/// atomically within one filesystem), and unique per process and per save so that concurrent
+/// saves never write into each other's file.
+fn temp_path(path: &Path) -> PathBuf {
+    static SAVES: AtomicU64 = AtomicU64::new(0);
+    let mut name = OsString::from(".");
+    name.push(path.file_name().unwrap_or("state".as_ref()));
+    name.push(format!(
+        ".{}.{}.tmp",
+        std::process::id(),
+        SAVES.fetch_add(1, Ordering::Relaxed)
+    ));
+    path.with_file_name(name)
+}
+
+/// The directory holding `path`.
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    }
+}
+
+/// Replaces `path` with a file whose contents `write` produces, through the temporary file
+/// `temp`, atomically (see [`RuntimeState::save`]). `temp` and `write` are parameters so that
+/// tests can pick the one and make the other fail.
+fn replace_file(
+    path: &Path,
+    temp: &Path,
+    write: impl FnOnce(&mut File) -> io::Result<()>,
+) -> Result<(), StateError> {
+    let failed = |step: &'static str| {
+        move |source| StateError::Write {
+            path: path.to_owned(),
+            step,
+            source,
+        }
+    };
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        // A file of this name can only be left over by a crashed save of an earlier process
+        // with the same pid (pids repeat across reboots), so it is ours to overwrite.
+        .truncate(true)
+        .mode(FILE_MODE)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(temp)
+        .map_err(failed("create"))?;
+
+    let filled = file
+        // `mode` only applies to a new file; a leftover one keeps its mode unless told.
+        .set_permissions(Permissions::from_mode(FILE_MODE))
+        .map_err(failed("create"))
+        .and_then(|()| write(&mut file).map_err(failed("write")))
+        .and_then(|()| file.sync_all().map_err(failed("fsync")));
+    drop(file);
+    let renamed = filled.and_then(|()| std::fs::rename(temp, path).map_err(failed("rename")));
+    if let Err(err) = renamed {
+        // The previous file is untouched; the half-made one would only litter the directory.
+        // Failing to remove it changes nothing for the caller, whose error is the one above.
+        let _ = std::fs::remove_file(temp);
+        return Err(err);
+    }
+
+    File::open(parent_dir(path))
+        .and_then(|dir| dir.sync_all())
+        .map_err(failed("fsync directory"))
+}
+
+/// Where the state of the daemon run with `policy` lives: the policy's directory, the policy
+/// file's stem and `.state.json` (`/etc/apifw/apifw.toml` → `/etc/apifw/apifw.state.json`).
+pub fn state_path(policy: &Path) -> PathBuf {
+    let mut name = policy
+        .file_stem()
+        .map_or_else(|| OsString::from("apifw"), ToOwned::to_owned);
+    name.push(".state.json");
+    match policy.parent() {
+        Some(parent) => parent.join(name),
+        None => PathBuf::from(name),
+    }
+}
+
+/// Now, in unix seconds.
+pub fn unix_now() -> u64 {
+    // A clock before 1970 is broken; reading it as 1970 merely keeps every expiry in the future
+    // until it is fixed.
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh directory under the system temporary directory, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> Self {
+            static DIRS: AtomicU64 = AtomicU64::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "apifw-state-test-{}-{}-{name}",
+                std::process::id(),
+                DIRS.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("create temp dir");
+            Self(dir)
+        }
+
+        fn join(&self, name: &str) -> PathBuf {
+            self.0.join(name)
+        }
+
+        /// The names in the directory, sorted.
+        fn names(&self) -> Vec<String> {
+            let mut names: Vec<String> = std::fs::read_dir(&self.0)
+                .expect("read temp dir")
+                .map(|entry| {
+                    entry
+                        .expect("dir entry")
+                        .file_name()
+                        .to_string_lossy()
+                        .into_owned()
+                })
+                .collect();
+            names.sort();
+            names
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn net(text: &str) -> IpNet {
+        text.parse().expect("valid CIDR")
+    }
+
+    fn entry(cidr: &str, expires_at: Option<u64>) -> ListEntry {
+        ListEntry {
+            cidr: net(cidr),
+            expires_at,
+            comment: None,
+            added_at: 1_700_000_000,
+            added_by: "uid 0".into(),
+        }
+    }
+
+    fn ban(cidr: &str, expires_at: u64) -> BanRecord {
+        BanRecord {
+            cidr: net(cidr),
+            expires_at,
+            comment: Some("scraper".into()),
+            added_at: 1_700_000_000,
+            added_by: "uid 1000".into(),
+        }
+    }
+
+    fn sample() -> RuntimeState {
+        let mut state = RuntimeState::default();
+        state.upsert(ListKind::Block, entry("2001:db8::/32", None));
+        state.upsert(
+            ListKind::Block,
+            ListEntry {
+                comment: Some("abuse ticket #42".into()),
+                ..entry("203.0.113.0/24", Some(1_700_003_600))
+            },
+        );
+        state.upsert(ListKind::Block, entry("10.0.0.0/8", None));
+        state.upsert(ListKind::Allow, entry("192.0.2.7/32", Some(1_700_000_060)));
+        state.upsert_ban(ban("198.51.100.9/32", 1_700_000_600));
+        state
+    }
+
+    fn corrupt(text: &str) -> (usize, usize, String) {
+        match RuntimeState::from_slice(Path::new("/x/y.state.json"), text.as_bytes()) {
+            Err(err @ StateError::Corrupt { line, column, .. }) => (line, column, err.to_string()),
+            other => panic!("expected a corrupt-file error for {text:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn round_trip_keeps_everything_sorted_and_pretty() {
+        let dir = TempDir::new("round-trip");
+        let path = dir.join("apifw.state.json");
+        let state = sample();
+        state.save(&path).expect("save");
+
+        assert_eq!(RuntimeState::load(&path).expect("load"), state);
+        assert_eq!(dir.names(), ["apifw.state.json"], "no temporary file left");
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        let text = std::fs::read_to_string(&path).expect("read");
+        let expected = r#"{
+  "version": 1,
+  "block": [
+    {
+      "cidr": "10.0.0.0/8",
+      "added_at": 1700000000,
+      "added_by": "uid 0"
+    },
+    {
+      "cidr": "203.0.113.0/24",
+      "expires_at": 1700003600,
+      "comment": "abuse ticket #42",
+      "added_at": 1700000000,
+      "added_by": "uid 0"
+    },
+    {
+      "cidr": "2001:db8::/32",
+      "added_at": 1700000000,
+      "added_by": "uid 0"
+    }
+  ],
+  "allow": [
+    {
+      "cidr": "192.0.2.7/32",
+      "expires_at": 1700000060,
+      "added_at": 1700000000,
+      "added_by": "uid 0"
+    }
+  ],
+  "bans": [
+    {
+      "cidr": "198.51.100.9/32",
+      "expires_at": 1700000600,
+      "comment": "scraper",
+      "added_at": 1700000000,
+      "added_by": "uid 1000"
+    }
+  ]
+}
+"#;
+        assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn saving_again_replaces_the_file() {
+        let dir = TempDir::new("overwrite");
+        let path = dir.join("apifw.state.json");
+        let mut state = sample();
+        state.save(&path).expect("first save");
+        state.remove(ListKind::Block, &net("10.0.0.0/8"));
+        state.save(&path).expect("second save");
+        assert_eq!(RuntimeState::load(&path).expect("load"), state);
+        assert_eq!(dir.names(), ["apifw.state.json"]);
+    }
+
+    #[test]
+    fn missing_file_is_an_empty_state() {
+        let dir = TempDir::new("missing");
+        let state = RuntimeState::load(&dir.join("apifw.state.json")).expect("load");
+        assert_eq!(state, RuntimeState::default());
+        assert!(state.is_empty());
+        assert_eq!(state.version, STATE_VERSION);
+        assert_eq!(state.list(ListKind::Block).len(), 0);
+        assert_eq!(state.bans().len(), 0);
+    }
+
+    #[test]
+    fn empty_state_saves_a_loadable_file() {
+        let dir = TempDir::new("empty");
+        let path = dir.join("apifw.state.json");
+        RuntimeState::default().save(&path).expect("save");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(text.contains("\"version\": 1"), "{text}");
+        assert_eq!(
+            RuntimeState::load(&path).expect("load"),
+            RuntimeState::default()
+        );
+    }
+
+    #[test]
+    fn unreadable_file_is_a_read_error() {
+        let dir = TempDir::new("unreadable");
+        // A directory where the file should be: exists, but cannot be read as a file.
+        let path = dir.join("apifw.state.json");
+        std::fs::create_dir(&path).expect("mkdir");
+        let err = RuntimeState::load(&path).expect_err("a directory is no state file");
+        assert!(matches!(err, StateError::Read { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn truncated_file_is_corrupt_with_its_place() {
+        let (line, column, message) = corrupt("{\n  \"version\": 1,\n  \"block\": [\n    {");
+        assert_eq!((line, column), (4, 5));
+        assert_eq!(
+            message,
+            "state file /x/y.state.json is corrupt at line 4, column 5: EOF while parsing an \
+             object; the daemon keeps its last good state; fix or remove the file"
+        );
+
+        let (line, column, message) = corrupt("");
+        assert_eq!((line, column), (1, 0));
+        assert!(message.contains("EOF while parsing a value;"), "{message}");
+    }
+
+    #[test]
+    fn malformed_entries_are_corrupt_with_their_place() {
+        let wrong_type = r#"{
+  "version": 1,
+  "block": [
+    { "cidr": "10.0.0.0/8", "expires_at": "soon", "added_at": 1, "added_by": "uid 0" }
+  ]
+}"#;
+        let (line, column, message) = corrupt(wrong_type);
+        assert_eq!((line, column), (4, 48));
+        assert!(
+            message.contains(
+                "at line 4, column 48: invalid type: string \"soon\", expected u64; the daemon"
+            ),
+            "{message}"
+        );
+
+        let bad_cidr = "{\"version\": 1,\n\"allow\": [{\"cidr\": \"10.0.0.0/33\", \"added_at\": 1, \
+                        \"added_by\": \"\"}]}";
+        let (line, _, message) = corrupt(bad_cidr);
+        assert_eq!(line, 2);
+        assert!(
+            message.contains("invalid CIDR `10.0.0.0/33`: expected ADDR/LEN or ADDR"),
+            "{message}"
+        );
+
+        let typo = "{\"version\": 1,\n\"bans\": [{\"cidr\": \"10.0.0.1\", \"expire_at\": 5}]}";
+        let (line, _, message) = corrupt(typo);
+        assert_eq!(line, 2);
+        assert!(message.contains("unknown field `expire_at`"), "{message}");
+
+        let (_, _, message) = corrupt("{\"block\": []}");
+        assert!(message.contains("missing field `version`"), "{message}");
+
+        let (line, column, message) = corrupt("{\"version\": 1, \"blocks\": []}");
+        assert_eq!((line, column), (1, 23), "the end of the unknown key");
+        assert!(message.contains("unknown field `blocks`"), "{message}");
+    }
+
+    #[test]
+    fn other_versions_are_refused() {
+        // A newer format may change anything else too; the version is what the operator needs
+        // to hear about.
+        let err = RuntimeState::from_slice(
+            Path::new("/x/y.state.json"),
+            br#"{"version": 2, "rules": {"new": "stuff"}}"#,
+        )
+        .expect_err("version 2");
+        assert!(
+            matches!(
+                err,
+                StateError::Version {
+                    found: 2,
+                    supported: 1,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "state file /x/y.state.json has format version 2, but this apifw reads only version 1; \
+             the daemon keeps its last good state; upgrade apifw or remove the file"
+        );
+
+        let err =
+            RuntimeState::from_slice(Path::new("s"), br#"{"version": 0}"#).expect_err("version 0");
+        assert!(
+            matches!(err, StateError::Version { found: 0, .. }),
+            "{err:?}"
+        );
+
+        // Deserializing the type directly (e.g. from a socket) checks the version too.
+        assert!(serde_json::from_str::<RuntimeState>(r#"{"version": 2}"#).is_err());
+    }
+
+    #[test]
+    fn hand_edited_files_are_normalized() {
+        let text = r#"{
+  "version": 1,
+  "block": [
+    { "cidr": "203.0.113.77/24", "added_at": 1, "added_by": "a" },
+    { "cidr": "10.0.0.0/8", "added_at": 2, "added_by": "b" },
+    { "cidr": "203.0.113.0/24", "comment": "later", "added_at": 3, "added_by": "c" }
+  ],
+  "allow": [{ "cidr": " 2001:db8::1 ", "added_at": 4, "added_by": "d" }]
+}"#;
+        let state = RuntimeState::from_slice(Path::new("s"), text.as_bytes()).expect("valid");
+        assert_eq!(
+            state.cidrs(ListKind::Block).collect::<Vec<_>>(),
+            [net("10.0.0.0/8"), net("203.0.113.0/24")]
+        );
+        let later = state
+            .get(ListKind::Block, &net("203.0.113.0/24"))
+            .expect("present");
+        assert_eq!(
+            later.comment.as_deref(),
+            Some("later"),
+            "the later entry wins"
+        );
+        assert_eq!(later.cidr, net("203.0.113.0/24"));
+        assert_eq!(
+            state.cidrs(ListKind::Allow).collect::<Vec<_>>(),
+            [net("2001:db8::1/128")],
+            "a bare address is its host prefix"
+        );
+        assert_eq!(state.bans().len(), 0);
+    }
+
+    #[test]
+    fn upsert_replaces_by_cidr_and_remove_ignores_host_bits() {
+        let mut state = RuntimeState::default();
+        assert!(state.upsert(ListKind::Block, entry("203.0.113.9/24", Some(100))));
+        assert_eq!(
+            state.cidrs(ListKind::Block).collect::<Vec<_>>(),
+            [net("203.0.113.0/24")],
+            "host bits cleared"
+        );
+        assert!(
+            !state.upsert(
+                ListKind::Block,
+                ListEntry {
+                    comment: Some("refreshed".into()),
+                    ..entry("203.0.113.0/24", Some(200))
+                }
+            ),
+            "same CIDR replaces"
+        );
+        let only: Vec<_> = state.list(ListKind::Block).collect();
+        assert_eq!(only.len(), 1);
+        assert_eq!(only[0].expires_at, Some(200));
+        assert_eq!(only[0].comment.as_deref(), Some("refreshed"));
+
+        // The lists are separate: the same CIDR may be in both.
+        assert!(state.upsert(ListKind::Allow, entry("203.0.113.0/24", None)));
+        assert!(state.upsert(ListKind::Block, entry("203.0.113.0/25", None)));
+        assert_eq!(state.list(ListKind::Block).len(), 2);
+
+        let removed = state
+            .remove(ListKind::Block, &net("203.0.113.200/24"))
+            .expect("removed by a CIDR with host bits");
+        assert_eq!(removed.expires_at, Some(200));
+        assert_eq!(state.remove(ListKind::Block, &net("203.0.113.0/24")), None);
+        assert_eq!(
+            state.cidrs(ListKind::Block).collect::<Vec<_>>(),
+            [net("203.0.113.0/25")]
+        );
+        assert!(state.get(ListKind::Allow, &net("203.0.113.0/24")).is_some());
+
+        assert!(state.upsert_ban(ban("198.51.100.9/32", 10)));
+        assert!(!state.upsert_ban(ban("198.51.100.9/32", 20)));
+        assert_eq!(
+            state
+                .get_ban(&net("198.51.100.9/32"))
+                .map(|ban| ban.expires_at),
+            Some(20)
+        );
+        assert_eq!(
+            state
+                .remove_ban(&net("198.51.100.9/32"))
+                .map(|ban| ban.expires_at),
+            Some(20)
+        );
+        assert_eq!(state.remove_ban(&net("198.51.100.9/32")), None);
+        assert_eq!(state.bans().len(), 0);
+    }
+
+    #[test]
+    fn expire_removes_what_lapsed_at_or_before_now() {
+        let mut state = RuntimeState::default();
+        state.upsert(ListKind::Block, entry("10.0.0.1/32", Some(99)));
+        state.upsert(ListKind::Block, entry("10.0.0.2/32", Some(100)));
+        state.upsert(ListKind::Block, entry("10.0.0.3/32", Some(101)));
+        state.upsert(ListKind::Block, entry("10.0.0.4/32", None));
+        state.upsert(ListKind::Allow, entry("192.0.2.0/24", Some(50)));
+        state.upsert(ListKind::Allow, entry("192.0.3.0/24", None));
+        state.upsert_ban(ban("198.51.100.1/32", 100));
+        state.upsert_ban(ban("198.51.100.2/32", 1000));
+
+        let expired = state.expire(100);
+        let cidrs = |entries: &[ListEntry]| entries.iter().map(|e| e.cidr).collect::<Vec<_>>();
+        assert_eq!(
+            cidrs(expired.list(ListKind::Block)),
+            [net("10.0.0.1/32"), net("10.0.0.2/32")]
+        );
+        assert_eq!(cidrs(&expired.allow), [net("192.0.2.0/24")]);
+        assert_eq!(
+            expired.bans.iter().map(|b| b.cidr).collect::<Vec<_>>(),
+            [net("198.51.100.1/32")]
+        );
+        assert_eq!(
+            state.cidrs(ListKind::Block).collect::<Vec<_>>(),
+            [net("10.0.0.3/32"), net("10.0.0.4/32")]
+        );
+        assert_eq!(
+            state.cidrs(ListKind::Allow).collect::<Vec<_>>(),
+            [net("192.0.3.0/24")]
+        );
+        assert_eq!(state.bans().len(), 1);
+
+        assert!(state.expire(100).is_empty(), "nothing lapses twice");
+        let expired = state.expire(u64::MAX);
+        assert_eq!(expired.block.len(), 1);
+        assert_eq!(expired.bans.len(), 1);
+        assert_eq!(
+            state.cidrs(ListKind::Block).collect::<Vec<_>>(),
+            [net("10.0.0.4/32")],
+            "permanent entries never lapse"
+        );
+    }
+
+    #[test]
+    fn many_entries_stay_cheap() {
+        let mut state = RuntimeState::default();
+        // Scattered order, so that a sorted Vec would have to shift on nearly every insert.
+        for i in 0..100_000u32 {
+            let scrambled = i.wrapping_mul(2_654_435_761);
+            let cidr = IpNet::from(std::net::IpAddr::from(scrambled.to_be_bytes()));
+            assert!(state.upsert(
+                ListKind::Block,
+                ListEntry {
+                    cidr,
+                    ..entry("0.0.0.0/0", Some(u64::from(i)))
+                }
+            ));
+        }
+        assert_eq!(state.list(ListKind::Block).len(), 100_000);
+        let cidrs: Vec<_> = state.cidrs(ListKind::Block).collect();
+        assert!(cidrs.is_sorted());
+        assert_eq!(state.expire(49_999).block.len(), 50_000);
+        assert_eq!(state.list(ListKind::Block).len(), 50_000);
+    }
+
+    #[test]
+    fn failed_create_leaves_nothing_behind() {
+        let dir = TempDir::new("create");
+        // Root can create files anywhere chmod would forbid, but not under a regular file.
+        std::fs::write(dir.join("file"), "x").expect("write");
+        let path = dir.join("file").join("apifw.state.json");
+        let err = sample().save(&path).expect_err("parent is a regular file");
+        assert!(
+            matches!(&err, StateError::Write { step: "create", .. }),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().starts_with("cannot save state file /"),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .ends_with("apifw.state.json (create failed)")
+        );
+        assert_eq!(dir.names(), ["file"]);
+
+        // Nor in procfs.
+        let err = sample()
+            .save(Path::new("/proc/self/apifw.state.json"))
+            .expect_err("procfs");
+        assert!(
+            matches!(&err, StateError::Write { step: "create", .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn failed_rename_removes_the_temporary_file() {
+        let dir = TempDir::new("rename");
+        // A non-empty directory in the file's place: rename(2) cannot replace it.
+        let path = dir.join("apifw.state.json");
+        std::fs::create_dir(&path).expect("mkdir");
+        std::fs::write(path.join("keep"), "old").expect("write");
+        let err = sample().save(&path).expect_err("target is a directory");
+        assert!(
+            matches!(&err, StateError::Write { step: "rename", .. }),
+            "{err:?}"
+        );
+        assert_eq!(dir.names(), ["apifw.state.json"]);
+        assert_eq!(
+            std::fs::read_to_string(path.join("keep")).expect("read"),
+            "old"
+        );
+    }
+
+    #[test]
+    fn failed_write_keeps_the_previous_file() {
+        let dir = TempDir::new("write");
+        let path = dir.join("apifw.state.json");
+        let old = sample();
+        old.save(&path).expect("save");
+        let before = std::fs::read(&path).expect("read");
+
+        let err = replace_file(&path, &temp_path(&path), |file| {
+            file.write_all(b"{\"version\": 1, \"blo")?;
+            Err(io::Error::from_raw_os_error(libc::ENOSPC))
+        })
+        .expect_err("disk full");
+        assert!(
+            matches!(&err, StateError::Write { step: "write", .. }),
+            "{err:?}"
+        );
+        assert_eq!(std::fs::read(&path).expect("read"), before);
+        assert_eq!(RuntimeState::load(&path).expect("load"), old);
+        assert_eq!(dir.names(), ["apifw.state.json"]);
+    }
+
+    #[test]
+    fn leftover_temporary_files_are_overwritten_with_the_right_mode() {
+        let dir = TempDir::new("leftover");
+        let path = dir.join("apifw.state.json");
+        // As a crashed save of an earlier process with the same pid would have left it.
+        let temp = dir.join(".apifw.state.json.1.0.tmp");
+        std::fs::write(&temp, "garbage longer than the new contents").expect("write");
+        std::fs::set_permissions(&temp, Permissions::from_mode(0o644)).expect("chmod");
+
+        replace_file(&path, &temp, |file| file.write_all(b"{\"version\": 1}\n")).expect("replace");
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("read"),
+            "{\"version\": 1}\n"
+        );
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(dir.names(), ["apifw.state.json"]);
+    }
+
+    #[test]
+    fn temporary_files_are_hidden_and_unique() {
+        let path = Path::new("/etc/apifw/apifw.state.json");
+        let first = temp_path(path);
+        let second = temp_path(path);
+        assert_ne!(first, second);
+        assert_eq!(first.parent(), path.parent());
+        let name = first
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        let prefix = format!(".apifw.state.json.{}.", std::process::id());
+        assert!(
+            name.starts_with(&prefix) && name.ends_with(".tmp"),
+            "{name}"
+        );
+    }
+
+    #[test]
+    fn state_lives_next_to_the_policy() {
+        let cases = [
+            ("/etc/apifw/apifw.toml", "/etc/apifw/apifw.state.json"),
+            ("/etc/apifw/edge.v2.toml", "/etc/apifw/edge.v2.state.json"),
+            ("/srv/policy", "/srv/policy.state.json"),
+            ("apifw.toml", "apifw.state.json"),
+            ("./conf/apifw.toml", "./conf/apifw.state.json"),
+            ("/etc/apifw/.hidden", "/etc/apifw/.hidden.state.json"),
+        ];
+        for (policy, state) in cases {
+            assert_eq!(
+                state_path(Path::new(policy)),
+                PathBuf::from(state),
+                "{policy}"
+            );
+        }
+    }
+
+    #[test]
+    fn unix_now_is_after_2023() {
+        assert!(unix_now() > 1_700_000_000);
+    }
+}
