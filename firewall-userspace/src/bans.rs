@@ -37,6 +37,9 @@ pub enum BanError {
     Clock(#[source] nix::Error),
 }
 
+/// The `rule` of a ban made by an operator (`apifw ban add`) rather than by a rule.
+pub const MANUAL_BAN_RULE: u32 = u32::MAX;
+
 /// One active ban.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BanRow {
@@ -82,7 +85,9 @@ fn row(key: &BanKey, ban: &BanEntry, now_ns: u64) -> BanRow {
         prefix: prefix_of(key),
         kind: if subnet { "subnet" } else { "host" }.to_owned(),
         rule: ban.rule,
-        reason: if subnet {
+        reason: if ban.rule == MANUAL_BAN_RULE {
+            "manual ban".to_owned()
+        } else if subnet {
             format!(
                 "too many sources of this subnet were banned under rule {}",
                 ban.rule

@@ -388,8 +388,8 @@ mod tests {
         HashMap::create(max_entries, flags).expect("create hash map")
     }
 
-    /// `n` distinct keys, spread over the key space (multiplying by an odd constant is a
-    /// bijection modulo 2^64).
+    /// Distinct keys for the indices in `range`, spread over the key space (multiplying by an
+    /// odd constant is a bijection modulo 2^64).
     fn keys(range: std::ops::Range<u64>) -> Vec<u64> {
         range
             .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15))
@@ -397,7 +397,12 @@ mod tests {
     }
 
     fn count(map: &HashMap<MapData, u64, u32>) -> usize {
-        map.keys().map(|key| key.expect("iterate keys")).count()
+        let mut count = 0;
+        for key in map.keys() {
+            key.expect("iterate keys");
+            count += 1;
+        }
+        count
     }
 
     fn syscall_error(error: BatchError) -> (&'static str, usize, usize, io::Error) {

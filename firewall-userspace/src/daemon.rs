@@ -1,15 +1,29 @@
-//! `apifw run`: load, fill, pin, attach, then wait for SIGINT/SIGTERM and tear down.
+//! `apifw run`: load or adopt, fill, pin, attach, serve the control API, and keep bans and
+//! runtime entries current until SIGINT/SIGTERM. SIGHUP reloads.
 
-use std::path::PathBuf;
+use std::{
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::Mutex,
+};
 use tracing::{error, info, warn};
 
 use crate::{
+    audit::{AuditError, AuditLog},
+    control::socket_path,
+    engine::{ApiError, Engine, EngineParts, Overrides, read_feeds},
     firewall::{Attachment, Firewall, FirewallError},
     lock::{InstanceLock, LockError},
-    paths::PinLayout,
+    paths::{LAYOUT_VERSION, PinLayout},
+    pins::{self, Pinned},
     policy::Policy,
+    server::{self, Access},
+    state::{self, RuntimeState, StateError},
 };
 
 /// Why the daemon stopped with an error.
@@ -24,6 +38,18 @@ pub enum DaemonError {
     /// Loading, attaching or pinning failed.
     #[error(transparent)]
     Firewall(#[from] FirewallError),
+    /// The state file is unreadable; pinned enforcement (if any) keeps running.
+    #[error("{0} (enforcement pinned by a previous daemon, if any, keeps running)")]
+    State(#[source] StateError),
+    /// A feed is unreadable or has bad lines.
+    #[error("{0}")]
+    Feeds(String),
+    /// The audit log cannot be opened.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    /// The policy could not be installed.
+    #[error("cannot install the policy: {0}")]
+    Install(#[source] ApiError),
     /// Stale pins could not be removed.
     #[error("cannot remove stale pins at {}", path.display())]
     Stale {
@@ -33,56 +59,260 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    /// The control socket could not be created.
+    #[error("cannot create the control socket {}", path.display())]
+    Socket {
+        /// The socket path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The control group does not exist.
+    #[error("`daemon.control_group` names an unknown group `{0}`")]
+    UnknownGroup(String),
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers")]
     Signals(#[source] std::io::Error),
 }
 
+/// How to run the daemon.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// The policy file.
+    pub policy_path: PathBuf,
+    /// Command-line overrides.
+    pub overrides: Overrides,
+    /// Replace a foreign XDP program found on a configured interface.
+    pub replace: bool,
+}
+
+/// Pin directories of other layout versions under the pin root (`v<N>` with another N).
+fn other_layouts(layout: &PinLayout) -> Vec<PathBuf> {
+    let current = layout.versioned();
+    std::fs::read_dir(layout.root())
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|entry| entry.path())
+                .filter(|path| {
+                    path != &current
+                        && path.file_name().and_then(|name| name.to_str()).is_some_and(
+                            |name| {
+                                name.strip_prefix('v')
+                                    .is_some_and(|n| n.parse::<u32>().is_ok())
+                            },
+                        )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Removes an XDP program attached through netlink (not a bpf_link) from `interface`, for
+/// `--replace`.
+fn remove_foreign_program(interface: &str) -> bool {
+    // iproute2 speaks the netlink XDP attribute with every mode flag; the mode of the foreign
+    // program is unknown, so each is tried. A bpf_link owned by another process cannot be
+    // removed this way, and the retried attach then reports it.
+    let mut removed = false;
+    for mode in ["xdp", "xdpgeneric", "xdpdrv"] {
+        removed |= std::process::Command::new("ip")
+            .args(["link", "set", "dev", interface, mode, "off"])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+    }
+    removed
+}
+
+/// Attaches to (or adopts the link of) every configured interface.
+fn attach_all(
+    firewall: &mut Firewall,
+    policy: &Policy,
+    layout: &PinLayout,
+    replace: bool,
+) -> Result<Vec<Attachment>, (Vec<Attachment>, FirewallError)> {
+    let mut attachments = Vec::new();
+    let old_layouts = other_layouts(layout);
+    for interface in &policy.interfaces {
+        let pin = layout.link(interface);
+        let old_pin = old_layouts
+            .iter()
+            .map(|dir| dir.join("links").join(interface))
+            .find(|path| path.exists());
+        let adopted = if pin.exists() {
+            Some(firewall.adopt(interface, &pin, &pin))
+        } else {
+            old_pin.map(|old| firewall.adopt(interface, &old, &pin))
+        };
+        match adopted {
+            Some(Ok(attachment)) => {
+                attachments.push(attachment);
+                continue;
+            }
+            Some(Err(err)) => {
+                // The pinned link is unusable (its interface went away and came back, say):
+                // drop it and attach anew.
+                warn!(interface, err = %crate::engine::chain(&err), "cannot adopt the pinned link; attaching anew");
+                let _ = std::fs::remove_file(&pin);
+            }
+            None => {}
+        }
+        let mut result = firewall.attach(interface, policy.xdp_mode, &pin);
+        if let Err(FirewallError::Attach { busy: true, .. }) = &result {
+            if replace {
+                warn!(interface, "--replace: removing the XDP program already attached");
+                remove_foreign_program(interface);
+                result = firewall.attach(interface, policy.xdp_mode, &pin);
+            } else if let Err(FirewallError::Attach { reason, .. }) = &mut result {
+                reason.push_str("; pass --replace to replace it");
+            }
+        }
+        match result {
+            Ok(attachment) => attachments.push(attachment),
+            Err(err) => return Err((attachments, err)),
+        }
+    }
+    Ok(attachments)
+}
+
+/// Detaches pinned links of interfaces the policy no longer lists, and removes the pins of
+/// other layout versions once their links were adopted.
+fn tidy_pins(policy: &Policy, layout: &PinLayout) {
+    if let Ok(entries) = std::fs::read_dir(layout.links_dir()) {
+        for entry in entries.filter_map(Result::ok) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !policy.interfaces.contains(&name) {
+                info!(interface = name, "detaching from an interface the policy no longer lists");
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+    for dir in other_layouts(layout) {
+        warn!(
+            path = %dir.display(),
+            current = LAYOUT_VERSION,
+            "removing pins of an incompatible apifw layout version (its links were taken over)"
+        );
+        if let Err(err) = std::fs::remove_dir_all(&dir) {
+            error!(path = %dir.display(), %err, "cannot remove old pins");
+        }
+    }
+}
+
+/// Creates the control socket with owner-only (or owner+group) permissions.
+fn bind_socket(
+    run_dir: &Path,
+    group: Option<u32>,
+) -> Result<tokio::net::UnixListener, DaemonError> {
+    let path = socket_path(run_dir);
+    let socket_err = |source| DaemonError::Socket {
+        path: path.clone(),
+        source,
+    };
+    // We hold the instance lock, so a socket file here is a dead daemon's.
+    match std::fs::remove_file(&path) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(socket_err(err)),
+        _ => {}
+    }
+    let listener = tokio::net::UnixListener::bind(&path).map_err(socket_err)?;
+    let mode = if group.is_some() { 0o660 } else { 0o600 };
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(socket_err)?;
+    if let Some(gid) = group {
+        std::os::unix::fs::chown(&path, None, Some(gid)).map_err(socket_err)?;
+    }
+    Ok(listener)
+}
+
 /// Runs the firewall until SIGINT or SIGTERM.
-pub async fn run(policy: Policy) -> Result<(), DaemonError> {
+pub async fn run(mut policy: Policy, options: RunOptions) -> Result<(), DaemonError> {
+    options.overrides.apply(&mut policy);
     if policy.interfaces.is_empty() {
         return Err(DaemonError::NoInterfaces);
     }
     let _lock = InstanceLock::acquire(&policy.daemon.run_dir)?;
+    let group = match &policy.daemon.control_group {
+        Some(name) => Some(
+            nix::unistd::Group::from_name(name)
+                .ok()
+                .flatten()
+                .ok_or_else(|| DaemonError::UnknownGroup(name.clone()))?
+                .gid
+                .as_raw(),
+        ),
+        None => None,
+    };
+    let state_path = policy
+        .daemon
+        .state_file
+        .clone()
+        .unwrap_or_else(|| state::state_path(&options.policy_path));
+    let runtime = RuntimeState::load(&state_path).map_err(DaemonError::State)?;
+    let feeds = read_feeds(&policy).map_err(DaemonError::Feeds)?;
+    let audit = AuditLog::open(&policy.daemon.audit_log)?;
+
     let layout = PinLayout::new(&policy.daemon.pin_dir);
-    let versioned = layout.versioned();
-    if versioned.exists() {
-        // Nothing holds the lock, so these pins belong to a daemon that died without cleaning
-        // up. Removing them detaches its program before ours attaches.
-        warn!(path = %versioned.display(), "removing pins left by a previous daemon");
-        std::fs::remove_dir_all(&versioned).map_err(|source| DaemonError::Stale {
-            path: versioned.clone(),
-            source,
-        })?;
+    match pins::inspect(&policy, &layout) {
+        Pinned::Nothing => {}
+        Pinned::Adoptable => info!(
+            path = %layout.versioned().display(),
+            "adopting the maps and links a previous daemon pinned (bans, counters and state kept)"
+        ),
+        Pinned::Incompatible(reason) => {
+            warn!(
+                %reason,
+                "pinned maps are incompatible with this daemon; replacing them (bans, counters and \
+                 rate-limit state start over); the running program keeps filtering until ours \
+                 replaces it"
+            );
+            pins::remove_maps(&layout).map_err(|source| DaemonError::Stale {
+                path: layout.maps_dir(),
+                source,
+            })?;
+        }
     }
+    std::fs::create_dir_all(layout.links_dir()).map_err(|source| DaemonError::Stale {
+        path: layout.links_dir(),
+        source,
+    })?;
 
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
 
-    let mut firewall = Firewall::load(&policy)?;
-    let mut attachments = Vec::new();
-    let started = firewall.pin_maps(&layout).and_then(|()| {
-        for interface in &policy.interfaces {
-            attachments.push(firewall.attach(
-                interface,
-                policy.xdp_mode,
-                &layout.link(interface),
-            )?);
+    let firewall = Firewall::load_pinned(&policy, &layout)?;
+    let mut engine = Engine::new(EngineParts {
+        policy_path: options.policy_path.clone(),
+        overrides: options.overrides.clone(),
+        policy: policy.clone(),
+        feeds,
+        runtime,
+        state_path,
+        firewall,
+        audit,
+    })
+    .map_err(DaemonError::Install)?;
+    match attach_all(&mut engine.firewall, &policy, &layout, options.replace) {
+        Ok(attachments) => engine.attachments = attachments,
+        Err((attachments, err)) => {
+            teardown(attachments, &layout);
+            return Err(err.into());
         }
-        Ok(())
-    });
-    if let Err(err) = started {
-        teardown(attachments, &layout);
-        return Err(err.into());
     }
+    tidy_pins(&policy, &layout);
+    let listener = bind_socket(&policy.daemon.run_dir, group)?;
     info!(
         interfaces = ?policy.interfaces,
         pin_dir = %layout.root().display(),
+        socket = %socket_path(&policy.daemon.run_dir).display(),
         "apifw running"
     );
 
+    let engine = Arc::new(Mutex::new(engine));
+    let server = tokio::spawn(server::serve(listener, engine.clone(), Access { group }));
     // Expired bans are already ignored by XDP; sweeping them frees their map slots.
-    let mut sweep = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = sigterm.recv() => {
@@ -93,16 +323,18 @@ pub async fn run(policy: Policy) -> Result<(), DaemonError> {
                 info!("SIGINT received, stopping");
                 break;
             }
-            _ = sweep.tick() => match firewall.sweep_bans() {
-                Ok(expired) => {
-                    for (prefix, ban) in expired {
-                        info!(%prefix, rule = ban.rule, "ban expired");
-                    }
-                }
-                Err(err) => error!(%err, "cannot sweep expired bans"),
-            },
+            _ = sighup.recv() => {
+                info!("SIGHUP received, reloading");
+                // Errors are logged and audited by the engine.
+                let _ = engine.lock().await.reload("signal");
+            }
+            _ = tick.tick() => engine.lock().await.tick(),
         }
     }
+    server.abort();
+    let _ = std::fs::remove_file(socket_path(&policy.daemon.run_dir));
+    let mut engine = engine.lock().await;
+    let attachments = std::mem::take(&mut engine.attachments);
     teardown(attachments, &layout);
     info!("detached and unpinned");
     Ok(())

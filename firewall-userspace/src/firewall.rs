@@ -589,34 +589,45 @@ impl Firewall {
         Err(last_error.unwrap_or(FirewallError::MissingMap("none")))
     }
 
-    /// Takes over the XDP link a previous daemon pinned at `pin` on `interface`: the kernel
+    /// Takes over the XDP link a previous daemon pinned at `from` on `interface`: the kernel
     /// swaps this firewall's program into the live link atomically (`bpf_link_update`), so the
-    /// interface is never without a filter.
-    pub fn adopt(&mut self, interface: &str, pin: &Path) -> Result<Attachment, FirewallError> {
-        let adopt_err = |action: &'static str| {
-            let interface = interface.to_owned();
-            move |reason: String| FirewallError::Adopt {
-                interface,
-                action,
-                reason,
-            }
+    /// interface is never without a filter. The link ends up pinned at `to`.
+    pub fn adopt(
+        &mut self,
+        interface: &str,
+        from: &Path,
+        to: &Path,
+    ) -> Result<Attachment, FirewallError> {
+        let adopt_err = |action: &'static str, reason: String| FirewallError::Adopt {
+            interface: interface.to_owned(),
+            action,
+            reason,
         };
-        let pinned = PinnedLink::from_pin(pin).map_err(|err| adopt_err("open pinned link")(err.to_string()))?;
+        let pinned = PinnedLink::from_pin(from)
+            .map_err(|err| adopt_err("open pinned link", err.to_string()))?;
         let link = XdpLink::try_from(FdLink::from(pinned))
-            .map_err(|err| adopt_err("open pinned link")(err.to_string()))?;
+            .map_err(|err| adopt_err("open pinned link", err.to_string()))?;
         let program = self.load_program(program_names::FIREWALL)?;
         let id = program
             .attach_to_link(link)
-            .map_err(|err| adopt_err("replace the program in the link")(err.to_string()))?;
+            .map_err(|err| adopt_err("replace the program in the link", err.to_string()))?;
         let link = program
             .take_link(id)
-            .map_err(|err| adopt_err("take link")(err.to_string()))?;
-        let link = FdLink::try_from(link).map_err(|err| adopt_err("take link")(err.to_string()))?;
+            .map_err(|err| adopt_err("take link", err.to_string()))?;
+        let mut link =
+            FdLink::try_from(link).map_err(|err| adopt_err("take link", err.to_string()))?;
+        if from != to {
+            link = FdLink::from(link.pin(to).map_err(|source| FirewallError::Pin {
+                path: to.to_owned(),
+                source: Box::new(source),
+            })?);
+            let _ = std::fs::remove_file(from);
+        }
         info!(interface, "adopted the pinned XDP link; program replaced in place");
         Ok(Attachment {
             interface: interface.to_owned(),
             mode: None,
-            pin: pin.to_owned(),
+            pin: to.to_owned(),
             link,
         })
     }

@@ -12,7 +12,7 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/apifw";
 pub const DEFAULT_RUN_DIR: &str = "/run/apifw";
 /// Version of the pinned map layout. Bump it whenever a pinned map's key, value or size
 /// semantics change.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Where one daemon instance pins its maps and links.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,11 +73,11 @@ mod tests {
         let layout = PinLayout::new("/sys/fs/bpf/apifw");
         assert_eq!(
             layout.map("APIFW_STATS"),
-            PathBuf::from("/sys/fs/bpf/apifw/v1/maps/APIFW_STATS")
+            PathBuf::from("/sys/fs/bpf/apifw/v2/maps/APIFW_STATS")
         );
         assert_eq!(
             layout.link("eth0"),
-            PathBuf::from("/sys/fs/bpf/apifw/v1/links/eth0")
+            PathBuf::from("/sys/fs/bpf/apifw/v2/links/eth0")
         );
     }
 }

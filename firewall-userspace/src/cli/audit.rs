@@ -81,10 +81,10 @@ fn log_path(file: Option<PathBuf>, config: Option<&Path>) -> anyhow::Result<Path
         Some(config) => {
             // Loaded (and so validated) even for one field: reading the audit log of a policy
             // that does not load would name a log the daemon may never have used.
-            let _loaded = crate::policy::Loaded::from_file(config)?;
-            // TODO(lead): policy.daemon.audit_log — replace the line below with
-            // `_loaded.policy.daemon.audit_log` (and drop the underscore) once the field exists.
-            PathBuf::from(audit::DEFAULT_AUDIT_LOG)
+            crate::policy::Loaded::from_file(config)?
+                .policy
+                .daemon
+                .audit_log
         }
         None => PathBuf::from(audit::DEFAULT_AUDIT_LOG),
     })

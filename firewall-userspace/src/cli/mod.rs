@@ -1,10 +1,16 @@
 //! The `apifw` command line: one module per verb.
 
+pub mod allow;
 pub mod audit;
+pub mod ban;
 pub mod bans;
+pub mod block;
 pub mod check;
+pub mod lists;
+pub mod reload;
 pub mod run;
 pub mod stats;
+pub mod status;
 
 use std::path::PathBuf;
 
@@ -28,8 +34,73 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Print the verdict counters of the running daemon.
     Stats(stats::StatsArgs),
-    /// List the running daemon's active bans with their remaining time.
+    /// List the running daemon's active bans with their remaining time (read from the pinned
+    /// map; works without the control socket).
     Bans(bans::BansArgs),
+    /// Add, remove, list or import blocklist entries at run time.
+    Block(block::BlockArgs),
+    /// Add, remove or list allowlist entries at run time.
+    Allow(allow::AllowArgs),
+    /// Ban or unban sources for a while, or list bans.
+    Ban(ban::BanArgs),
+    /// Re-read the policy, its feeds and the state file, and swap them in atomically.
+    Reload(reload::ReloadArgs),
+    /// Show the daemon's interfaces, mode, policy version and map fill.
+    Status(status::StatusArgs),
+    /// Print the audit log.
+    Audit(audit::AuditArgs),
+}
+
+/// How a CLI verb finds the daemon's control socket.
+#[derive(Debug, clap::Args)]
+pub struct ControlArgs {
+    /// The control socket (default: `apifw.sock` in the run directory).
+    #[arg(long, value_name = "PATH", env = "APIFW_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// The daemon's run directory.
+    #[arg(long, value_name = "DIR")]
+    pub run_dir: Option<PathBuf>,
+    /// The daemon's policy, to find its run directory.
+    #[arg(long, short, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl ControlArgs {
+    /// A client of the daemon's socket.
+    pub fn client(&self) -> anyhow::Result<crate::control::Client> {
+        if let Some(socket) = &self.socket {
+            return Ok(crate::control::Client::new(socket.clone()));
+        }
+        let run_dir = match (&self.run_dir, &self.config) {
+            (Some(dir), _) => dir.clone(),
+            (None, Some(config)) => crate::policy::Loaded::from_file(config)?.policy.daemon.run_dir,
+            (None, None) => PathBuf::from(crate::paths::DEFAULT_RUN_DIR),
+        };
+        Ok(crate::control::Client::new(crate::control::socket_path(
+            &run_dir,
+        )))
+    }
+}
+
+/// Prints `value` as JSON, or `text` for people.
+pub fn print<T: serde::Serialize>(json: bool, value: &T, text: impl FnOnce(&T) -> String) {
+    if json {
+        match serde_json::to_string_pretty(value) {
+            Ok(out) => println!("{out}"),
+            Err(err) => eprintln!("apifw: cannot encode the answer: {err}"),
+        }
+    } else {
+        print!("{}", text(value));
+    }
+}
+
+/// The exit code of a failed control request, after printing the error.
+pub fn failed(err: &crate::control::ClientError) -> std::process::ExitCode {
+    eprintln!("apifw: {err}");
+    std::process::ExitCode::from(err.exit_code())
 }
 
 /// Where a daemon keeps its pins and lock, overriding the policy's `[daemon]` table.
@@ -66,6 +137,12 @@ impl Cli {
             Command::Check(args) => check::execute(args),
             Command::Stats(args) => stats::execute(args),
             Command::Bans(args) => bans::execute(args),
+            Command::Block(args) => block::execute(args),
+            Command::Allow(args) => allow::execute(args),
+            Command::Ban(args) => ban::execute(args),
+            Command::Reload(args) => reload::execute(args),
+            Command::Status(args) => status::execute(args),
+            Command::Audit(args) => audit::execute(args),
         }
     }
 }

@@ -7,7 +7,8 @@ use tracing::warn;
 
 use crate::{
     cli::Locations,
-    daemon,
+    daemon::{self, RunOptions},
+    engine::Overrides,
     policy::{Loaded, LogFormat, XdpModeSetting},
 };
 
@@ -26,6 +27,10 @@ pub struct RunArgs {
     /// Pin and lock locations.
     #[command(flatten)]
     pub locations: Locations,
+    /// Replace an XDP program that another tool attached to a configured interface (without
+    /// it, such an interface is refused).
+    #[arg(long)]
+    pub replace: bool,
 }
 
 /// `--xdp-mode` values.
@@ -42,32 +47,31 @@ pub enum XdpModeArg {
 /// Runs the daemon.
 pub fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
     let loaded = Loaded::from_file(&args.config)?;
-    let mut policy = loaded.policy;
+    let policy = loaded.policy;
     init_logging(policy.daemon.log_format);
     for warning in &loaded.warnings {
         warn!("{warning}");
     }
-    if !args.interfaces.is_empty() {
-        policy.interfaces = args.interfaces;
-    }
-    if let Some(mode) = args.xdp_mode {
-        policy.xdp_mode = match mode {
+    let overrides = Overrides {
+        interfaces: args.interfaces,
+        xdp_mode: args.xdp_mode.map(|mode| match mode {
             XdpModeArg::Auto => XdpModeSetting::Auto,
             XdpModeArg::Native => XdpModeSetting::Native,
             XdpModeArg::Skb => XdpModeSetting::Skb,
-        };
-    }
-    if let Some(dir) = args.locations.pin_dir {
-        policy.daemon.pin_dir = dir;
-    }
-    if let Some(dir) = args.locations.run_dir {
-        policy.daemon.run_dir = dir;
-    }
+        }),
+        pin_dir: args.locations.pin_dir,
+        run_dir: args.locations.run_dir,
+    };
+    let options = RunOptions {
+        policy_path: args.config,
+        overrides,
+        replace: args.replace,
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(daemon::run(policy))?;
+    runtime.block_on(daemon::run(policy, options))?;
     Ok(ExitCode::SUCCESS)
 }
 
