@@ -12,9 +12,8 @@
 
 use std::{
     borrow::Cow,
-    collections::HashSet,
     fmt,
-    net::IpAddr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
@@ -22,7 +21,9 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 /// Format of a feed file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum FeedFormat {
     /// One IPv4/IPv6 address or CIDR prefix per line; `#` starts a comment (a whole line, or
@@ -113,7 +114,6 @@ pub fn parse(text: &str, format: FeedFormat) -> ParsedFeed {
     // which would otherwise make the first entry bad.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut feed = ParsedFeed::default();
-    let mut seen = HashSet::new();
     // `lines` also drops the `\r` of CRLF line endings.
     for (index, raw) in text.lines().enumerate() {
         let line = raw.trim();
@@ -128,9 +128,7 @@ pub fn parse(text: &str, format: FeedFormat) -> ParsedFeed {
                 if normal != net {
                     feed.host_bits_cleared += 1;
                 }
-                if seen.insert(normal) {
-                    feed.prefixes.push(normal);
-                }
+                feed.prefixes.push(normal);
             }
             Err(reason) => feed.bad_lines.push(BadLine {
                 line: index + 1,
@@ -139,7 +137,48 @@ pub fn parse(text: &str, format: FeedFormat) -> ParsedFeed {
             }),
         }
     }
+    dedupe(&mut feed.prefixes);
     feed
+}
+
+/// Drops repeated prefixes, keeping each at its first place.
+///
+/// Sorting beats a `HashSet`: on a million unsorted prefixes it takes half the time of a set
+/// (even with a fast hasher; the set's random accesses miss the cache), and no crafted feed can
+/// make it degrade the way hash collisions can. Published feeds (FireHOL, Spamhaus) are sorted
+/// already, and a strictly increasing list has no duplicates, so they cost one sequential pass.
+fn dedupe(prefixes: &mut Vec<IpNet>) {
+    if prefixes.is_sorted_by(|a, b| a < b) {
+        return;
+    }
+    // Sorting by (key, place) puts the first place of each prefix at the head of its run.
+    let mut order: Vec<(u128, u8, usize)> = prefixes
+        .iter()
+        .enumerate()
+        .map(|(at, net)| {
+            let (bits, tag) = sort_key(net);
+            (bits, tag, at)
+        })
+        .collect();
+    order.sort_unstable();
+    let mut keep = vec![false; prefixes.len()];
+    for run in order.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
+        if let Some(&(_, _, at)) = run.first() {
+            keep[at] = true;
+        }
+    }
+    let mut keep = keep.into_iter();
+    prefixes.retain(|_| keep.next().unwrap_or(true));
+}
+
+/// A key equal for equal prefixes and plain integers to compare, which sorts faster than `IpNet`
+/// itself (whose IPv6 comparison goes through address segments): the network bits and a tag for
+/// the family and length (IPv6 `0..=128`, IPv4 `129..=161`).
+fn sort_key(net: &IpNet) -> (u128, u8) {
+    match net {
+        IpNet::V4(net) => (u128::from(u32::from(net.network())), 129 + net.prefix_len()),
+        IpNet::V6(net) => (u128::from(net.network()), net.prefix_len()),
+    }
 }
 
 /// One trimmed line of a plain or FireHOL list: `Ok(None)` for a blank or comment line.
@@ -180,9 +219,10 @@ fn spamhaus_entry(line: &str) -> Result<Option<IpNet>, String> {
         return Err("a `#` comment; Spamhaus comments start with `;`".to_owned());
     }
     // `1.10.16.0/20 ; SBL256894`: everything from `;` on is the comment.
-    let entry = line
-        .split_once(';')
-        .map_or(line, |(entry, _)| entry.trim_end());
+    let entry = match line.bytes().position(|byte| byte == b';') {
+        Some(at) => line[..at].trim_end(),
+        None => line,
+    };
     let (token, rest) = split_token(entry);
     if !rest.is_empty() {
         return Err(format!(
@@ -254,9 +294,13 @@ fn json_entry(line: &str) -> Result<Option<IpNet>, String> {
 }
 
 /// Splits a trimmed line into its first word and the rest, itself without leading whitespace.
+///
+/// Only ASCII whitespace separates: a byte search is much faster than decoding characters, and
+/// the ends of the line, where other whitespace could stray in, are already trimmed.
 fn split_token(line: &str) -> (&str, &str) {
-    match line.split_once(char::is_whitespace) {
-        Some((token, rest)) => (token, rest.trim_start()),
+    match line.bytes().position(|byte| byte.is_ascii_whitespace()) {
+        // An ASCII byte is a character boundary, so these slices cannot panic.
+        Some(at) => (&line[..at], line[at..].trim_start()),
         None => (line, ""),
     }
 }
@@ -267,16 +311,15 @@ fn split_token(line: &str) -> (&str, &str) {
 /// wrong, and because `ipnet` accepts IPv4 octets with leading zeros (`010.0.0.1`) that the
 /// standard library rightly rejects: other tools read them as octal, so their meaning is unclear.
 fn parse_token(token: &str) -> Result<IpNet, String> {
-    let Some((addr, length)) = token.split_once('/') else {
-        return token
-            .parse::<IpAddr>()
-            .map(IpNet::from)
-            .map_err(|_| bad_address(token));
+    // Byte searches: `str::split_once` with a `char` pattern costs more than these short tokens.
+    let Some(slash) = token.bytes().position(|byte| byte == b'/') else {
+        return parse_address(token).map(IpNet::from);
     };
+    let (addr, length) = (&token[..slash], &token[slash + 1..]);
     if addr.is_empty() {
         return Err("missing address before `/`".to_owned());
     }
-    let addr: IpAddr = addr.parse().map_err(|_| bad_address(addr))?;
+    let addr = parse_address(addr)?;
     if length.is_empty() {
         return Err("missing prefix length after `/`".to_owned());
     }
@@ -299,6 +342,17 @@ fn parse_token(token: &str) -> Result<IpNet, String> {
     };
     let length: u8 = length.parse().map_err(|_| too_long())?;
     IpNet::new(addr, length).map_err(|_| too_long())
+}
+
+/// Parses an IPv4 or IPv6 address.
+fn parse_address(addr: &str) -> Result<IpAddr, String> {
+    // `IpAddr::from_str` tries IPv4 and then IPv6; a colon tells which one to try.
+    let parsed = if addr.bytes().any(|byte| byte == b':') {
+        addr.parse::<Ipv6Addr>().map(IpAddr::from)
+    } else {
+        addr.parse::<Ipv4Addr>().map(IpAddr::from)
+    };
+    parsed.map_err(|_| bad_address(addr))
 }
 
 /// The reason for an address that does not parse.

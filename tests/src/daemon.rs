@@ -7,7 +7,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use firewall_userspace::{paths::PinLayout, stats::Snapshot};
+pub use firewall_userspace::stats::Snapshot;
+use firewall_userspace::paths::PinLayout;
 
 use crate::netns::Netns;
 
@@ -64,9 +65,56 @@ impl Dirs {
         }
     }
 
-    /// Writes the policy file.
+    /// Writes the policy file. Unless the text has its own `[daemon]` table, the audit log goes
+    /// to [`Dirs::audit_log`] (never to the host's /var/log).
     pub fn write_policy(&self, text: &str) {
-        std::fs::write(&self.policy, text).expect("write policy");
+        let mut text = text.to_owned();
+        if !text.contains("[daemon]") {
+            text.push_str(&format!(
+                "\n[daemon]\naudit_log = \"{}\"\n",
+                self.audit_log().display()
+            ));
+        }
+        // Written aside and renamed, as an operator's editor would: a reload never reads half a file.
+        let temp = self.policy.with_extension("toml.tmp");
+        std::fs::write(&temp, text).expect("write policy");
+        std::fs::rename(&temp, &self.policy).expect("rename policy");
+    }
+
+    /// The audit log the test policies use.
+    pub fn audit_log(&self) -> PathBuf {
+        self.run_dir.join("audit.log")
+    }
+
+    /// The daemon's state file (next to the policy).
+    pub fn state_file(&self) -> PathBuf {
+        self.run_dir.join("policy.state.json")
+    }
+
+    /// `apifw ARGS --run-dir RUN_DIR` (a control verb against this test's daemon).
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--run-dir", self.run_dir.to_str().expect("utf-8")]);
+        apifw(&all)
+    }
+
+    /// Like [`Dirs::cli`], asserting success and parsing `--json` output.
+    pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all: Vec<&str> = args.to_vec();
+        all.push("--json");
+        let output = self.cli(&all);
+        assert!(
+            output.status.success(),
+            "apifw {args:?} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
+            panic!(
+                "apifw {args:?} --json: {err}: {}",
+                String::from_utf8_lossy(&output.stdout)
+            )
+        })
     }
 
     /// The pin layout.
@@ -131,12 +179,24 @@ impl Daemon {
             .expect("spawn nsenter apifw run")
     }
 
-    /// Starts the daemon and waits until its XDP link is pinned (it is then enforcing).
+    /// Starts the daemon and waits until it answers on its control socket (it is then attached
+    /// and enforcing).
     pub fn start(netns: &Netns, dirs: &Dirs, interface: &str) -> Self {
         let mut child = Self::spawn(netns, dirs, interface);
         let link = dirs.layout().link(interface);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !link.exists() {
+        let ready = |child: &Child| {
+            link.exists()
+                && dirs
+                    .cli(&["status", "--json"])
+                    .stdout
+                    .split(|b| *b == b'\n')
+                    .any(|line| {
+                        String::from_utf8_lossy(line).trim()
+                            == format!("\"pid\": {},", child.id())
+                    })
+        };
+        while !ready(&child) {
             if let Some(status) = child.try_wait().expect("try_wait") {
                 panic!(
                     "apifw run exited with {status} before attaching: {}",
@@ -150,6 +210,11 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(50));
         }
         Self { child: Some(child) }
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
     }
 
     /// Sends `signal` and waits for the exit status; returns it with the daemon's stderr.
