@@ -56,7 +56,7 @@ pub struct BadLine {
 }
 
 impl BadLine {
-    /// The line as a message: `FILE:LINE: REASON: `TEXT``, with `origin` naming the feed.
+    /// The line as a message, ``FILE:LINE: REASON: `TEXT` ``, with `origin` naming the feed.
     pub fn describe(&self, origin: &Path) -> String {
         format!(
             "{}:{}: {}: `{}`",
@@ -497,7 +497,14 @@ mod tests {
 
     #[test]
     fn crlf_line_endings_and_byte_order_mark() {
-        let text = "\u{feff}# header\r\n192.0.2.0/24\r\n\r\n198.51.100.0/24 # note\r\n2001:db8::/32\r\nnope\r\n";
+        let text = concat!(
+            "\u{feff}# header\r\n",
+            "192.0.2.0/24\r\n",
+            "\r\n",
+            "198.51.100.0/24 # note\r\n",
+            "2001:db8::/32\r\n",
+            "nope\r\n",
+        );
         let feed = parse(text, FeedFormat::Plain);
         assert_eq!(
             feed.prefixes,
@@ -930,23 +937,69 @@ not-an-address
     }
 
     #[test]
-    fn a_million_lines() {
-        const LINES: u32 = 1_000_000;
-        // 131,072 IPv4 hosts fill 198.18.0.0/15; the rest are IPv6 /64s of 2001:db8::/32.
-        let v4_hosts = 1u32 << 17;
-        let mut text = String::with_capacity(LINES as usize * 24);
-        for i in 0..LINES {
-            if i < v4_hosts {
-                let addr =
-                    std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(198, 18, 0, 0)) + i);
-                text.push_str(&format!("{addr}\n"));
-            } else {
-                text.push_str(&format!("2001:db8:{:x}:{:x}::/64\n", i >> 16, i & 0xffff));
+    fn dedupe_matches_a_set_on_random_lists() {
+        use rand::{Rng as _, SeedableRng as _, rngs::SmallRng, seq::SliceRandom as _};
+
+        let mut rng = SmallRng::seed_from_u64(7);
+        for round in 0..50 {
+            // Few distinct values, so that duplicates are common; some rounds sorted, to take the
+            // fast path (and, with duplicates, to leave it).
+            let len = rng.random_range(0..300);
+            let mut prefixes: Vec<IpNet> = (0..len)
+                .map(|_| {
+                    let length = rng.random_range(20..=24);
+                    let net = if rng.random_bool(0.5) {
+                        let addr = Ipv4Addr::new(198, 18, rng.random_range(0..4), 0);
+                        IpNet::new(addr.into(), length)
+                    } else {
+                        let addr =
+                            Ipv6Addr::new(0x2001, 0xdb8, rng.random_range(0..4), 0, 0, 0, 0, 0);
+                        IpNet::new(addr.into(), length + 24)
+                    };
+                    net.unwrap().trunc()
+                })
+                .collect();
+            match round % 3 {
+                0 => prefixes.sort(),
+                1 => {
+                    prefixes.sort();
+                    prefixes.dedup();
+                }
+                _ => prefixes.shuffle(&mut rng),
             }
+            let mut seen = std::collections::HashSet::new();
+            let expected: Vec<IpNet> = prefixes
+                .iter()
+                .copied()
+                .filter(|net| seen.insert(*net))
+                .collect();
+            let mut deduped = prefixes.clone();
+            dedupe(&mut deduped);
+            assert_eq!(deduped, expected, "{prefixes:?}");
+        }
+    }
+
+    #[test]
+    fn a_million_lines() {
+        use std::fmt::Write as _;
+
+        const LINES: u32 = 1_000_000;
+        const V4_HOSTS: u32 = 1 << 17;
+        // IPv6 /64s of 2001:db8::/32 first, then the hosts of 198.18.0.0/15 with a comment:
+        // IPv4 sorts first, so the list is not sorted and `dedupe` takes its slow path.
+        let mut text = String::with_capacity(LINES as usize * 26);
+        for i in 0..LINES - V4_HOSTS {
+            writeln!(text, "2001:db8:{:x}:{:x}::/64", i >> 16, i & 0xffff).unwrap();
+        }
+        let base = u32::from(Ipv4Addr::new(198, 18, 0, 0));
+        for i in 0..V4_HOSTS {
+            writeln!(text, "{}  # host {i}", Ipv4Addr::from(base + i)).unwrap();
         }
         let feed = parse(&text, FeedFormat::Plain);
         assert_eq!(feed.prefixes.len(), LINES as usize);
         assert!(feed.bad_lines.is_empty());
         assert_eq!(feed.host_bits_cleared, 0);
+        assert_eq!(feed.prefixes[0], net("2001:db8::/64"));
+        assert_eq!(feed.prefixes[LINES as usize - 1], net("198.19.255.255/32"));
     }
 }

@@ -313,7 +313,14 @@ const POLICY_OLD: &str = r#"
 cidrs = ["198.51.100.0/24"]
 "#;
 // The same sources blocked through other entries: the /24 disappears and two /25s appear, so a
-// swap that is not atomic would let the flood through between the two.
+// swap that is not atomic would let the flood through between the two. The 20,000 extra hosts
+// make each swap write long enough for a non-atomic one to be caught.
+fn policy_new() -> String {
+    let hosts: Vec<String> = (0..20_000u32)
+        .map(|i| format!("\"198.18.{}.{}\"", i / 256, i % 256))
+        .collect();
+    POLICY_NEW.replace("\"203.0.113.0/24\"", &format!("\"203.0.113.0/24\", {}", hosts.join(", ")))
+}
 const POLICY_NEW: &str = r#"
 [block]
 cidrs = ["198.51.100.0/25", "198.51.100.128/25", "203.0.113.0/24"]
@@ -334,8 +341,9 @@ fn twenty_reloads_under_a_flood_leak_nothing() {
     let before = dirs.stats().get(Action::Drop, Reason::Blocklist).packets;
     let tx_before = lab.client_tx_packets();
     let flood = Flood::start(&lab, &FLOOD_SOURCES);
+    let new = policy_new();
     for round in 0..20 {
-        dirs.write_policy(if round % 2 == 0 { POLICY_NEW } else { POLICY_OLD });
+        dirs.write_policy(if round % 2 == 0 { &new } else { POLICY_OLD });
         let reloaded = dirs.cli_json(&["reload"]);
         assert_eq!(reloaded["policy_version"], round + 2, "{reloaded}");
     }

@@ -1,6 +1,7 @@
-//! `cargo xtask bench`: builds the benchmark binary (`tests/src/bin/apifw-bench.rs`) in release
-//! mode and runs it; it measures the XDP program against an empty one in the same run and
-//! writes `docs/BENCHMARKS.md`.
+//! `cargo xtask bench`: builds the benchmark binary (`tests/src/bin/apifw-bench.rs`) and the
+//! `apifw` binary in release mode and runs the benchmark; it measures the XDP program against an
+//! empty one in the same run, times loading 1M CIDRs into the running daemon next to
+//! `ipset restore` and `nft -f`, and writes `docs/BENCHMARKS.md`.
 
 use std::process::Command;
 
@@ -18,6 +19,8 @@ pub struct Args {
 pub fn run(args: &Args) -> Result<()> {
     root::require_root("bench")?;
     setup::run()?;
+    // The control-plane benchmark measures `ipset restore` and `nft -f` next to apifw.
+    setup::ensure_bench_packages()?;
     cmd::run(Command::new("cargo").current_dir(workspace_root()).args([
         "build",
         "--release",
@@ -25,12 +28,19 @@ pub fn run(args: &Args) -> Result<()> {
         "apifw-tests",
         "--bin",
         "apifw-bench",
+        "-p",
+        "firewall-userspace",
+        "--bin",
+        "apifw",
     ]))
     .context("building the benchmark failed")?;
+    let release = target_dir().join("release");
     let out = workspace_root().join("docs").join("BENCHMARKS.md");
     cmd::run(
-        Command::new(target_dir().join("release").join("apifw-bench"))
+        Command::new(release.join("apifw-bench"))
             .current_dir(workspace_root())
+            // The daemon the control-plane benchmark starts.
+            .env("APIFW_BIN", release.join("apifw"))
             .arg("--out")
             .arg(&out)
             .args(&args.bench_args),

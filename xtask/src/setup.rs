@@ -27,15 +27,24 @@ const REQUIRED_COMMANDS: &[(&str, &str)] = &[
     ("python3", "python3"),
 ];
 
+/// Commands only the benchmark runs (the peers of the control-plane benchmark), and their
+/// Debian packages; `cargo xtask bench` installs them, the tests do not need them.
+pub const BENCH_COMMANDS: &[(&str, &str)] = &[("ipset", "ipset"), ("nft", "nftables")];
+
 /// Where the programs pin their maps and links.
 const BPFFS: &str = "/sys/fs/bpf";
 
 pub fn run() -> Result<()> {
     ensure_nightly()?;
     ensure_bpf_linker()?;
-    ensure_debian_packages()?;
+    ensure_debian_packages(REQUIRED_COMMANDS)?;
     ensure_bpffs()?;
     Ok(())
+}
+
+/// Installs what only `cargo xtask bench` needs ([`BENCH_COMMANDS`]), on top of [`run`].
+pub fn ensure_bench_packages() -> Result<()> {
+    ensure_debian_packages(BENCH_COMMANDS)
 }
 
 /// The eBPF crate needs nightly (`-Z build-std` for `bpfel-unknown-none`) and so rust-src.
@@ -178,12 +187,14 @@ fn libllvm_file_name(names: &[String]) -> Option<&str> {
         .min()
 }
 
-/// Installs the Debian packages of missing commands; only root can, so others get told what.
-fn ensure_debian_packages() -> Result<()> {
-    let packages = missing_packages(|command| which::which(command).is_ok());
+/// Installs the Debian packages of the `commands` (command, package) that are missing; only
+/// root can, so others get told what.
+fn ensure_debian_packages(commands: &[(&str, &'static str)]) -> Result<()> {
+    let present = |command: &str| which::which(command).is_ok();
+    let packages = missing_packages(commands, present);
     if packages.is_empty() {
-        let commands: Vec<_> = REQUIRED_COMMANDS.iter().map(|(c, _)| *c).collect();
-        println!("setup: tools ok ({})", commands.join(", "));
+        let names: Vec<_> = commands.iter().map(|(c, _)| *c).collect();
+        println!("setup: tools ok ({})", names.join(", "));
         return Ok(());
     }
     let packages: Vec<_> = packages.into_iter().collect();
@@ -206,7 +217,7 @@ fn ensure_debian_packages() -> Result<()> {
             .args(&packages)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )?;
-    let still_missing = missing_packages(|command| which::which(command).is_ok());
+    let still_missing = missing_packages(commands, present);
     if !still_missing.is_empty() {
         bail!(
             "installed {} but still missing commands from {}",
@@ -218,9 +229,12 @@ fn ensure_debian_packages() -> Result<()> {
     Ok(())
 }
 
-/// The Debian packages whose commands `present` does not find, each named once.
-fn missing_packages(present: impl Fn(&str) -> bool) -> BTreeSet<&'static str> {
-    REQUIRED_COMMANDS
+/// The Debian packages of the `commands` that `present` does not find, each named once.
+fn missing_packages(
+    commands: &[(&str, &'static str)],
+    present: impl Fn(&str) -> bool,
+) -> BTreeSet<&'static str> {
+    commands
         .iter()
         .filter(|(command, _)| !present(command))
         .map(|(_, package)| *package)
@@ -309,12 +323,15 @@ LLVM version: 22.1.4
 
     #[test]
     fn missing_packages_maps_commands_to_packages() {
-        assert!(missing_packages(|_| true).is_empty());
-        let missing = missing_packages(|command| command != "ip" && command != "bpftool");
+        assert!(missing_packages(REQUIRED_COMMANDS, |_| true).is_empty());
+        let missing =
+            missing_packages(REQUIRED_COMMANDS, |command| command != "ip" && command != "bpftool");
         assert_eq!(
             missing.into_iter().collect::<Vec<_>>(),
             ["bpftool", "iproute2"]
         );
+        let bench = missing_packages(BENCH_COMMANDS, |command| command != "nft");
+        assert_eq!(bench.into_iter().collect::<Vec<_>>(), ["nftables"]);
     }
 
     #[test]
