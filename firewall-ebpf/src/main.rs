@@ -61,7 +61,8 @@ static V6_PREFIXES: HashMap<PrefixV6Key, u32> = HashMap::with_max_entries(1, 0);
 static RULES: Array<RuleConfig> = Array::with_max_entries(generation::COUNT * MAX_RULES, 0);
 
 #[map(name = "APIFW_RULE_MATCH")]
-static RULE_MATCH: HashMap<RuleKey, u32> = HashMap::with_max_entries(generation::COUNT * 4 * MAX_RULES * 64, 0);
+static RULE_MATCH: HashMap<RuleKey, u32> =
+    HashMap::with_max_entries(generation::COUNT * 4 * MAX_RULES * 64, 0);
 
 // Sizes set by the loader from `[limits] max_tracked_sources` / `max_tracked_subnets`.
 #[map(name = "APIFW_SOURCES")]
@@ -146,9 +147,7 @@ fn try_apifw(ctx: &XdpContext, config: &KernelConfig) -> Result<Verdict, Malform
     };
     let flags = match packet.source {
         Source::V4(addr) => prefixes::lookup_v4(addr, config.generation),
-        Source::V6(hi, lo) => {
-            prefixes::lookup_v6(hi, lo, config.v6_short_mask, config.generation)
-        }
+        Source::V6(hi, lo) => prefixes::lookup_v6(hi, lo, config.v6_short_mask, config.generation),
     };
     if flags & FLAG_ALLOW != 0 {
         return Ok(Verdict::new(Action::Pass, Reason::Allowlist));

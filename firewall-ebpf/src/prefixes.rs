@@ -9,7 +9,8 @@ use crate::{V4_PREFIXES, V4_SUMMARY, V6_PREFIXES, V6_SUMMARY};
 /// generation `generation`, or 0.
 #[inline(always)]
 pub fn lookup_v4(addr: u32, generation: u32) -> u32 {
-    let Some(summary) = V4_SUMMARY.get(v4_summary_index(generation, addr >> (32 - V4_SUMMARY_BITS)))
+    let Some(summary) =
+        V4_SUMMARY.get(v4_summary_index(generation, addr >> (32 - V4_SUMMARY_BITS)))
     else {
         return 0;
     };

@@ -307,10 +307,9 @@ impl Client {
                     source,
                 },
             })?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(ClientError::Http)?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(ClientError::Http)?;
         let driver = tokio::spawn(connection);
         let request = Request::builder()
             .method(method)

@@ -97,12 +97,13 @@ fn other_layouts(layout: &PinLayout) -> Vec<PathBuf> {
                 .map(|entry| entry.path())
                 .filter(|path| {
                     path != &current
-                        && path.file_name().and_then(|name| name.to_str()).is_some_and(
-                            |name| {
+                        && path
+                            .file_name()
+                            .and_then(|name| name.to_str())
+                            .is_some_and(|name| {
                                 name.strip_prefix('v')
                                     .is_some_and(|n| n.parse::<u32>().is_ok())
-                            },
-                        )
+                            })
                 })
                 .collect()
         })
@@ -126,14 +127,15 @@ fn remove_foreign_program(interface: &str) -> bool {
     removed
 }
 
-/// Attaches to (or adopts the link of) every configured interface.
+/// Attaches to (or adopts the link of) every configured interface, into `attachments` (which
+/// holds what was attached when an interface fails).
 fn attach_all(
     firewall: &mut Firewall,
     policy: &Policy,
     layout: &PinLayout,
     replace: bool,
-) -> Result<Vec<Attachment>, (Vec<Attachment>, FirewallError)> {
-    let mut attachments = Vec::new();
+    attachments: &mut Vec<Attachment>,
+) -> Result<(), FirewallError> {
     let old_layouts = other_layouts(layout);
     for interface in &policy.interfaces {
         let pin = layout.link(interface);
@@ -162,19 +164,19 @@ fn attach_all(
         let mut result = firewall.attach(interface, policy.xdp_mode, &pin);
         if let Err(FirewallError::Attach { busy: true, .. }) = &result {
             if replace {
-                warn!(interface, "--replace: removing the XDP program already attached");
+                warn!(
+                    interface,
+                    "--replace: removing the XDP program already attached"
+                );
                 remove_foreign_program(interface);
                 result = firewall.attach(interface, policy.xdp_mode, &pin);
             } else if let Err(FirewallError::Attach { reason, .. }) = &mut result {
                 reason.push_str("; pass --replace to replace it");
             }
         }
-        match result {
-            Ok(attachment) => attachments.push(attachment),
-            Err(err) => return Err((attachments, err)),
-        }
+        attachments.push(result?);
     }
-    Ok(attachments)
+    Ok(())
 }
 
 /// Detaches pinned links of interfaces the policy no longer lists, and removes the pins of
@@ -184,7 +186,10 @@ fn tidy_pins(policy: &Policy, layout: &PinLayout) {
         for entry in entries.filter_map(Result::ok) {
             let name = entry.file_name().to_string_lossy().into_owned();
             if !policy.interfaces.contains(&name) {
-                info!(interface = name, "detaching from an interface the policy no longer lists");
+                info!(
+                    interface = name,
+                    "detaching from an interface the policy no longer lists"
+                );
                 let _ = std::fs::remove_file(entry.path());
             }
         }
@@ -293,13 +298,18 @@ pub async fn run(mut policy: Policy, options: RunOptions) -> Result<(), DaemonEr
         audit,
     })
     .map_err(DaemonError::Install)?;
-    match attach_all(&mut engine.firewall, &policy, &layout, options.replace) {
-        Ok(attachments) => engine.attachments = attachments,
-        Err((attachments, err)) => {
-            teardown(attachments, &layout);
-            return Err(err.into());
-        }
+    let mut attachments = Vec::new();
+    if let Err(err) = attach_all(
+        &mut engine.firewall,
+        &policy,
+        &layout,
+        options.replace,
+        &mut attachments,
+    ) {
+        teardown(attachments, &layout);
+        return Err(err.into());
     }
+    engine.attachments = attachments;
     tidy_pins(&policy, &layout);
     let listener = bind_socket(&policy.daemon.run_dir, group)?;
     info!(

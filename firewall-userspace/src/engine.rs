@@ -212,6 +212,15 @@ pub fn parse_targets(targets: &[String]) -> Result<Vec<IpNet>, ApiError> {
     Ok(nets)
 }
 
+/// TTL and comment of runtime entries.
+#[derive(Clone, Debug, Default)]
+pub struct EntryMeta {
+    /// Seconds until the entries lapse (none: never).
+    pub ttl_secs: Option<u64>,
+    /// Free text.
+    pub comment: Option<String>,
+}
+
 /// The running daemon.
 pub struct Engine {
     policy_path: PathBuf,
@@ -313,13 +322,23 @@ impl Engine {
 
     fn block_count(&self) -> usize {
         self.policy.block.len()
-            + self.feeds.block.iter().map(|f| f.prefixes.len()).sum::<usize>()
+            + self
+                .feeds
+                .block
+                .iter()
+                .map(|f| f.prefixes.len())
+                .sum::<usize>()
             + self.runtime.list(ListKind::Block).len()
     }
 
     fn allow_count(&self) -> usize {
         self.policy.allow.len()
-            + self.feeds.allow.iter().map(|f| f.prefixes.len()).sum::<usize>()
+            + self
+                .feeds
+                .allow
+                .iter()
+                .map(|f| f.prefixes.len())
+                .sum::<usize>()
             + self.runtime.list(ListKind::Allow).len()
     }
 
@@ -345,12 +364,11 @@ impl Engine {
         block.extend(feeds.block.iter().flat_map(|f| f.prefixes.iter().copied()));
         block.extend(runtime.cidrs(ListKind::Block));
         let slots = assign_slots(&self.slots, &policy.rules);
-        let mut compiled = Compiled::build(policy, &allow, &block, Some(&slots)).map_err(|err| {
-            ApiError {
+        let mut compiled =
+            Compiled::build(policy, &allow, &block, Some(&slots)).map_err(|err| ApiError {
                 status: 507,
                 message: format!("{err}; nothing was changed"),
-            }
-        })?;
+            })?;
         // Manual bans need the ban check on, and their subnet lengths probed.
         for ban in runtime.bans() {
             compiled.config.flags |= CONFIG_BANS;
@@ -369,9 +387,8 @@ impl Engine {
     /// Validates, persists and installs `next` as the runtime state.
     fn change_runtime(&mut self, next: RuntimeState) -> Result<(), ApiError> {
         let (compiled, slots) = self.compile(&self.policy, &self.feeds, &next)?;
-        next.save(&self.state_path).map_err(|err| {
-            ApiError::internal(format!("{}; nothing was changed", chain(&err)))
-        })?;
+        next.save(&self.state_path)
+            .map_err(|err| ApiError::internal(format!("{}; nothing was changed", chain(&err))))?;
         if let Err(err) = self.firewall.install(&compiled) {
             // Put the old state back on disk so that a restart enforces what the kernel does.
             if let Err(restore) = self.runtime.save(&self.state_path) {
@@ -388,17 +405,16 @@ impl Engine {
         Ok(())
     }
 
-    /// Adds runtime entries to a list.
+    /// Adds runtime entries to a list; `action` and `detail` go to the audit log.
     pub fn list_add(
         &mut self,
         kind: ListKind,
         nets: Vec<IpNet>,
-        ttl_secs: Option<u64>,
-        comment: Option<String>,
+        meta: EntryMeta,
         actor: &str,
-        action: &str,
-        extra: serde_json::Value,
+        (action, extra): (&str, serde_json::Value),
     ) -> Result<Changed, ApiError> {
+        let EntryMeta { ttl_secs, comment } = meta;
         if ttl_secs == Some(0) {
             return Err(ApiError::bad_request("--ttl must be at least 1 second"));
         }
@@ -431,7 +447,12 @@ impl Engine {
                 "updated": changed.updated, "detail": extra,
             }),
         );
-        info!(list = kind.as_str(), count = nets.len(), actor, "runtime entries added");
+        info!(
+            list = kind.as_str(),
+            count = nets.len(),
+            actor,
+            "runtime entries added"
+        );
         Ok(changed)
     }
 
@@ -528,14 +549,15 @@ impl Engine {
                 BAN_SUBNET
             };
             let entry = BanEntry::new(now_ns, ttl_ns, MANUAL_BAN_RULE, kind);
-            map.insert(ban_key(&record.cidr), entry, 0).map_err(|err| ApiError {
-                status: 507,
-                message: format!(
-                    "cannot write the ban of {} into the kernel ({err}); the ban map may be \
+            map.insert(ban_key(&record.cidr), entry, 0)
+                .map_err(|err| ApiError {
+                    status: 507,
+                    message: format!(
+                        "cannot write the ban of {} into the kernel ({err}); the ban map may be \
                      full: raise `limits.max_bans`",
-                    record.cidr
-                ),
-            })?;
+                        record.cidr
+                    ),
+                })?;
         }
         Ok(())
     }
@@ -549,7 +571,9 @@ impl Engine {
         actor: &str,
     ) -> Result<Changed, ApiError> {
         if ttl_secs == 0 {
-            return Err(ApiError::bad_request("a ban needs a TTL of at least 1 second"));
+            return Err(ApiError::bad_request(
+                "a ban needs a TTL of at least 1 second",
+            ));
         }
         let now = unix_now();
         let mut next = self.runtime.clone();
@@ -688,8 +712,7 @@ impl Engine {
                  only; nothing was changed",
             ));
         }
-        if policy.interfaces != self.policy.interfaces || policy.xdp_mode != self.policy.xdp_mode
-        {
+        if policy.interfaces != self.policy.interfaces || policy.xdp_mode != self.policy.xdp_mode {
             warn!("`interfaces` and `xdp_mode` changes take effect on restart");
             policy.interfaces = self.policy.interfaces.clone();
             policy.xdp_mode = self.policy.xdp_mode;
@@ -789,7 +812,11 @@ impl Engine {
                         .map(|entry| entry.cidr.to_string())
                         .collect();
                     if !cidrs.is_empty() {
-                        info!(list = kind.as_str(), count = cidrs.len(), "runtime entries expired");
+                        info!(
+                            list = kind.as_str(),
+                            count = cidrs.len(),
+                            "runtime entries expired"
+                        );
                         self.record(
                             "daemon",
                             &format!("{}.expire", kind.as_str()),

@@ -14,8 +14,8 @@ use aya::{
 use firewall_common::{
     Counter, KernelConfig, generation,
     map_names::{
-        self, ACTIVE, CONFIG, RULE_MATCH, RULE_STATS, RULES, SOURCES, STATS, SUBNETS,
-        V4_PREFIXES, V4_SUMMARY, V6_PREFIXES, V6_SUMMARY,
+        self, ACTIVE, CONFIG, RULE_MATCH, RULE_STATS, RULES, SOURCES, STATS, SUBNETS, V4_PREFIXES,
+        V4_SUMMARY, V6_PREFIXES, V6_SUMMARY,
     },
     prefix::{V4_SUMMARY_ENTRIES, V4Summary, V6Summary, V6SummaryKey, v4_summary_index},
     program_names,
@@ -247,9 +247,7 @@ impl Firewall {
             path: maps_dir.clone(),
             source,
         })?;
-        let adopted = map_names::ALL
-            .iter()
-            .all(|name| layout.map(name).exists());
+        let adopted = map_names::ALL.iter().all(|name| layout.map(name).exists());
         let paths: Vec<(&'static str, PathBuf)> = map_names::ALL
             .iter()
             .map(|name| (*name, layout.map(name)))
@@ -357,7 +355,12 @@ impl Firewall {
         let summary_changes: Vec<(u32, V4Summary)> = match old {
             Some(old) => diff_array(&old.tables.v4_summary, &new.tables.v4_summary),
             None => (0..V4_SUMMARY_ENTRIES)
-                .map(|top| (top, new.tables.v4_summary.get(&top).copied().unwrap_or_default()))
+                .map(|top| {
+                    (
+                        top,
+                        new.tables.v4_summary.get(&top).copied().unwrap_or_default(),
+                    )
+                })
                 .collect(),
         };
         let mut summary: Array<_, V4Summary> =
@@ -392,13 +395,22 @@ impl Firewall {
             |key, generation| key.in_generation(generation),
             |key| u32::from(key.generation),
         )?;
-        let summaries = |tables: &PrefixTables| -> std::collections::HashMap<V6SummaryKey, V6Summary> {
-            tables
-                .v6_summary
-                .iter()
-                .map(|(top, value)| (V6SummaryKey { generation: 0, top: *top }, *value))
-                .collect()
-        };
+        let summaries =
+            |tables: &PrefixTables| -> std::collections::HashMap<V6SummaryKey, V6Summary> {
+                tables
+                    .v6_summary
+                    .iter()
+                    .map(|(top, value)| {
+                        (
+                            V6SummaryKey {
+                                generation: 0,
+                                top: *top,
+                            },
+                            *value,
+                        )
+                    })
+                    .collect()
+            };
         self.write_hash(
             V6_SUMMARY,
             generation,
@@ -623,7 +635,10 @@ impl Firewall {
             })?);
             let _ = std::fs::remove_file(from);
         }
-        info!(interface, "adopted the pinned XDP link; program replaced in place");
+        info!(
+            interface,
+            "adopted the pinned XDP link; program replaced in place"
+        );
         Ok(Attachment {
             interface: interface.to_owned(),
             mode: None,

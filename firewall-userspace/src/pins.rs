@@ -67,7 +67,6 @@ fn shape(map_type: u32, key: u32, value: u32, max_entries: u32) -> String {
 
 /// Inspects the maps pinned under `layout` against what `policy` would create.
 pub fn inspect(policy: &Policy, layout: &PinLayout) -> Pinned {
-    let dir = layout.maps_dir();
     let present: Vec<&'static str> = map_names::ALL
         .iter()
         .copied()
@@ -78,10 +77,7 @@ pub fn inspect(policy: &Policy, layout: &PinLayout) -> Pinned {
     }
     match check(policy, layout) {
         Ok(()) => Pinned::Adoptable,
-        Err(reason) => {
-            let _ = dir;
-            Pinned::Incompatible(reason)
-        }
+        Err(reason) => Pinned::Incompatible(reason),
     }
 }
 

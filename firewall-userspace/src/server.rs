@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 
 use crate::{
     control::{API_PREFIX, BanAdd, ErrorBody, Import, ListAdd, Targets},
-    engine::{ApiError, Engine, parse_targets},
+    engine::{ApiError, Engine, EntryMeta, parse_targets},
     feeds,
     state::ListKind,
 };
@@ -195,16 +195,13 @@ async fn handle(
             let kind = list_kind(list).unwrap_or(ListKind::Block);
             parse::<ListAdd>(&body).and_then(|add| {
                 let nets = parse_targets(&add.cidrs)?;
+                let meta = EntryMeta {
+                    ttl_secs: add.ttl_secs,
+                    comment: add.comment,
+                };
+                let action = format!("{}.add", kind.as_str());
                 engine
-                    .list_add(
-                        kind,
-                        nets,
-                        add.ttl_secs,
-                        add.comment,
-                        &actor,
-                        &format!("{}.add", kind.as_str()),
-                        serde_json::Value::Null,
-                    )
+                    .list_add(kind, nets, meta, &actor, (&action, serde_json::Value::Null))
                     .map(|changed| respond(StatusCode::OK, &changed))
             })
         }
@@ -246,16 +243,12 @@ async fn handle(
                 let detail = serde_json::json!({
                     "file": import.origin, "format": import.format, "skipped_lines": bad.len(),
                 });
+                let meta = EntryMeta {
+                    ttl_secs: import.ttl_secs,
+                    comment: import.comment,
+                };
                 engine
-                    .list_add(
-                        kind,
-                        parsed.prefixes,
-                        import.ttl_secs,
-                        import.comment,
-                        &actor,
-                        "import",
-                        detail,
-                    )
+                    .list_add(kind, parsed.prefixes, meta, &actor, ("import", detail))
                     .map(|mut changed| {
                         changed.skipped = bad;
                         respond(StatusCode::OK, &changed)

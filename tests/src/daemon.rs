@@ -7,8 +7,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use firewall_userspace::stats::Snapshot;
 use firewall_userspace::paths::PinLayout;
+pub use firewall_userspace::stats::Snapshot;
 
 use crate::netns::Netns;
 
@@ -192,8 +192,7 @@ impl Daemon {
                     .stdout
                     .split(|b| *b == b'\n')
                     .any(|line| {
-                        String::from_utf8_lossy(line).trim()
-                            == format!("\"pid\": {},", child.id())
+                        String::from_utf8_lossy(line).trim() == format!("\"pid\": {},", child.id())
                     })
         };
         while !ready(&child) {

@@ -48,11 +48,7 @@ impl Receiver {
                 let mut buf = [0u8; 2048];
                 while !stop.load(Ordering::Relaxed) {
                     if let Ok((_, peer)) = socket.recv_from(&mut buf) {
-                        *counts
-                            .lock()
-                            .expect("counts")
-                            .entry(peer.ip())
-                            .or_insert(0) += 1;
+                        *counts.lock().expect("counts").entry(peer.ip()).or_insert(0) += 1;
                     }
                 }
             })
@@ -186,7 +182,11 @@ fn runtime_changes_take_effect_on_live_traffic_and_are_audited() {
     assert_eq!(added["added"], 1, "{added}");
     let before = dirs.stats().get(Action::Drop, Reason::Blocklist).packets;
     send(&lab, A, 10);
-    assert_eq!(receiver.from(A), 10, "blocked at run time: nothing more arrives");
+    assert_eq!(
+        receiver.from(A),
+        10,
+        "blocked at run time: nothing more arrives"
+    );
     assert_eq!(
         dirs.stats().get(Action::Drop, Reason::Blocklist).packets - before,
         10,
@@ -207,14 +207,24 @@ fn runtime_changes_take_effect_on_live_traffic_and_are_audited() {
     send(&lab, A, 10);
     assert_eq!(receiver.from(A), 20, "unblocked: A passes again");
     let again = dirs.cli(&["block", "del", "198.51.100.10"]);
-    assert_eq!(exit_code(&again), 4, "deleting an absent entry: {}", stderr(&again));
+    assert_eq!(
+        exit_code(&again),
+        4,
+        "deleting an absent entry: {}",
+        stderr(&again)
+    );
 
     // A TTL'd block lapses by itself.
     dirs.cli_json(&["block", "add", "198.51.100.10/32", "--ttl", "2s"]);
     send(&lab, A, 5);
     assert_eq!(receiver.from(A), 20, "blocked for two seconds");
     let deadline = Instant::now() + Duration::from_secs(15);
-    while !dirs.cli_json(&["block", "list"]).as_array().expect("rows").is_empty() {
+    while !dirs
+        .cli_json(&["block", "list"])
+        .as_array()
+        .expect("rows")
+        .is_empty()
+    {
         assert!(Instant::now() < deadline, "the TTL'd entry never expired");
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -223,7 +233,15 @@ fn runtime_changes_take_effect_on_live_traffic_and_are_audited() {
 
     // A ban with a TTL: dropped as banned, listed, then lifted by expiry.
     let banned_before = dirs.stats().get(Action::Drop, Reason::Banned).packets;
-    dirs.cli_json(&["ban", "add", "198.51.100.11", "--ttl", "3s", "--comment", "manual"]);
+    dirs.cli_json(&[
+        "ban",
+        "add",
+        "198.51.100.11",
+        "--ttl",
+        "3s",
+        "--comment",
+        "manual",
+    ]);
     let bans = dirs.cli_json(&["ban", "list"]);
     assert!(
         bans.as_array()
@@ -239,7 +257,12 @@ fn runtime_changes_take_effect_on_live_traffic_and_are_audited() {
         10
     );
     let deadline = Instant::now() + Duration::from_secs(15);
-    while !dirs.cli_json(&["ban", "list"]).as_array().expect("rows").is_empty() {
+    while !dirs
+        .cli_json(&["ban", "list"])
+        .as_array()
+        .expect("rows")
+        .is_empty()
+    {
         assert!(Instant::now() < deadline, "the ban never expired");
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -251,12 +274,21 @@ fn runtime_changes_take_effect_on_live_traffic_and_are_audited() {
     assert_eq!(exit_code(&bad), 1);
     assert!(stderr(&bad).contains("not-an-ip"), "{}", stderr(&bad));
     assert!(
-        dirs.cli_json(&["block", "list"]).as_array().expect("rows").is_empty(),
+        dirs.cli_json(&["block", "list"])
+            .as_array()
+            .expect("rows")
+            .is_empty(),
         "nothing of the refused request was applied"
     );
 
     let actions = audit_actions(&dirs);
-    for expected in ["block.add", "block.del", "block.expire", "ban.add", "ban.expire"] {
+    for expected in [
+        "block.add",
+        "block.del",
+        "block.expire",
+        "ban.add",
+        "ban.expire",
+    ] {
         assert!(
             actions.iter().any(|(_, action)| action == expected),
             "audit log lacks {expected}: {actions:?}"
@@ -289,7 +321,11 @@ fn other_users_are_refused() {
     // The socket is 0600 root: the kernel refuses the connection.
     let refused = as_nobody();
     assert_eq!(exit_code(&refused), 3, "{}", stderr(&refused));
-    assert!(stderr(&refused).contains("permission denied"), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("permission denied"),
+        "{}",
+        stderr(&refused)
+    );
 
     // Even if the socket's mode is loosened, the daemon checks the caller's credentials.
     let socket = dirs.run_dir.join("apifw.sock");
@@ -302,12 +338,18 @@ fn other_users_are_refused() {
         stderr(&refused)
     );
     assert!(
-        dirs.cli_json(&["block", "list"]).as_array().expect("rows").is_empty(),
+        dirs.cli_json(&["block", "list"])
+            .as_array()
+            .expect("rows")
+            .is_empty(),
         "the refused request changed nothing"
     );
 }
 
-const FLOOD_SOURCES: [Ipv4Addr; 2] = [Ipv4Addr::new(198, 51, 100, 10), Ipv4Addr::new(198, 51, 100, 200)];
+const FLOOD_SOURCES: [Ipv4Addr; 2] = [
+    Ipv4Addr::new(198, 51, 100, 10),
+    Ipv4Addr::new(198, 51, 100, 200),
+];
 const POLICY_OLD: &str = r#"
 [block]
 cidrs = ["198.51.100.0/24"]
@@ -319,7 +361,10 @@ fn policy_new() -> String {
     let hosts: Vec<String> = (0..20_000u32)
         .map(|i| format!("\"198.18.{}.{}\"", i / 256, i % 256))
         .collect();
-    POLICY_NEW.replace("\"203.0.113.0/24\"", &format!("\"203.0.113.0/24\", {}", hosts.join(", ")))
+    POLICY_NEW.replace(
+        "\"203.0.113.0/24\"",
+        &format!("\"203.0.113.0/24\", {}", hosts.join(", ")),
+    )
 }
 const POLICY_NEW: &str = r#"
 [block]
@@ -370,9 +415,17 @@ fn twenty_reloads_under_a_flood_leak_nothing() {
     dirs.write_policy("[block]\ncidrs = [\"198.51.100.0/33\"]\n");
     let refused = dirs.cli(&["reload"]);
     assert_eq!(exit_code(&refused), 1);
-    assert!(stderr(&refused).contains("198.51.100.0/33"), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("198.51.100.0/33"),
+        "{}",
+        stderr(&refused)
+    );
     send(&lab, FLOOD_SOURCES[0], 10);
-    assert_eq!(receiver.from(FLOOD_SOURCES[0]), 0, "the old policy still blocks");
+    assert_eq!(
+        receiver.from(FLOOD_SOURCES[0]),
+        0,
+        "the old policy still blocks"
+    );
     let status = dirs.cli_json(&["status"]);
     assert_eq!(status["failed_reloads"], 1, "{status}");
 }
@@ -385,7 +438,15 @@ fn kill_9_under_a_flood_then_restart_leaks_nothing_and_keeps_bans_and_counters()
     let dirs = Dirs::new("k9");
     dirs.write_policy(POLICY_OLD);
     let daemon = Daemon::start(&lab.server, &dirs, &lab.server_if);
-    dirs.cli_json(&["ban", "add", "192.0.2.50", "--ttl", "1h", "--comment", "abuse"]);
+    dirs.cli_json(&[
+        "ban",
+        "add",
+        "192.0.2.50",
+        "--ttl",
+        "1h",
+        "--comment",
+        "abuse",
+    ]);
     let receiver = Receiver::start(&lab);
     let dropped = |stats: &apifw_tests::daemon::Snapshot| {
         stats.get(Action::Drop, Reason::Blocklist).packets
@@ -430,8 +491,11 @@ fn kill_9_under_a_flood_then_restart_leaks_nothing_and_keeps_bans_and_counters()
     assert_eq!(status["interfaces"][0]["mode"], "adopted", "{status}");
     let bans = dirs.cli_json(&["ban", "list"]);
     assert!(
-        bans.as_array().expect("rows").iter().any(|row| row["prefix"] == "192.0.2.50/32"
-            && row["reason"].as_str().unwrap_or("").contains("abuse")),
+        bans.as_array()
+            .expect("rows")
+            .iter()
+            .any(|row| row["prefix"] == "192.0.2.50/32"
+                && row["reason"].as_str().unwrap_or("").contains("abuse")),
         "the ban survived: {bans}"
     );
     drop(restarted);
@@ -447,7 +511,11 @@ fn a_corrupt_state_file_changes_nothing() {
     dirs.cli_json(&["block", "add", "198.51.100.10"]);
     let good = std::fs::read_to_string(dirs.state_file()).expect("state file");
 
-    std::fs::write(dirs.state_file(), "{\n  \"version\": 1,\n  \"block\": [ {\"cidr\": \n").expect("corrupt");
+    std::fs::write(
+        dirs.state_file(),
+        "{\n  \"version\": 1,\n  \"block\": [ {\"cidr\": \n",
+    )
+    .expect("corrupt");
     let refused = dirs.cli(&["reload"]);
     assert_eq!(exit_code(&refused), 1);
     assert!(

@@ -324,8 +324,9 @@ LLVM version: 22.1.4
     #[test]
     fn missing_packages_maps_commands_to_packages() {
         assert!(missing_packages(REQUIRED_COMMANDS, |_| true).is_empty());
-        let missing =
-            missing_packages(REQUIRED_COMMANDS, |command| command != "ip" && command != "bpftool");
+        let missing = missing_packages(REQUIRED_COMMANDS, |command| {
+            command != "ip" && command != "bpftool"
+        });
         assert_eq!(
             missing.into_iter().collect::<Vec<_>>(),
             ["bpftool", "iproute2"]

@@ -92,7 +92,10 @@ pub fn list(kind: ListKind, control: &ControlArgs) -> anyhow::Result<ExitCode> {
     {
         Ok(rows) => {
             print(control.json, &rows, |rows| {
-                let mut out = format!("{:<43} {:<10} {:>10}  COMMENT\n", "CIDR", "ORIGIN", "EXPIRES");
+                let mut out = format!(
+                    "{:<43} {:<10} {:>10}  COMMENT\n",
+                    "CIDR", "ORIGIN", "EXPIRES"
+                );
                 for row in rows {
                     out.push_str(&format!(
                         "{:<43} {:<10} {:>10}  {}\n",

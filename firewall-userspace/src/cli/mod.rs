@@ -76,7 +76,12 @@ impl ControlArgs {
         }
         let run_dir = match (&self.run_dir, &self.config) {
             (Some(dir), _) => dir.clone(),
-            (None, Some(config)) => crate::policy::Loaded::from_file(config)?.policy.daemon.run_dir,
+            (None, Some(config)) => {
+                crate::policy::Loaded::from_file(config)?
+                    .policy
+                    .daemon
+                    .run_dir
+            }
             (None, None) => PathBuf::from(crate::paths::DEFAULT_RUN_DIR),
         };
         Ok(crate::control::Client::new(crate::control::socket_path(

@@ -35,7 +35,10 @@ pub fn execute(args: StatusArgs) -> anyhow::Result<ExitCode> {
                     }
                 );
                 for interface in &status.interfaces {
-                    out.push_str(&format!("interface {} ({})\n", interface.name, interface.mode));
+                    out.push_str(&format!(
+                        "interface {} ({})\n",
+                        interface.name, interface.mode
+                    ));
                 }
                 out.push_str(&format!(
                     "block entries {} ({} runtime), allow entries {} ({} runtime)\n",
