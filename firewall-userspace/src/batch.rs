@@ -634,6 +634,7 @@ mod tests {
 
     /// Prints how long a million updates take; no assertions on time.
     #[test]
+    #[ignore = "a measurement, not a check: run with --release -- --ignored --nocapture"]
     fn measure_one_million() {
         if !root() {
             return;

@@ -566,3 +566,42 @@ fn an_interface_with_a_foreign_program_is_refused_without_replace() {
     );
     drop(first);
 }
+
+#[test]
+fn pins_of_another_layout_are_replaced_without_a_gap() {
+    let lab = VethLab::new("lay", &[A]);
+    let dirs = Dirs::new("lay");
+    dirs.write_policy("[block]\ncidrs = [\"198.51.100.0/24\"]\n");
+    let daemon = Daemon::start(&lab.server, &dirs, &lab.server_if);
+    let _ = daemon.stop(Signal::SIGKILL);
+    // Another map size: the pinned ban map no longer fits this policy.
+    dirs.write_policy("[block]\ncidrs = [\"198.51.100.0/24\"]\n[limits]\nmax_bans = 1000\n");
+    let receiver = Receiver::start(&lab);
+    let tx_before = lab.client_tx_packets();
+    let flood = Flood::start(&lab, &[A]);
+    std::thread::sleep(Duration::from_millis(200));
+    let daemon = Daemon::start(&lab.server, &dirs, &lab.server_if);
+    std::thread::sleep(Duration::from_millis(200));
+    let sent = flood.stop();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(sent > 100 && lab.client_tx_packets() > tx_before);
+    assert_eq!(receiver.from(A), 0, "no gap while the maps were replaced");
+    let status = dirs.cli_json(&["status"]);
+    assert_eq!(status["adopted"], false, "{status}");
+    assert_eq!(
+        status["interfaces"][0]["mode"], "adopted",
+        "the link was taken over: {status}"
+    );
+    let capacity = status["maps"]
+        .as_array()
+        .expect("maps")
+        .iter()
+        .find(|map| map["map"] == "APIFW_BANS")
+        .map(|map| map["capacity"].clone());
+    assert_eq!(capacity, Some(serde_json::json!(1000)), "{status}");
+    let (_, log) = daemon.stop(Signal::SIGTERM);
+    assert!(
+        log.contains("incompatible") && log.contains("APIFW_BANS"),
+        "{log}"
+    );
+}
