@@ -790,8 +790,19 @@ impl Engine {
                 }
             }
         }
+        // Cloned only when something lapsed: the state can hold a million imported entries.
+        let now = unix_now();
+        let lapsed = |at: Option<u64>| at.is_some_and(|at| at <= now);
+        let any_lapsed = [ListKind::Block, ListKind::Allow].iter().any(|kind| {
+            self.runtime
+                .list(*kind)
+                .any(|entry| lapsed(entry.expires_at))
+        }) || self.runtime.bans().any(|ban| lapsed(Some(ban.expires_at)));
+        if !any_lapsed {
+            return;
+        }
         let mut next = self.runtime.clone();
-        let expired = next.expire(unix_now());
+        let expired = next.expire(now);
         if expired.is_empty() {
             return;
         }
