@@ -30,8 +30,8 @@ pub use stats::{Action, Counter, Reason, Verdict};
 /// apart by a generation number in the key or index. The program reads the active generation
 /// from [`map_names::ACTIVE`] once per packet and uses only that generation's entries, so a
 /// packet sees either the whole old policy or the whole new one. Userspace writes the inactive
-/// generation, flips `ACTIVE`, waits for every program run that may still use the old generation
-/// to finish (an RCU grace period), then brings the old generation up to date.
+/// generation, flips `ACTIVE`, and waits for every program run that may still use the old
+/// generation to finish (an RCU grace period) before that generation can be rewritten.
 pub mod generation {
     /// Number of generations.
     pub const COUNT: u32 = 2;

@@ -180,9 +180,9 @@ pub struct Firewall {
     ebpf: Ebpf,
     /// The generation the program reads.
     active: u32,
-    /// What both generations hold, when known (`None` after adopting maps or after a failed
-    /// write: the next swap then rewrites each generation completely).
-    installed: Option<Compiled>,
+    /// What each generation holds, when known (`None` after adopting maps or after a failed
+    /// write: the next write of that generation rewrites it completely).
+    held: [Option<Compiled>; generation::COUNT as usize],
     test_clock_ns: u64,
     barrier: RcuBarrier,
     origin: MapOrigin,
@@ -271,9 +271,9 @@ impl Firewall {
         let mut firewall = Self {
             ebpf,
             active: 0,
-            installed: match origin {
-                MapOrigin::Created => Some(Compiled::default()),
-                MapOrigin::Adopted => None,
+            held: match origin {
+                MapOrigin::Created => [Some(Compiled::default()), Some(Compiled::default())],
+                MapOrigin::Adopted => [None, None],
             },
             test_clock_ns: 0,
             barrier: RcuBarrier::new()?,
@@ -300,27 +300,29 @@ impl Firewall {
         Ok(array.get(&0, 0).map_err(map_err(ACTIVE, "read"))? % generation::COUNT)
     }
 
-    /// Installs `compiled` atomically: writes it into the inactive generation, makes that
-    /// generation active, waits until no packet can still be using the old one, then brings the
-    /// old one up to date. A failure before the flip leaves the running policy untouched.
+    /// Installs `compiled` atomically: writes it into the inactive generation (only what
+    /// differs from what that generation holds), makes that generation active, and waits until
+    /// no packet can still be using the old one, which then stays as it is until it is the target
+    /// of the next install. A failure before the flip leaves the running policy untouched.
     pub fn install(&mut self, compiled: &Compiled) -> Result<(), FirewallError> {
         let next = generation::other(self.active);
-        let installed = self.installed.take();
-        self.write_generation(next, installed.as_ref(), compiled)?;
+        let index = next as usize % self.held.len();
+        let held = self.held[index].take();
+        self.write_generation(next, held.as_ref(), compiled)?;
         let mut active: Array<_, u32> =
             Array::try_from(self.map_mut(ACTIVE)?).map_err(map_err(ACTIVE, "open"))?;
         active.set(0, next, 0).map_err(map_err(ACTIVE, "write"))?;
-        let old = self.active;
         self.active = next;
+        self.held[index] = Some(compiled.clone());
+        // The next install writes the generation that was active until now: no packet may
+        // still be reading it by then.
         self.barrier.wait()?;
-        self.write_generation(old, installed.as_ref(), compiled)?;
-        self.installed = Some(compiled.clone());
         Ok(())
     }
 
-    /// The compiled policy both generations hold, when known.
+    /// The compiled policy the active generation holds, when known.
     pub fn installed(&self) -> Option<&Compiled> {
-        self.installed.as_ref()
+        self.held[self.active as usize % self.held.len()].as_ref()
     }
 
     /// Makes generation `generation` hold `new`, given that it holds `old` (`None`: unknown,

@@ -281,6 +281,15 @@ fn runtime_changes_take_effect_on_live_traffic_and_are_audited() {
         "nothing of the refused request was applied"
     );
 
+    // The daemon sweeps lapsed bans once a second, and audits each sweep.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !audit_actions(&dirs)
+        .iter()
+        .any(|(_, action)| action == "ban.expire")
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let actions = audit_actions(&dirs);
     for expected in [
         "block.add",
