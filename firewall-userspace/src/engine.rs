@@ -15,7 +15,7 @@ use firewall_common::{
 };
 use ipnet::IpNet;
 use serde_json::json;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
     audit::{AuditLog, AuditRecord},
@@ -386,10 +386,20 @@ impl Engine {
 
     /// Validates, persists and installs `next` as the runtime state.
     fn change_runtime(&mut self, next: RuntimeState) -> Result<(), ApiError> {
+        let started = Instant::now();
         let (compiled, slots) = self.compile(&self.policy, &self.feeds, &next)?;
+        let compiled_at = started.elapsed();
         next.save(&self.state_path)
             .map_err(|err| ApiError::internal(format!("{}; nothing was changed", chain(&err))))?;
-        if let Err(err) = self.firewall.install(&compiled) {
+        let saved_at = started.elapsed();
+        let installed = self.firewall.install(&compiled);
+        debug!(
+            compile_ms = compiled_at.as_millis(),
+            persist_ms = (saved_at - compiled_at).as_millis(),
+            install_ms = (started.elapsed() - saved_at).as_millis(),
+            "runtime change applied"
+        );
+        if let Err(err) = installed {
             // Put the old state back on disk so that a restart enforces what the kernel does.
             if let Err(restore) = self.runtime.save(&self.state_path) {
                 error!(err = %chain(&restore), "cannot restore the previous state file");
