@@ -116,10 +116,11 @@ pub struct HashDiff<K, V> {
 }
 
 /// The entries of `new` that differ from `old`, and the keys of `old` that `new` lacks.
-pub fn diff_hash<K, V>(old: &HashMap<K, V>, new: &HashMap<K, V>) -> HashDiff<K, V>
+pub fn diff_hash<K, V, S>(old: &HashMap<K, V, S>, new: &HashMap<K, V, S>) -> HashDiff<K, V>
 where
     K: Copy + Eq + std::hash::Hash,
     V: Copy + PartialEq,
+    S: std::hash::BuildHasher,
 {
     HashDiff {
         upserts: new
@@ -137,9 +138,10 @@ where
 
 /// Array slots whose value differs between `old` and `new` (absent means `V::default()`), with
 /// their new value.
-pub fn diff_array<V>(old: &HashMap<u32, V>, new: &HashMap<u32, V>) -> Vec<(u32, V)>
+pub fn diff_array<V, S>(old: &HashMap<u32, V, S>, new: &HashMap<u32, V, S>) -> Vec<(u32, V)>
 where
     V: Copy + PartialEq + Default,
+    S: std::hash::BuildHasher,
 {
     let mut changed: Vec<(u32, V)> = new
         .iter()

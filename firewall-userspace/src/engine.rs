@@ -25,7 +25,7 @@ use crate::{
     feeds,
     firewall::{Attachment, Firewall, MapOrigin},
     policy::{Feed, Loaded, OnBadLine, Policy, XdpModeSetting},
-    state::{BanRecord, ListEntry, ListKind, RuntimeState, unix_now},
+    state::{BanRecord, ImportRecord, ListEntry, ListKind, RuntimeState, unix_now},
 };
 
 /// A refused or failed control request: an HTTP status and a message for the operator.
@@ -242,6 +242,8 @@ pub struct Engine {
     last_reload_error: Option<String>,
     started: Instant,
     known_bans: HashSet<BanKey>,
+    /// The earliest expiry in `runtime` (unix seconds).
+    next_expiry: Option<u64>,
 }
 
 /// What [`Engine::new`] needs.
@@ -285,11 +287,13 @@ impl Engine {
             last_reload_error: None,
             started: Instant::now(),
             known_bans: HashSet::new(),
+            next_expiry: None,
         };
+        engine.next_expiry = engine.runtime.next_expiry();
         let (compiled, slots) = engine.compile(&engine.policy, &engine.feeds, &engine.runtime)?;
         engine
             .firewall
-            .install(&compiled)
+            .install(compiled)
             .map_err(|err| ApiError::internal(chain(&err)))?;
         engine.commit_slots(&slots);
         engine.policy_version = 1;
@@ -328,7 +332,7 @@ impl Engine {
                 .iter()
                 .map(|f| f.prefixes.len())
                 .sum::<usize>()
-            + self.runtime.list(ListKind::Block).len()
+            + self.runtime.len(ListKind::Block)
     }
 
     fn allow_count(&self) -> usize {
@@ -339,7 +343,7 @@ impl Engine {
                 .iter()
                 .map(|f| f.prefixes.len())
                 .sum::<usize>()
-            + self.runtime.list(ListKind::Allow).len()
+            + self.runtime.len(ListKind::Allow)
     }
 
     /// Appends to the audit log; a failing log is reported but does not undo the change.
@@ -389,30 +393,69 @@ impl Engine {
         let started = Instant::now();
         let (compiled, slots) = self.compile(&self.policy, &self.feeds, &next)?;
         let compiled_at = started.elapsed();
-        next.save(&self.state_path)
-            .map_err(|err| ApiError::internal(format!("{}; nothing was changed", chain(&err))))?;
-        let saved_at = started.elapsed();
-        let installed = self.firewall.install(&compiled);
+        // Persisting and installing are independent until both are done, so they overlap: the
+        // state file is written on a second thread while the kernel maps are. If either fails,
+        // the other is undone: the old state file is written back, or the old policy installed
+        // again (its generation is still intact, so that is cheap).
+        let state_path = self.state_path.clone();
+        let (saved, installed) = std::thread::scope(|scope| {
+            let saver = scope.spawn(|| next.save(&state_path));
+            let installed = self.firewall.install(compiled);
+            let saved = saver.join().unwrap_or_else(|_| {
+                Err(crate::state::StateError::Write {
+                    path: state_path.clone(),
+                    step: "write (thread panicked)",
+                    source: std::io::Error::other("the state writer panicked"),
+                })
+            });
+            (saved, installed)
+        });
         debug!(
             compile_ms = compiled_at.as_millis(),
-            persist_ms = (saved_at - compiled_at).as_millis(),
-            install_ms = (started.elapsed() - saved_at).as_millis(),
+            persist_and_install_ms = (started.elapsed() - compiled_at).as_millis(),
             "runtime change applied"
         );
-        if let Err(err) = installed {
-            // Put the old state back on disk so that a restart enforces what the kernel does.
-            if let Err(restore) = self.runtime.save(&self.state_path) {
-                error!(err = %chain(&restore), "cannot restore the previous state file");
+        match (saved, installed) {
+            (Ok(()), Ok(())) => {}
+            (Err(err), installed) => {
+                if installed.is_ok() {
+                    self.reinstall_current();
+                }
+                return Err(ApiError::internal(format!(
+                    "{}; nothing was changed",
+                    chain(&err)
+                )));
             }
-            return Err(ApiError::internal(format!(
-                "{}; the previous policy stays in force",
-                chain(&err)
-            )));
+            (Ok(()), Err(err)) => {
+                // Put the old state back on disk so that a restart enforces what the kernel does.
+                if let Err(restore) = self.runtime.save(&self.state_path) {
+                    error!(err = %chain(&restore), "cannot restore the previous state file");
+                }
+                return Err(ApiError::internal(format!(
+                    "{}; the previous policy stays in force",
+                    chain(&err)
+                )));
+            }
         }
         self.commit_slots(&slots);
         self.runtime = next;
+        self.next_expiry = self.runtime.next_expiry();
         self.policy_version += 1;
         Ok(())
+    }
+
+    /// Installs the policy as it was before a change that could not be persisted.
+    fn reinstall_current(&mut self) {
+        let restored = self
+            .compile(&self.policy, &self.feeds, &self.runtime)
+            .and_then(|(compiled, _)| {
+                self.firewall
+                    .install(compiled)
+                    .map_err(|err| ApiError::internal(chain(&err)))
+            });
+        if let Err(err) = restored {
+            error!(error = %err.message, "cannot reinstall the previous policy");
+        }
     }
 
     /// Adds runtime entries to a list; `action` and `detail` go to the audit log.
@@ -466,6 +509,47 @@ impl Engine {
         Ok(changed)
     }
 
+    /// Adds the CIDRs of a list file as one import.
+    pub fn import(
+        &mut self,
+        kind: ListKind,
+        origin: &str,
+        nets: Vec<IpNet>,
+        meta: EntryMeta,
+        actor: &str,
+        detail: serde_json::Value,
+    ) -> Result<Changed, ApiError> {
+        if meta.ttl_secs == Some(0) {
+            return Err(ApiError::bad_request("--ttl must be at least 1 second"));
+        }
+        let now = unix_now();
+        let count = nets.len();
+        let mut next = self.runtime.clone();
+        let id = next.add_import(ImportRecord {
+            id: 0,
+            list: kind,
+            origin: origin.to_owned(),
+            cidrs: nets,
+            expires_at: meta.ttl_secs.map(|ttl| now.saturating_add(ttl)),
+            comment: meta.comment.clone(),
+            added_at: now,
+            added_by: actor.to_owned(),
+        });
+        self.change_runtime(next)?;
+        self.record(
+            actor,
+            "import",
+            json!({"list": kind.as_str(), "origin": origin, "import_id": id, "count": count,
+                   "ttl_secs": meta.ttl_secs, "comment": meta.comment, "detail": detail}),
+        );
+        info!(list = kind.as_str(), origin, count, actor, "list imported");
+        Ok(Changed {
+            added: count,
+            policy_version: self.policy_version,
+            ..Changed::default()
+        })
+    }
+
     /// Removes runtime entries from a list. Entries from the policy file or a feed cannot be
     /// removed at run time (edit the file and reload).
     pub fn list_del(
@@ -477,7 +561,9 @@ impl Engine {
         let mut next = self.runtime.clone();
         let mut changed = Changed::default();
         for net in &nets {
-            if next.remove(kind, net).is_some() {
+            let entry = next.remove(kind, net).is_some();
+            let imported = next.remove_imported(kind, net) > 0;
+            if entry || imported {
                 changed.removed += 1;
             } else {
                 let from_file = match kind {
@@ -528,6 +614,15 @@ impl Engine {
                 expires_in_secs: None,
                 comment: None,
                 added_by: None,
+            }));
+        }
+        for import in self.runtime.imports().iter().filter(|i| i.list == kind) {
+            rows.extend(import.cidrs.iter().map(|cidr| ListRow {
+                cidr: *cidr,
+                origin: format!("import:{}", import.origin),
+                expires_in_secs: import.expires_at.map(|at| at.saturating_sub(now)),
+                comment: import.comment.clone(),
+                added_by: Some(import.added_by.clone()),
             }));
         }
         rows.extend(self.runtime.list(kind).map(|entry| ListRow {
@@ -733,7 +828,7 @@ impl Engine {
         let runtime = RuntimeState::load(&self.state_path)
             .map_err(|err| ApiError::bad_request(chain(&err)))?;
         let (compiled, slots) = self.compile(&policy, &feeds, &runtime)?;
-        self.firewall.install(&compiled).map_err(|err| {
+        self.firewall.install(compiled).map_err(|err| {
             ApiError::internal(format!(
                 "{}; the previous policy stays in force",
                 chain(&err)
@@ -742,6 +837,7 @@ impl Engine {
         self.policy = policy;
         self.feeds = feeds;
         self.runtime = runtime;
+        self.next_expiry = self.runtime.next_expiry();
         self.commit_slots(&slots);
         self.policy_version += 1;
         Ok(Changed {
@@ -800,28 +896,28 @@ impl Engine {
                 }
             }
         }
-        // Cloned only when something lapsed: the state can hold a million imported entries.
+        // Nothing to do before the earliest expiry (kept current by every change), so an idle
+        // daemon does not scan a million imported entries every second.
         let now = unix_now();
-        let lapsed = |at: Option<u64>| at.is_some_and(|at| at <= now);
-        let any_lapsed = [ListKind::Block, ListKind::Allow].iter().any(|kind| {
-            self.runtime
-                .list(*kind)
-                .any(|entry| lapsed(entry.expires_at))
-        }) || self.runtime.bans().any(|ban| lapsed(Some(ban.expires_at)));
-        if !any_lapsed {
+        if self.next_expiry.is_none_or(|at| at > now) {
             return;
         }
         let mut next = self.runtime.clone();
         let expired = next.expire(now);
         if expired.is_empty() {
+            self.next_expiry = self.runtime.next_expiry();
             return;
         }
-        let lists_changed = !expired.block.is_empty() || !expired.allow.is_empty();
+        let lists_changed =
+            !expired.block.is_empty() || !expired.allow.is_empty() || !expired.imports.is_empty();
         let result = if lists_changed {
             self.change_runtime(next)
         } else {
             next.save(&self.state_path)
-                .map(|()| self.runtime = next)
+                .map(|()| {
+                    self.runtime = next;
+                    self.next_expiry = self.runtime.next_expiry();
+                })
                 .map_err(|err| ApiError::internal(chain(&err)))
         };
         match result {
@@ -848,6 +944,18 @@ impl Engine {
             }
             Err(err) => error!(error = %err.message, "cannot expire runtime entries"),
         }
+        for import in &expired.imports {
+            info!(
+                origin = import.origin,
+                count = import.cidrs.len(),
+                "import expired"
+            );
+            self.record(
+                "daemon",
+                &format!("{}.expire", import.list.as_str()),
+                json!({"import": import.origin, "count": import.cidrs.len()}),
+            );
+        }
     }
 
     /// `apifw status`.
@@ -871,8 +979,8 @@ impl Engine {
             maps,
             block_entries: self.block_count(),
             allow_entries: self.allow_count(),
-            runtime_block: self.runtime.list(ListKind::Block).len(),
-            runtime_allow: self.runtime.list(ListKind::Allow).len(),
+            runtime_block: self.runtime.len(ListKind::Block),
+            runtime_allow: self.runtime.len(ListKind::Allow),
             reloads: self.reloads,
             failed_reloads: self.failed_reloads,
             last_reload_error: self.last_reload_error.clone(),

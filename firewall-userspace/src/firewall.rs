@@ -234,7 +234,7 @@ impl Firewall {
             .load(EBPF_OBJECT)
             .map_err(|err| FirewallError::Load(Box::new(err)))?;
         let mut firewall = Self::new(ebpf, MapOrigin::Created)?;
-        firewall.install(&compiled)?;
+        firewall.install(compiled)?;
         Ok(firewall)
     }
 
@@ -304,16 +304,16 @@ impl Firewall {
     /// differs from what that generation holds), makes that generation active, and waits until
     /// no packet can still be using the old one, which then stays as it is until it is the target
     /// of the next install. A failure before the flip leaves the running policy untouched.
-    pub fn install(&mut self, compiled: &Compiled) -> Result<(), FirewallError> {
+    pub fn install(&mut self, compiled: Compiled) -> Result<(), FirewallError> {
         let next = generation::other(self.active);
         let index = next as usize % self.held.len();
         let held = self.held[index].take();
-        self.write_generation(next, held.as_ref(), compiled)?;
+        self.write_generation(next, held.as_ref(), &compiled)?;
         let mut active: Array<_, u32> =
             Array::try_from(self.map_mut(ACTIVE)?).map_err(map_err(ACTIVE, "open"))?;
         active.set(0, next, 0).map_err(map_err(ACTIVE, "write"))?;
         self.active = next;
-        self.held[index] = Some(compiled.clone());
+        self.held[index] = Some(compiled);
         // The next install writes the generation that was active until now: no packet may
         // still be reading it by then.
         self.barrier.wait()?;
@@ -437,18 +437,19 @@ impl Firewall {
     /// Makes the generation-`generation` entries of the hash `name` equal `new` (keys stored
     /// generation-less in userspace), given they equal `old` (`None`: unknown, so every entry of
     /// that generation is deleted first).
-    fn write_hash<K, V>(
+    fn write_hash<K, V, S>(
         &mut self,
         name: &'static str,
         generation: u32,
-        old: Option<&std::collections::HashMap<K, V>>,
-        new: &std::collections::HashMap<K, V>,
+        old: Option<&std::collections::HashMap<K, V, S>>,
+        new: &std::collections::HashMap<K, V, S>,
         with_generation: impl Fn(K, u32) -> K,
         generation_of: impl Fn(&K) -> u32,
     ) -> Result<(), FirewallError>
     where
         K: aya::Pod + Eq + std::hash::Hash,
         V: aya::Pod + PartialEq,
+        S: std::hash::BuildHasher,
     {
         let map = self.map_mut(name)?;
         let (upserts, deletes) = match old {

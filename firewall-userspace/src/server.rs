@@ -248,7 +248,7 @@ async fn handle(
                     comment: import.comment,
                 };
                 engine
-                    .list_add(kind, parsed.prefixes, meta, &actor, ("import", detail))
+                    .import(kind, &import.origin, parsed.prefixes, meta, &actor, detail)
                     .map(|mut changed| {
                         changed.skipped = bad;
                         respond(StatusCode::OK, &changed)

@@ -167,6 +167,46 @@ pub struct BanRecord {
     pub added_by: String,
 }
 
+/// A list file imported at run time (`apifw block import`): its entries share one origin,
+/// expiry, comment and author, so a million of them cost a million CIDRs, not a million records.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportRecord {
+    /// Number of the import, unique within the state.
+    pub id: u64,
+    /// The list the entries belong to.
+    pub list: ListKind,
+    /// The file it came from.
+    pub origin: String,
+    /// The CIDRs, host bits cleared, sorted, without duplicates.
+    pub cidrs: Vec<IpNet>,
+    /// When the import lapses, in unix seconds; `None` keeps it until it is removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    /// Why it was imported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    /// When it was imported, in unix seconds.
+    pub added_at: u64,
+    /// Who imported it.
+    pub added_by: String,
+}
+
+impl ImportRecord {
+    fn expired(&self, now_unix: u64) -> bool {
+        self.expires_at.is_some_and(|at| at <= now_unix)
+    }
+
+    /// Clears host bits, sorts and removes duplicates.
+    fn normalize(&mut self) {
+        for cidr in &mut self.cidrs {
+            *cidr = cidr.trunc();
+        }
+        self.cidrs.sort_unstable();
+        self.cidrs.dedup();
+    }
+}
+
 /// A CIDR as the policy takes it: `ADDR/LEN`, or a bare address for its host prefix, which an
 /// operator editing the file by hand may well write.
 fn deserialize_cidr<'de, D: Deserializer<'de>>(deserializer: D) -> Result<IpNet, D::Error> {
@@ -239,6 +279,8 @@ struct RawState {
     allow: Vec<ListEntry>,
     #[serde(default)]
     bans: Vec<BanRecord>,
+    #[serde(default)]
+    imports: Vec<ImportRecord>,
 }
 
 /// Only the version, read first: a newer format may differ in every other field, and its
@@ -260,6 +302,8 @@ pub struct RuntimeState {
     allow: Records<ListEntry>,
     #[serde(serialize_with = "serialize_values")]
     bans: Records<BanRecord>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    imports: Vec<ImportRecord>,
 }
 
 impl Default for RuntimeState {
@@ -270,6 +314,7 @@ impl Default for RuntimeState {
             block: Records::new(),
             allow: Records::new(),
             bans: Records::new(),
+            imports: Vec::new(),
         }
     }
 }
@@ -296,6 +341,10 @@ impl TryFrom<RawState> for RuntimeState {
         for ban in raw.bans {
             upsert_record(&mut state.bans, ban);
         }
+        for mut import in raw.imports {
+            import.normalize();
+            state.imports.push(import);
+        }
         Ok(state)
     }
 }
@@ -309,12 +358,17 @@ pub struct Expired {
     pub allow: Vec<ListEntry>,
     /// Lapsed bans, sorted by CIDR.
     pub bans: Vec<BanRecord>,
+    /// Lapsed imports.
+    pub imports: Vec<ImportRecord>,
 }
 
 impl Expired {
     /// Whether nothing lapsed.
     pub fn is_empty(&self) -> bool {
-        self.block.is_empty() && self.allow.is_empty() && self.bans.is_empty()
+        self.block.is_empty()
+            && self.allow.is_empty()
+            && self.bans.is_empty()
+            && self.imports.is_empty()
     }
 
     /// The lapsed entries of one list.
@@ -398,9 +452,66 @@ impl RuntimeState {
         self.records_mut(kind).remove(&cidr.trunc())
     }
 
-    /// The CIDRs of one list, sorted.
-    pub fn cidrs(&self, kind: ListKind) -> impl ExactSizeIterator<Item = IpNet> + '_ {
-        self.records(kind).keys().copied()
+    /// Removes `cidr` (host bits ignored) from every import of a list; returns how many imports
+    /// held it. An import left empty is dropped.
+    pub fn remove_imported(&mut self, kind: ListKind, cidr: &IpNet) -> usize {
+        let cidr = cidr.trunc();
+        let mut removed = 0;
+        for import in self.imports.iter_mut().filter(|import| import.list == kind) {
+            if let Ok(at) = import.cidrs.binary_search(&cidr) {
+                import.cidrs.remove(at);
+                removed += 1;
+            }
+        }
+        self.imports.retain(|import| !import.cidrs.is_empty());
+        removed
+    }
+
+    /// Adds an import (its CIDRs are normalized); returns its id.
+    pub fn add_import(&mut self, mut import: ImportRecord) -> u64 {
+        import.normalize();
+        import.id = self.imports.iter().map(|i| i.id + 1).max().unwrap_or(1);
+        let id = import.id;
+        self.imports.push(import);
+        id
+    }
+
+    /// The imports, oldest first.
+    pub fn imports(&self) -> &[ImportRecord] {
+        &self.imports
+    }
+
+    /// The CIDRs of one list: its entries, then those of its imports (which may repeat them).
+    pub fn cidrs(&self, kind: ListKind) -> impl Iterator<Item = IpNet> + '_ {
+        self.records(kind).keys().copied().chain(
+            self.imports
+                .iter()
+                .filter(move |import| import.list == kind)
+                .flat_map(|import| import.cidrs.iter().copied()),
+        )
+    }
+
+    /// How many CIDRs a list holds, counting imported ones (an imported CIDR also listed
+    /// elsewhere counts twice).
+    pub fn len(&self, kind: ListKind) -> usize {
+        self.records(kind).len()
+            + self
+                .imports
+                .iter()
+                .filter(|import| import.list == kind)
+                .map(|import| import.cidrs.len())
+                .sum::<usize>()
+    }
+
+    /// The earliest expiry of any entry, import or ban, in unix seconds.
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.block
+            .values()
+            .chain(self.allow.values())
+            .filter_map(|entry| entry.expires_at)
+            .chain(self.bans.values().map(|ban| ban.expires_at))
+            .chain(self.imports.iter().filter_map(|import| import.expires_at))
+            .min()
     }
 
     /// The manual bans, sorted by CIDR.
@@ -426,16 +537,24 @@ impl RuntimeState {
 
     /// Removes and returns every entry and ban whose `expires_at` is at or before `now_unix`.
     pub fn expire(&mut self, now_unix: u64) -> Expired {
+        let imports = self
+            .imports
+            .extract_if(.., |import| import.expired(now_unix))
+            .collect();
         Expired {
             block: expire_records(&mut self.block, now_unix),
             allow: expire_records(&mut self.allow, now_unix),
             bans: expire_records(&mut self.bans, now_unix),
+            imports,
         }
     }
 
-    /// Whether there are no entries and no bans.
+    /// Whether there are no entries, imports and bans.
     pub fn is_empty(&self) -> bool {
-        self.block.is_empty() && self.allow.is_empty() && self.bans.is_empty()
+        self.block.is_empty()
+            && self.allow.is_empty()
+            && self.bans.is_empty()
+            && self.imports.is_empty()
     }
 
     fn records(&self, kind: ListKind) -> &Records<ListEntry> {
@@ -1120,5 +1239,58 @@ mod tests {
     #[test]
     fn unix_now_is_after_2023() {
         assert!(unix_now() > 1_700_000_000);
+    }
+
+    #[test]
+    fn imports_round_trip_shrink_and_lapse() {
+        let dir = std::env::temp_dir().join(format!("apifw-state-import-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("p.state.json");
+        let net = |s: &str| s.parse::<IpNet>().expect("cidr");
+        let mut state = RuntimeState::default();
+        let id = state.add_import(ImportRecord {
+            id: 0,
+            list: ListKind::Block,
+            origin: "drop.txt".into(),
+            cidrs: vec![
+                net("198.51.100.7/24"),
+                net("192.0.2.1/32"),
+                net("198.51.100.0/24"),
+            ],
+            expires_at: Some(100),
+            comment: None,
+            added_at: 1,
+            added_by: "uid 0".into(),
+        });
+        assert_eq!(id, 1);
+        assert_eq!(
+            state.len(ListKind::Block),
+            2,
+            "host bits cleared, duplicate dropped"
+        );
+        assert_eq!(state.len(ListKind::Allow), 0);
+        assert_eq!(state.next_expiry(), Some(100));
+        state.save(&path).expect("save");
+        assert_eq!(RuntimeState::load(&path).expect("load"), state);
+        let mut cidrs: Vec<IpNet> = state.cidrs(ListKind::Block).collect();
+        cidrs.sort_unstable();
+        assert_eq!(cidrs, vec![net("192.0.2.1/32"), net("198.51.100.0/24")]);
+        assert_eq!(
+            state.remove_imported(ListKind::Block, &net("198.51.100.9/24")),
+            1
+        );
+        assert_eq!(
+            state.remove_imported(ListKind::Allow, &net("192.0.2.1/32")),
+            0
+        );
+        assert_eq!(state.len(ListKind::Block), 1);
+        let expired = state.expire(100);
+        assert_eq!(expired.imports.len(), 1);
+        assert!(state.is_empty());
+        assert_eq!(
+            state.remove_imported(ListKind::Block, &net("192.0.2.1/32")),
+            0
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

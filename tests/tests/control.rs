@@ -614,3 +614,97 @@ fn pins_of_another_layout_are_replaced_without_a_gap() {
         "{log}"
     );
 }
+
+#[test]
+fn imports_and_feeds_block_live_traffic_and_bad_lines_are_reported() {
+    const C: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 9);
+    let lab = VethLab::new("imp", &[A, B, C]);
+    let dirs = Dirs::new("imp");
+    let feed = dirs.run_dir.join("drop.txt");
+    std::fs::write(&feed, "; Spamhaus DROP excerpt\n203.0.113.0/24 ; SBL1\n").expect("feed");
+    let policy = "[block]\nfeeds = [{ path = \"drop.txt\", format = \"spamhaus\" }]\n";
+    dirs.write_policy(policy);
+    let _daemon = Daemon::start(&lab.server, &dirs, &lab.server_if);
+    let receiver = Receiver::start(&lab);
+    send(&lab, C, 5);
+    assert_eq!(receiver.from(C), 0, "the feed blocks 203.0.113.0/24");
+
+    // An import with a bad line is refused whole, naming file and line.
+    let list = dirs.run_dir.join("import.netset");
+    std::fs::write(
+        &list,
+        "# FireHOL style\n198.51.100.10\nnot-a-cidr\n198.51.100.11/32\n",
+    )
+    .expect("list");
+    let list_arg = list.to_str().expect("utf-8");
+    let refused = dirs.cli(&["block", "import", list_arg, "--format", "firehol"]);
+    assert_eq!(exit_code(&refused), 1);
+    assert!(
+        stderr(&refused).contains(&format!("{list_arg}:3")),
+        "{}",
+        stderr(&refused)
+    );
+    send(&lab, A, 5);
+    assert_eq!(receiver.from(A), 5, "nothing was imported");
+
+    let imported = dirs.cli_json(&[
+        "block",
+        "import",
+        list_arg,
+        "--format",
+        "firehol",
+        "--skip-bad-lines",
+    ]);
+    assert_eq!(imported["added"], 2, "{imported}");
+    assert_eq!(imported["skipped"].as_array().map(Vec::len), Some(1));
+    send(&lab, A, 5);
+    send(&lab, B, 5);
+    assert_eq!(
+        (receiver.from(A), receiver.from(B)),
+        (5, 0),
+        "both imported sources blocked"
+    );
+    let rows = dirs.cli_json(&["block", "list"]);
+    let origins: Vec<&str> = rows
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter_map(|row| row["origin"].as_str())
+        .collect();
+    assert!(origins.iter().any(|o| o.starts_with("feed:")), "{rows}");
+    assert_eq!(
+        origins.iter().filter(|o| o.starts_with("import:")).count(),
+        2,
+        "{rows}"
+    );
+
+    // One imported entry can be deleted on its own.
+    dirs.cli_json(&["block", "del", "198.51.100.10"]);
+    send(&lab, A, 5);
+    assert_eq!(receiver.from(A), 10, "deleted from the import");
+
+    // A bad line in a feed rejects the reload (default), or is skipped when the feed says so.
+    std::fs::write(&feed, "203.0.113.0/24 ; SBL1\n198.51.100.11/33 ; SBL2\n").expect("feed");
+    let refused = dirs.cli(&["reload"]);
+    assert_eq!(exit_code(&refused), 1);
+    assert!(
+        stderr(&refused).contains("drop.txt:2"),
+        "{}",
+        stderr(&refused)
+    );
+    dirs.write_policy(&policy.replace("}]", ", on_bad_line = \"skip\" }]"));
+    dirs.cli_json(&["reload"]);
+    send(&lab, C, 5);
+    assert_eq!(
+        receiver.from(C),
+        0,
+        "the feed still blocks after the reload"
+    );
+    let actions = audit_actions(&dirs);
+    for expected in ["import", "reload.failed", "reload", "block.del"] {
+        assert!(
+            actions.iter().any(|(_, action)| action == expected),
+            "audit log lacks {expected}: {actions:?}"
+        );
+    }
+}
