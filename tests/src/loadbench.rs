@@ -778,8 +778,9 @@ impl LoadReport {
             "- **apifw**: a fresh daemon (`apifw run`, XDP in skb mode on a veth, \
              `limits.max_v4_prefixes = {}`) is attached and idle; timed is `apifw block import \
              FILE --format plain`: the CLI sends the file over the control socket, the daemon \
-             parses it, compiles the prefix tables, saves its state file and writes both policy \
-             generations into the kernel maps (flip behind the RCU barrier) before it answers.",
+             parses it, compiles the prefix tables, and, in parallel, saves its state file and \
+             writes the inactive policy generation into the kernel maps, then flips to it behind \
+             the RCU barrier before it answers.",
             files_capacity(entries)
         )?;
         writeln!(
