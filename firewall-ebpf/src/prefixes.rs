@@ -33,7 +33,7 @@ pub fn lookup_v6(hi: u64, lo: u64, short_mask: u64, generation: u32) -> u32 {
     };
     // A plain value and a flag rather than an `Option<V6Summary>`: LLVM may spill the undefined
     // payload of a `None`, which the verifier rejects.
-    let (summary, has_summary) = match V6_SUMMARY.get_ptr(&top) {
+    let (summary, has_summary) = match V6_SUMMARY.get_ptr(top) {
         // SAFETY: pointer from a successful lookup; the value is plain integers, so a torn read
         // during an update gives a stale but valid summary.
         Some(summary) => (unsafe { *summary }, true),
