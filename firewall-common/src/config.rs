@@ -27,6 +27,9 @@ pub struct KernelConfig {
     pub ban_v4_lengths: u64,
     /// Bit `L` (word `L / 64`) set when subnet bans of IPv6 length `L` (0..=127) can exist.
     pub ban_v6_lengths: [u64; 2],
+    /// Drop events each CPU may emit: a bucket per CPU whose rates add up to the configured
+    /// events per second. Unlimited (interval 0) never happens: [`CONFIG_EVENTS`] off instead.
+    pub events: crate::ratelimit::Bucket,
 }
 
 /// A rule matches some `(protocol, port)`.
@@ -40,6 +43,10 @@ pub const RULES_FOR_ANY: u32 = 4;
 pub const CONFIG_DRY_RUN: u32 = 1;
 /// Bans can exist: the program checks the ban map.
 pub const CONFIG_BANS: u32 = 2;
+/// Dropped packets are reported through the event ring buffer (rate-limited by `events`).
+pub const CONFIG_EVENTS: u32 = 4;
+/// The program writes debug logs (aya-log) for its decisions.
+pub const CONFIG_DEBUG_LOG: u32 = 8;
 
 impl KernelConfig {
     /// The configuration of a firewall with empty lists.
@@ -53,6 +60,7 @@ impl KernelConfig {
             generation: 0,
             ban_v4_lengths: 0,
             ban_v6_lengths: [0; 2],
+            events: crate::ratelimit::Bucket::UNLIMITED,
         }
     }
 

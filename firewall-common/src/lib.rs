@@ -9,6 +9,7 @@
 extern crate std;
 
 pub mod config;
+pub mod events;
 pub mod packet;
 pub mod prefix;
 pub mod ratelimit;
@@ -76,9 +77,17 @@ pub mod map_names {
     pub const BANS: &str = "APIFW_BANS";
     /// `LruHashMap<TrackKey, EscalationState>`: banned sources per (rule, subnet).
     pub const ESCALATION: &str = "APIFW_ESCALATION";
+    /// `Array<u32>` indexed by ifindex: the interface's counter slot (0: none).
+    pub const IFACES: &str = "APIFW_IFACES";
+    /// `RingBuf` of [`crate::events::DropEvent`]s.
+    pub const EVENTS: &str = "APIFW_EVENTS";
+    /// `PerCpuArray<u64>`: the event limiter's TAT (ticks) on each CPU.
+    pub const EVENT_TAT: &str = "APIFW_EVENT_TAT";
+    /// `PerCpuArray<u64>`: events emitted, suppressed, lost ([`crate::events`]).
+    pub const EVENT_STATS: &str = "APIFW_EVENT_STATS";
 
     /// Every map the daemon pins.
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 19] = [
         ACTIVE,
         CONFIG,
         STATS,
@@ -94,6 +103,10 @@ pub mod map_names {
         BANS,
         ESCALATION,
         CANDIDATES,
+        IFACES,
+        EVENTS,
+        EVENT_TAT,
+        EVENT_STATS,
     ];
 }
 

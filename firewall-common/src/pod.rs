@@ -5,6 +5,7 @@ use crate::{
     prefix::{PrefixV4Key, PrefixV6Key, V4Summary, V6Summary, V6SummaryKey},
     rules::{BanEntry, BanKey, EscalationState, RuleConfig, RuleKey, TrackKey, TrackState},
     stats::Counter,
+    events::DropEvent,
 };
 
 // SAFETY: every type below is #[repr(C)], made only of integers and integer arrays, with all
@@ -36,3 +37,5 @@ unsafe impl aya::Pod for BanKey {}
 unsafe impl aya::Pod for BanEntry {}
 // SAFETY: see above.
 unsafe impl aya::Pod for EscalationState {}
+// SAFETY: see above.
+unsafe impl aya::Pod for DropEvent {}

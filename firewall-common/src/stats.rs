@@ -110,12 +110,25 @@ impl Reason {
 
 /// Room for reasons per action. Fixed so that adding a reason never changes the map layout.
 pub const REASON_SLOTS: u32 = 32;
+/// Counters per interface slot: one per `(action, reason)`.
+pub const SLOT_ENTRIES: u32 = 2 * REASON_SLOTS;
+/// Interface slots: the daemon gives each protected interface one (1..); slot 0 counts packets
+/// of interfaces without a slot (and `BPF_PROG_TEST_RUN`).
+pub const INTERFACE_SLOTS: u32 = 16;
 /// Number of slots in the statistics map.
-pub const STATS_ENTRIES: u32 = 2 * REASON_SLOTS;
+pub const STATS_ENTRIES: u32 = INTERFACE_SLOTS * SLOT_ENTRIES;
+/// Entries of the ifindex → slot array: interfaces with a larger ifindex count in slot 0.
+pub const IFINDEX_ENTRIES: u32 = 1 << 16;
 
-/// Index of the counter for `(action, reason)` in the statistics map.
+/// Index of the counter for `(action, reason)` in interface slot 0 of the statistics map.
 pub const fn stats_index(action: Action, reason: Reason) -> u32 {
     action as u32 * REASON_SLOTS + reason as u32
+}
+
+/// Index of the counter for `(action, reason)` in interface slot `slot`.
+#[inline(always)]
+pub const fn stats_index_at(slot: u32, action: Action, reason: Reason) -> u32 {
+    (slot % INTERFACE_SLOTS) * SLOT_ENTRIES + stats_index(action, reason)
 }
 
 /// A decision of the firewall: the action and why.

@@ -8,6 +8,7 @@
 #![expect(internal_features, reason = "core::intrinsics atomics, see above")]
 
 mod bans;
+mod events;
 mod parse;
 mod prefixes;
 mod ratelimit;
@@ -19,7 +20,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use firewall_common::{
-    Action, Counter, KernelConfig, Reason, Verdict, generation,
+    Action, Counter, KernelConfig, Reason, Verdict, config::CONFIG_EVENTS, generation,
     prefix::{
         FLAG_ALLOW, FLAG_BLOCK, PrefixV4Key, PrefixV6Key, V4_SUMMARY_ENTRIES, V4Summary, V6Summary,
         V6SummaryKey,
@@ -28,7 +29,7 @@ use firewall_common::{
         BanEntry, BanKey, EscalationState, MAX_RULES, RULE_STATS_ENTRIES, RuleConfig, RuleKey,
         TrackKey, TrackState, rule_stats_index,
     },
-    stats::{STATS_ENTRIES, stats_index},
+    stats::{IFINDEX_ENTRIES, STATS_ENTRIES, stats_index, stats_index_at},
 };
 
 use crate::parse::{Malformed, Source};
@@ -42,6 +43,10 @@ static CONFIG: Array<KernelConfig> = Array::with_max_entries(generation::COUNT, 
 
 #[map(name = "APIFW_STATS")]
 static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STATS_ENTRIES, 0);
+
+// The counter slot of each interface, by ifindex; filled by the daemon.
+#[map(name = "APIFW_IFACES")]
+static IFACES: Array<u32> = Array::with_max_entries(IFINDEX_ENTRIES, 0);
 
 #[map(name = "APIFW_V4_SUMMARY")]
 static V4_SUMMARY: Array<V4Summary> =
@@ -101,7 +106,13 @@ pub fn apifw(ctx: XdpContext) -> u32 {
         Ok(verdict) => verdict,
         Err(Malformed) => Verdict::new(config.malformed(), Reason::Malformed),
     };
-    count(verdict, ctx.data_end() - ctx.data());
+    let ifindex = ctx.ingress_ifindex() as u32;
+    let slot = IFACES.get(ifindex).map_or(0, |slot| *slot);
+    count_in(
+        &STATS,
+        stats_index_at(slot, verdict.action, verdict.reason),
+        ctx.data_end() - ctx.data(),
+    );
     match verdict.action {
         Action::Pass => xdp_action::XDP_PASS,
         Action::Drop => xdp_action::XDP_DROP,
@@ -152,20 +163,33 @@ fn try_apifw(ctx: &XdpContext, config: &KernelConfig) -> Result<Verdict, Malform
     if flags & FLAG_ALLOW != 0 {
         return Ok(Verdict::new(Action::Pass, Reason::Allowlist));
     }
-    if flags & FLAG_BLOCK != 0 {
-        return Ok(Verdict::new(Action::Drop, Reason::Blocklist));
-    }
     let len = (ctx.data_end() - ctx.data()) as u64;
-    let (rule, reason) = ratelimit::check(&packet, len, config);
+    let (rule, reason) = if flags & FLAG_BLOCK != 0 {
+        (ratelimit::NO_RULE, Reason::Blocklist)
+    } else {
+        ratelimit::check(&packet, len, config)
+    };
     if rule != ratelimit::NO_RULE {
         count_in(&RULE_STATS, rule_stats_index(rule, reason), len as usize);
     }
     let action = match reason {
-        Reason::RateLimited | Reason::SynLimited | Reason::Banned | Reason::SubnetBanned => {
-            Action::Drop
-        }
+        Reason::Blocklist
+        | Reason::RateLimited
+        | Reason::SynLimited
+        | Reason::Banned
+        | Reason::SubnetBanned => Action::Drop,
         _ => Action::Pass,
     };
+    if action == Action::Drop && config.flags & CONFIG_EVENTS != 0 {
+        events::emit(
+            &packet.source,
+            reason,
+            rule,
+            len,
+            ctx.ingress_ifindex() as u32,
+            config,
+        );
+    }
     Ok(Verdict::new(action, reason))
 }
 

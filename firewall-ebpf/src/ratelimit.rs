@@ -117,7 +117,7 @@ fn state(
 
 /// The program's clock: `bpf_ktime_get_ns` (CLOCK_MONOTONIC), or the test hook.
 #[inline(always)]
-fn now_ns(config: &KernelConfig) -> u64 {
+pub fn now_ns(config: &KernelConfig) -> u64 {
     if config.test_clock_ns != 0 {
         config.test_clock_ns
     } else {

@@ -6,7 +6,11 @@ use std::collections::{BTreeMap, HashMap};
 
 use firewall_common::{
     KernelConfig,
-    config::{CONFIG_BANS, CONFIG_DRY_RUN, RULES_BY_PORT, RULES_BY_PROTOCOL, RULES_FOR_ANY},
+    config::{
+        CONFIG_BANS, CONFIG_DEBUG_LOG, CONFIG_DRY_RUN, CONFIG_EVENTS, RULES_BY_PORT,
+        RULES_BY_PROTOCOL, RULES_FOR_ANY,
+    },
+    ratelimit::{Bucket, TICKS_PER_SECOND},
     rules::{ANY_PORT, ANY_PROTOCOL, MAX_RULES, RuleConfig, RuleKey},
 };
 use ipnet::IpNet;
@@ -69,6 +73,17 @@ impl Compiled {
         if policy.dry_run {
             config.flags |= CONFIG_DRY_RUN;
         }
+        if policy.events.max_per_second > 0 {
+            config.flags |= CONFIG_EVENTS;
+            config.events = per_cpu_event_bucket(
+                policy.events.max_per_second,
+                policy.events.burst,
+                possible_cpus(),
+            );
+        }
+        if policy.ebpf_log == crate::policy::EbpfLog::Debug {
+            config.flags |= CONFIG_DEBUG_LOG;
+        }
         let mut rules = BTreeMap::new();
         let mut matches = HashMap::new();
         for (index, rule) in policy.rules.iter().enumerate() {
@@ -103,6 +118,27 @@ impl Compiled {
             rules,
             matches,
         })
+    }
+}
+
+/// CPUs the kernel may run the program on (the per-CPU maps' width).
+pub fn possible_cpus() -> u32 {
+    aya::util::nr_cpus()
+        .ok()
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// One CPU's event bucket: `cpus` of them add up to `per_second` events per second, with the
+/// burst shared out (at least one event per CPU).
+pub fn per_cpu_event_bucket(per_second: u32, burst: u32, cpus: u32) -> Bucket {
+    let cpus = u64::from(cpus.max(1));
+    let interval = (TICKS_PER_SECOND.saturating_mul(cpus) / u64::from(per_second.max(1))).max(1);
+    let burst = (u64::from(burst) / cpus).max(1);
+    Bucket {
+        interval,
+        tolerance: interval.saturating_mul(burst),
     }
 }
 

@@ -18,7 +18,9 @@ use crate::{
     control::socket_path,
     engine::{ApiError, Engine, EngineParts, Overrides, read_feeds},
     firewall::{Attachment, Firewall, FirewallError},
+    events,
     lock::{InstanceLock, LockError},
+    metrics::{self, Exporter},
     paths::{LAYOUT_VERSION, PinLayout},
     pins::{self, Pinned},
     policy::Policy,
@@ -64,6 +66,15 @@ pub enum DaemonError {
     Socket {
         /// The socket path.
         path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The metrics endpoint cannot listen.
+    #[error("cannot serve metrics on {address}")]
+    Metrics {
+        /// The address.
+        address: std::net::SocketAddr,
         /// The error.
         #[source]
         source: std::io::Error,
@@ -296,6 +307,7 @@ pub async fn run(mut policy: Policy, options: RunOptions) -> Result<(), DaemonEr
         state_path,
         firewall,
         audit,
+        policy_top: policy.events.top as usize,
     })
     .map_err(DaemonError::Install)?;
     let mut attachments = Vec::new();
@@ -311,6 +323,50 @@ pub async fn run(mut policy: Policy, options: RunOptions) -> Result<(), DaemonEr
     }
     engine.attachments = attachments;
     tidy_pins(&policy, &layout);
+    // Counter slots: one per protected interface, so that metrics carry the interface.
+    let mut slots = std::collections::HashMap::new();
+    let mut ifnames = std::collections::HashMap::new();
+    for (index, attachment) in engine.attachments.iter().enumerate() {
+        let slot = (index as u32 + 1).min(firewall_common::stats::INTERFACE_SLOTS - 1);
+        match nix::net::if_::if_nametoindex(attachment.interface.as_str()) {
+            Ok(ifindex) => {
+                if let Err(err) = engine.firewall.set_interface_slot(ifindex, slot) {
+                    warn!(interface = attachment.interface, err = %crate::engine::chain(&err), "cannot set the counter slot");
+                }
+                slots.insert(slot, attachment.interface.clone());
+                ifnames.insert(ifindex, attachment.interface.clone());
+            }
+            Err(err) => warn!(interface = attachment.interface, %err, "no ifindex"),
+        }
+    }
+    let mut exporter = Exporter::new(layout.clone());
+    exporter.shared = engine.shared.clone();
+    if let Ok(mut shared) = engine.shared.lock() {
+        shared.interfaces = slots;
+    }
+    let metrics_server = match policy.metrics.address() {
+        Ok(Some(address)) => match metrics::bind(address).await {
+            Ok(listener) => {
+                info!(%address, "serving /metrics");
+                Some(tokio::spawn(metrics::serve(listener, exporter)))
+            }
+            // Enforcement matters more than its statistics: the firewall keeps running.
+            Err(source) => {
+                let err = DaemonError::Metrics { address, source };
+                error!(err = %crate::engine::chain(&err), "metrics are NOT served");
+                None
+            }
+        },
+        _ => None,
+    };
+    let events_reader = engine.firewall.take_events().map(|ring| {
+        tokio::spawn(events::read(
+            ring,
+            engine.top.clone(),
+            policy.events.log,
+            ifnames,
+        ))
+    });
     let listener = bind_socket(&policy.daemon.run_dir, group)?;
     info!(
         interfaces = ?policy.interfaces,
@@ -342,6 +398,12 @@ pub async fn run(mut policy: Policy, options: RunOptions) -> Result<(), DaemonEr
         }
     }
     server.abort();
+    if let Some(task) = metrics_server {
+        task.abort();
+    }
+    if let Some(task) = events_reader {
+        task.abort();
+    }
     let _ = std::fs::remove_file(socket_path(&policy.daemon.run_dir));
     let mut engine = engine.lock().await;
     let attachments = std::mem::take(&mut engine.attachments);

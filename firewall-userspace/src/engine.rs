@@ -6,6 +6,7 @@
 use std::{
     collections::{HashMap, HashSet},
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
     time::Instant,
 };
 
@@ -24,6 +25,8 @@ use crate::{
     control::{Changed, InterfaceStatus, ListRow, MapFill, Status},
     feeds,
     firewall::{Attachment, Firewall, MapOrigin},
+    metrics::Shared,
+    top::TopTracker,
     policy::{Feed, Loaded, OnBadLine, Policy, XdpModeSetting},
     state::{BanRecord, ImportRecord, ListEntry, ListKind, RuntimeState, unix_now},
 };
@@ -244,6 +247,10 @@ pub struct Engine {
     known_bans: HashSet<BanKey>,
     /// The earliest expiry in `runtime` (unix seconds).
     next_expiry: Option<u64>,
+    /// What the metrics endpoint exports.
+    pub shared: Arc<Mutex<Shared>>,
+    /// Offenders seen in drop events.
+    pub top: Arc<Mutex<TopTracker>>,
 }
 
 /// What [`Engine::new`] needs.
@@ -264,6 +271,8 @@ pub struct EngineParts {
     pub firewall: Firewall,
     /// The audit log.
     pub audit: AuditLog,
+    /// Offenders `apifw top` lists.
+    pub policy_top: usize,
 }
 
 impl Engine {
@@ -288,6 +297,8 @@ impl Engine {
             started: Instant::now(),
             known_bans: HashSet::new(),
             next_expiry: None,
+            shared: Arc::new(Mutex::new(Shared::default())),
+            top: Arc::new(Mutex::new(TopTracker::new(parts.policy_top))),
         };
         engine.next_expiry = engine.runtime.next_expiry();
         let (compiled, slots) = engine.compile(&engine.policy, &engine.feeds, &engine.runtime)?;
@@ -297,6 +308,7 @@ impl Engine {
             .map_err(|err| ApiError::internal(chain(&err)))?;
         engine.commit_slots(&slots);
         engine.policy_version = 1;
+        engine.publish();
         let records: Vec<BanRecord> = engine.runtime.bans().cloned().collect();
         engine.write_bans(&records)?;
         engine.known_bans = engine.kernel_ban_keys().unwrap_or_default();
@@ -312,6 +324,54 @@ impl Engine {
             }),
         );
         Ok(engine)
+    }
+
+    /// Publishes what the metrics endpoint exports.
+    pub fn publish(&self) {
+        let mut shared = match self.shared.lock() {
+            Ok(shared) => shared,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        shared.rules = self
+            .slots
+            .iter()
+            .map(|(name, slot)| (*slot, name.clone()))
+            .collect();
+        shared.lists = vec![
+            ("block", self.block_count() as u64),
+            ("allow", self.allow_count() as u64),
+        ];
+        let limits = self.policy.limits;
+        shared.fill = match self.firewall.installed() {
+            Some(installed) => vec![
+                (
+                    firewall_common::map_names::V4_PREFIXES,
+                    installed.tables.v4_prefixes.len() as u64,
+                    u64::from(limits.max_v4_prefixes),
+                ),
+                (
+                    firewall_common::map_names::V6_PREFIXES,
+                    installed.tables.v6_prefixes.len() as u64,
+                    u64::from(limits.max_v6_prefixes),
+                ),
+            ],
+            None => Vec::new(),
+        };
+        shared.capacity = [
+            (
+                firewall_common::map_names::SOURCES,
+                u64::from(limits.max_tracked_sources),
+            ),
+            (
+                firewall_common::map_names::SUBNETS,
+                u64::from(limits.max_tracked_subnets),
+            ),
+            (firewall_common::map_names::BANS, u64::from(limits.max_bans)),
+        ]
+        .into();
+        shared.policy_version = self.policy_version;
+        shared.reloads = self.reloads;
+        shared.reload_failures = self.failed_reloads;
     }
 
     fn commit_slots(&mut self, slots: &[u32]) {
@@ -441,6 +501,7 @@ impl Engine {
         self.runtime = next;
         self.next_expiry = self.runtime.next_expiry();
         self.policy_version += 1;
+        self.publish();
         Ok(())
     }
 
@@ -778,6 +839,7 @@ impl Engine {
             Ok(changed) => {
                 self.reloads += 1;
                 self.last_reload_error = None;
+                self.publish();
                 self.record(
                     actor,
                     "reload",
@@ -792,6 +854,7 @@ impl Engine {
             Err(err) => {
                 self.failed_reloads += 1;
                 self.last_reload_error = Some(err.message.clone());
+                self.publish();
                 self.record(actor, "reload.failed", json!({"error": err.message}));
                 warn!(error = %err.message, "reload rejected; the running policy is unchanged");
                 Err(err)

@@ -592,7 +592,7 @@ impl Firewall {
                         interface: interface.to_owned(),
                         mode: mode_name(*mode),
                         reason,
-                        busy: is_busy(&source),
+                        busy: matches!(os_error(&source), Some(libc::EBUSY | libc::EEXIST)),
                         source: Box::new(source),
                     });
                     if !fallback {
@@ -697,6 +697,26 @@ impl Firewall {
             })?;
         }
         Ok(())
+    }
+
+    /// Counts packets arriving on `ifindex` in counter slot `slot` (1.. for protected
+    /// interfaces). Interfaces with an ifindex beyond the map count in slot 0.
+    pub fn set_interface_slot(&mut self, ifindex: u32, slot: u32) -> Result<(), FirewallError> {
+        let mut slots: Array<_, u32> = Array::try_from(self.map_mut(map_names::IFACES)?)
+            .map_err(map_err(map_names::IFACES, "open"))?;
+        if ifindex < slots.len() {
+            slots
+                .set(ifindex, slot, 0)
+                .map_err(map_err(map_names::IFACES, "write"))?;
+        }
+        Ok(())
+    }
+
+    /// Takes the drop-event ring buffer out of the firewall, for a reader task.
+    pub fn take_events(&mut self) -> Option<aya::maps::RingBuf<MapData>> {
+        self.ebpf
+            .take_map(map_names::EVENTS)
+            .and_then(|map| aya::maps::RingBuf::try_from(map).ok())
     }
 
     /// The counters, summed over CPUs.

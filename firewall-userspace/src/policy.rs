@@ -196,6 +196,75 @@ fn bucket(rate: Option<u64>, burst: Option<u64>) -> Bucket {
     }
 }
 
+/// The Prometheus endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Address of the `/metrics` HTTP endpoint; `"off"` disables it. Loopback by default, so
+    /// that the counters are not served on a public interface unless configured.
+    pub listen: String,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+impl MetricsSettings {
+    /// The address to listen on, or `None` when disabled.
+    pub fn address(&self) -> Result<Option<std::net::SocketAddr>, String> {
+        if self.listen == "off" || self.listen.is_empty() {
+            return Ok(None);
+        }
+        self.listen.parse().map(Some).map_err(|err| {
+            format!(
+                "metrics.listen `{}` is not an address:port or \"off\": {err}",
+                self.listen
+            )
+        })
+    }
+}
+
+/// Drop events and the offender view built from them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventSettings {
+    /// Events (dropped packets reported to the daemon) per second, enforced in the kernel over
+    /// all CPUs; the excess is only counted. 0 turns events off.
+    pub max_per_second: u32,
+    /// Events allowed at once above the rate.
+    pub burst: u32,
+    /// Log every event received (structured, at info level).
+    pub log: bool,
+    /// Offending sources and subnets kept for `apifw top`.
+    pub top: u32,
+}
+
+impl Default for EventSettings {
+    fn default() -> Self {
+        Self {
+            max_per_second: 100,
+            burst: 200,
+            log: true,
+            top: 20,
+        }
+    }
+}
+
+/// Kernel-side debug logging.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EbpfLog {
+    /// Nothing (the program only tests one flag).
+    #[default]
+    Off,
+    /// A line per decision through aya-log (for debugging; costly under load).
+    Debug,
+}
+
 /// Where the daemon keeps its runtime state.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -244,6 +313,12 @@ struct RawPolicy {
     limits: Limits,
     #[serde(default)]
     daemon: DaemonSettings,
+    #[serde(default)]
+    metrics: MetricsSettings,
+    #[serde(default)]
+    events: EventSettings,
+    #[serde(default)]
+    ebpf_log: EbpfLog,
     #[serde(default)]
     dry_run: bool,
     #[serde(default, rename = "rule")]
@@ -305,6 +380,12 @@ pub struct Policy {
     pub limits: Limits,
     /// Runtime locations and logging.
     pub daemon: DaemonSettings,
+    /// The Prometheus endpoint.
+    pub metrics: MetricsSettings,
+    /// Drop events.
+    pub events: EventSettings,
+    /// Kernel-side debug logging.
+    pub ebpf_log: EbpfLog,
     /// Every rule only counts what it would drop.
     pub dry_run: bool,
     /// Rate-limit rules, in file order (the index is the kernel's rule number).
@@ -346,6 +427,9 @@ impl Default for Policy {
             block: Vec::new(),
             limits: Limits::default(),
             daemon: DaemonSettings::default(),
+            metrics: MetricsSettings::default(),
+            events: EventSettings::default(),
+            ebpf_log: EbpfLog::default(),
             dry_run: false,
             rules: Vec::new(),
             allow_feeds: Vec::new(),
@@ -501,6 +585,9 @@ impl Loaded {
                 errors.push(locator.at(0, format!("limits.{name} must be at least 1")));
             }
         }
+        if let Err(message) = raw.metrics.address() {
+            errors.push(locator.at(0, message));
+        }
         if !errors.is_empty() {
             return Err(PolicyError::Invalid(errors));
         }
@@ -518,6 +605,9 @@ impl Loaded {
                 block: block.into_iter().map(|(net, _)| net).collect(),
                 limits: raw.limits,
                 daemon: raw.daemon,
+                metrics: raw.metrics,
+                events: raw.events,
+                ebpf_log: raw.ebpf_log,
                 dry_run: raw.dry_run,
                 rules,
                 allow_feeds: resolve_feeds(path, &raw.allow.feeds),

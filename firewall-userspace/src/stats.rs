@@ -6,7 +6,7 @@ use aya::maps::{Map, MapData, PerCpuArray};
 use firewall_common::{
     Action, Counter, Reason,
     rules::{MAX_RULES, rule_stats_index},
-    stats::stats_index,
+    stats::{INTERFACE_SLOTS, stats_index_at},
 };
 use serde::{Deserialize, Serialize};
 
@@ -71,14 +71,32 @@ pub struct RuleRow {
     pub bytes: u64,
 }
 
+/// One interface slot's counter for one `(action, reason)`, summed over CPUs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotRow {
+    /// Interface slot (0: interfaces without one).
+    pub slot: u32,
+    /// Action.
+    pub action: Action,
+    /// Reason.
+    pub reason: Reason,
+    /// Packets.
+    pub packets: u64,
+    /// Bytes.
+    pub bytes: u64,
+}
+
 /// Every counter at one moment.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
-    /// One row per `(action, reason)` pair, zero rows included.
+    /// One row per `(action, reason)` pair, summed over interfaces, zero rows included.
     pub counters: Vec<CounterRow>,
     /// Per-rule counters, non-zero rows only.
     #[serde(default)]
     pub rules: Vec<RuleRow>,
+    /// Per-interface-slot counters, non-zero rows only.
+    #[serde(default)]
+    pub slots: Vec<SlotRow>,
 }
 
 /// Reasons a rule counts under (banned / subnet_banned: the bans it made).
@@ -143,14 +161,30 @@ pub fn snapshot<T: std::borrow::Borrow<MapData>>(
     rule_map: &PerCpuArray<T, Counter>,
 ) -> Result<Snapshot, StatsError> {
     let mut counters = Vec::new();
+    let mut slots = Vec::new();
     for action in Action::ALL {
         for reason in Reason::ALL {
-            let Counter { packets, bytes } = sum(map, stats_index(action, reason))?;
+            let mut total = Counter::default();
+            for slot in 0..INTERFACE_SLOTS {
+                let Counter { packets, bytes } =
+                    sum(map, stats_index_at(slot, action, reason))?;
+                total.packets = total.packets.wrapping_add(packets);
+                total.bytes = total.bytes.wrapping_add(bytes);
+                if packets > 0 {
+                    slots.push(SlotRow {
+                        slot,
+                        action,
+                        reason,
+                        packets,
+                        bytes,
+                    });
+                }
+            }
             counters.push(CounterRow {
                 action,
                 reason,
-                packets,
-                bytes,
+                packets: total.packets,
+                bytes: total.bytes,
             });
         }
     }
@@ -168,7 +202,11 @@ pub fn snapshot<T: std::borrow::Borrow<MapData>>(
             }
         }
     }
-    Ok(Snapshot { counters, rules })
+    Ok(Snapshot {
+        counters,
+        rules,
+        slots,
+    })
 }
 
 /// Reads the counters a daemon pinned under `layout`.

@@ -25,7 +25,15 @@ const REQUIRED_COMMANDS: &[(&str, &str)] = &[
     ("bpftool", "bpftool"),
     ("curl", "curl"),
     ("python3", "python3"),
+    // `promtool` checks the example configuration in `deploy/` and a live scrape of the daemon's
+    // metrics; `prometheus` is the real server the tests scrape it with.
+    ("promtool", "prometheus"),
+    ("prometheus", "prometheus"),
 ];
+
+/// The Debian package whose service setup stops right after installing it
+/// ([`stop_prometheus_service`]).
+const PROMETHEUS_PACKAGE: &str = "prometheus";
 
 /// Commands only the benchmark runs (the peers of the control-plane benchmark), and their
 /// Debian packages; `cargo xtask bench` installs them, the tests do not need them.
@@ -37,14 +45,17 @@ const BPFFS: &str = "/sys/fs/bpf";
 pub fn run() -> Result<()> {
     ensure_nightly()?;
     ensure_bpf_linker()?;
-    ensure_debian_packages(REQUIRED_COMMANDS)?;
+    let installed = ensure_debian_packages(REQUIRED_COMMANDS)?;
+    if installed.contains(&PROMETHEUS_PACKAGE) {
+        stop_prometheus_service();
+    }
     ensure_bpffs()?;
     Ok(())
 }
 
 /// Installs what only `cargo xtask bench` needs ([`BENCH_COMMANDS`]), on top of [`run`].
 pub fn ensure_bench_packages() -> Result<()> {
-    ensure_debian_packages(BENCH_COMMANDS)
+    ensure_debian_packages(BENCH_COMMANDS).map(drop)
 }
 
 /// The eBPF crate needs nightly (`-Z build-std` for `bpfel-unknown-none`) and so rust-src.
@@ -188,14 +199,14 @@ fn libllvm_file_name(names: &[String]) -> Option<&str> {
 }
 
 /// Installs the Debian packages of the `commands` (command, package) that are missing; only
-/// root can, so others get told what.
-fn ensure_debian_packages(commands: &[(&str, &'static str)]) -> Result<()> {
+/// root can, so others get told what. Returns the packages it installed.
+fn ensure_debian_packages(commands: &[(&str, &'static str)]) -> Result<Vec<&'static str>> {
     let present = |command: &str| which::which(command).is_ok();
     let packages = missing_packages(commands, present);
     if packages.is_empty() {
         let names: Vec<_> = commands.iter().map(|(c, _)| *c).collect();
         println!("setup: tools ok ({})", names.join(", "));
-        return Ok(());
+        return Ok(Vec::new());
     }
     let packages: Vec<_> = packages.into_iter().collect();
     if !root::is_root() {
@@ -226,7 +237,51 @@ fn ensure_debian_packages(commands: &[(&str, &'static str)]) -> Result<()> {
         );
     }
     println!("setup: tools installed ({})", packages.join(" "));
-    Ok(())
+    Ok(packages)
+}
+
+/// Debian's `prometheus` package is installed for its binaries only: the tests run `promtool`
+/// and start their own short-lived server on a port of their choosing. Its maintainer scripts,
+/// though, enable `prometheus.service` and start it under systemd, or start it through its
+/// init script otherwise (unless a `policy-rc.d` forbids it, as in most containers): a
+/// system-wide server holding :9090 and scraping localhost for good, which nobody asked for.
+/// (`--no-install-recommends` already keeps out `prometheus-node-exporter`, which would hold
+/// :9100.) So right after setup installed the package — never on later runs, which leaves a
+/// Prometheus that someone enabled on purpose alone — stop the service and keep it from
+/// starting at boot. Best effort: a step that fails is reported, not fatal.
+fn stop_prometheus_service() {
+    let mut steps = Vec::new();
+    // systemd runs as PID 1 exactly when this directory exists (sd_booted(3)).
+    if Path::new("/run/systemd/system").exists() {
+        steps.push(command(
+            "systemctl",
+            &["disable", "--now", "prometheus.service"],
+        ));
+    } else {
+        let init_script = "/etc/init.d/prometheus";
+        if Path::new(init_script).exists() {
+            steps.push(command(init_script, &["stop"]));
+            steps.push(command("update-rc.d", &["prometheus", "disable"]));
+        }
+        // Without a running systemd, systemctl still removes the unit's boot-time symlinks,
+        // which the package created in case the machine later boots with systemd.
+        if which::which("systemctl").is_ok() {
+            steps.push(command("systemctl", &["disable", "prometheus.service"]));
+        }
+    }
+    for mut step in steps {
+        match cmd::output(&mut step) {
+            Ok(_) => println!("setup: ran `{}`", cmd::display(&step)),
+            Err(err) => println!("setup: warning: {err:#}"),
+        }
+    }
+    println!("setup: the prometheus service is stopped and disabled (the tests run their own)");
+}
+
+fn command(program: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(program);
+    command.args(args);
+    command
 }
 
 /// The Debian packages of the `commands` that `present` does not find, each named once.
