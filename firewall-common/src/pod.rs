@@ -2,10 +2,10 @@
 
 use crate::{
     config::KernelConfig,
+    events::DropEvent,
     prefix::{PrefixV4Key, PrefixV6Key, V4Summary, V6Summary, V6SummaryKey},
     rules::{BanEntry, BanKey, EscalationState, RuleConfig, RuleKey, TrackKey, TrackState},
     stats::Counter,
-    events::DropEvent,
 };
 
 // SAFETY: every type below is #[repr(C)], made only of integers and integer arrays, with all

@@ -20,7 +20,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use firewall_common::{
-    Action, Counter, KernelConfig, Reason, Verdict, config::CONFIG_EVENTS, generation,
+    Action, Counter, KernelConfig, Reason, Verdict,
+    config::CONFIG_EVENTS,
+    generation,
     prefix::{
         FLAG_ALLOW, FLAG_BLOCK, PrefixV4Key, PrefixV6Key, V4_SUMMARY_ENTRIES, V4Summary, V6Summary,
         V6SummaryKey,

@@ -165,6 +165,30 @@ pub struct Status {
     pub uptime_secs: u64,
 }
 
+/// Drop events counted by the kernel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventCounts {
+    /// Delivered to the daemon.
+    pub emitted: u64,
+    /// Over the per-second cap.
+    pub suppressed: u64,
+    /// Ring buffer full.
+    pub lost: u64,
+}
+
+/// `GET /v1/stats`: every counter, and the names of the interface slots.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatsView {
+    /// The counters.
+    pub snapshot: crate::stats::Snapshot,
+    /// Drop events.
+    pub events: EventCounts,
+    /// Interface name per counter slot.
+    pub interfaces: std::collections::BTreeMap<u32, String>,
+    /// Rule name per rule slot.
+    pub rules: std::collections::BTreeMap<u32, String>,
+}
+
 /// `GET /v1/bans`: the bans with their comments.
 pub type BanList = Vec<BanRow>;
 

@@ -26,9 +26,9 @@ use crate::{
     feeds,
     firewall::{Attachment, Firewall, MapOrigin},
     metrics::Shared,
-    top::TopTracker,
     policy::{Feed, Loaded, OnBadLine, Policy, XdpModeSetting},
     state::{BanRecord, ImportRecord, ListEntry, ListKind, RuntimeState, unix_now},
+    top::TopTracker,
 };
 
 /// A refused or failed control request: an HTTP status and a message for the operator.
@@ -1018,6 +1018,55 @@ impl Engine {
                 &format!("{}.expire", import.list.as_str()),
                 json!({"import": import.origin, "count": import.cidrs.len()}),
             );
+        }
+    }
+
+    /// `GET /v1/stats`.
+    pub fn stats(&self) -> Result<crate::control::StatsView, ApiError> {
+        let snapshot = self
+            .firewall
+            .stats()
+            .map_err(|err| ApiError::internal(chain(&err)))?;
+        let events = self
+            .firewall
+            .event_counts()
+            .map_err(|err| ApiError::internal(chain(&err)))?;
+        let shared = match self.shared.lock() {
+            Ok(shared) => shared,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        Ok(crate::control::StatsView {
+            snapshot,
+            events,
+            interfaces: shared
+                .interfaces
+                .iter()
+                .map(|(slot, name)| (*slot, name.clone()))
+                .collect(),
+            rules: shared
+                .rules
+                .iter()
+                .map(|(slot, name)| (*slot, name.clone()))
+                .collect(),
+        })
+    }
+
+    /// `GET /v1/top`.
+    pub fn top(&self) -> crate::top::TopView {
+        let second = self.started.elapsed().as_secs();
+        match self.top.lock() {
+            Ok(top) => top.view(second),
+            Err(poisoned) => poisoned.into_inner().view(second),
+        }
+    }
+
+    /// Counts a control request for the metrics.
+    pub fn count_request(&self, verb: &str, result: &'static str) {
+        if let Ok(mut shared) = self.shared.lock() {
+            *shared
+                .requests
+                .entry((verb.to_owned(), result))
+                .or_insert(0) += 1;
         }
     }
 

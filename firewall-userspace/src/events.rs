@@ -29,9 +29,8 @@ pub async fn read(
 ) {
     // SAFETY: the ring buffer owns its map file descriptor for as long as the AsyncFd owns the
     // ring buffer, and `as_raw_fd` always returns that descriptor.
-    let registered = unsafe {
-        AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE)
-    };
+    let registered =
+        unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) };
     let mut fd = match registered {
         Ok(fd) => fd,
         Err(err) => {

@@ -712,6 +712,28 @@ impl Firewall {
         Ok(())
     }
 
+    /// The drop-event counters (emitted, suppressed, lost), summed over CPUs.
+    pub fn event_counts(&self) -> Result<crate::control::EventCounts, FirewallError> {
+        use firewall_common::events::{EVENTS_EMITTED, EVENTS_LOST, EVENTS_SUPPRESSED};
+        let name = map_names::EVENT_STATS;
+        let map = self.ebpf.map(name).ok_or(FirewallError::MissingMap(name))?;
+        let counts: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(map).map_err(map_err(name, "open"))?;
+        let sum = |index: u32| -> Result<u64, FirewallError> {
+            Ok(counts
+                .get(&index, 0)
+                .map_err(map_err(name, "read"))?
+                .iter()
+                .copied()
+                .fold(0u64, u64::wrapping_add))
+        };
+        Ok(crate::control::EventCounts {
+            emitted: sum(EVENTS_EMITTED)?,
+            suppressed: sum(EVENTS_SUPPRESSED)?,
+            lost: sum(EVENTS_LOST)?,
+        })
+    }
+
     /// Takes the drop-event ring buffer out of the firewall, for a reader task.
     pub fn take_events(&mut self) -> Option<aya::maps::RingBuf<MapData>> {
         self.ebpf

@@ -186,7 +186,11 @@ impl Collector for Exporter {
                     .unwrap_or(0)
             };
             for (name, help, index) in [
-                ("apifw_events", "Drop events delivered to the daemon.", EVENTS_EMITTED),
+                (
+                    "apifw_events",
+                    "Drop events delivered to the daemon.",
+                    EVENTS_EMITTED,
+                ),
                 (
                     "apifw_events_suppressed",
                     "Drop events not sent: over the configured per-second cap.",
@@ -412,11 +416,10 @@ pub async fn serve(listener: tokio::net::TcpListener, exporter: Exporter) {
                         .get(hyper::header::ACCEPT)
                         .and_then(|accept| accept.to_str().ok())
                         .is_some_and(|accept| accept.contains("application/openmetrics-text"));
-                    let response = if request.method() == Method::GET
-                        && request.uri().path() == "/metrics"
-                    {
-                        // Reading the maps blocks; keep it off the async threads.
-                        match tokio::task::spawn_blocking(move || exporter.render()).await {
+                    let response =
+                        if request.method() == Method::GET && request.uri().path() == "/metrics" {
+                            // Reading the maps blocks; keep it off the async threads.
+                            match tokio::task::spawn_blocking(move || exporter.render()).await {
                             Ok(Ok(text)) if openmetrics => Response::builder()
                                 .header(
                                     hyper::header::CONTENT_TYPE,
@@ -433,11 +436,11 @@ pub async fn serve(listener: tokio::net::TcpListener, exporter: Exporter) {
                                 .status(StatusCode::INTERNAL_SERVER_ERROR)
                                 .body(Full::new(Bytes::from("cannot encode metrics\n"))),
                         }
-                    } else {
-                        Response::builder()
-                            .status(StatusCode::NOT_FOUND)
-                            .body(Full::new(Bytes::from("apifw serves /metrics only\n")))
-                    };
+                        } else {
+                            Response::builder()
+                                .status(StatusCode::NOT_FOUND)
+                                .body(Full::new(Bytes::from("apifw serves /metrics only\n")))
+                        };
                     Ok::<_, std::convert::Infallible>(response.unwrap_or_default())
                 }
             });

@@ -148,6 +148,7 @@ async fn handle(
 ) -> Response<Full<Bytes>> {
     if !allowed(&peer, access) {
         warn!(uid = peer.uid, "control request refused");
+        engine.lock().await.count_request("any", "refused");
         return error(ApiError {
             status: 403,
             message: format!(
@@ -185,8 +186,23 @@ async fn handle(
         _ => None,
     };
     let segments: Vec<&str> = route.trim_matches('/').split('/').collect();
+    let verb = match segments.as_slice() {
+        ["lists", list] => format!("{list}.list"),
+        ["lists", list, action] => format!("{list}.{action}"),
+        ["bans"] => "ban.list".to_owned(),
+        ["bans", action] => format!("ban.{action}"),
+        [one] => (*one).to_owned(),
+        _ => "unknown".to_owned(),
+    };
+    let verb = if verb.len() > 32 || !verb.chars().all(|c| c.is_ascii_lowercase() || c == '.') {
+        "unknown".to_owned()
+    } else {
+        verb
+    };
     let result: Result<Response<Full<Bytes>>, ApiError> = match (&method, segments.as_slice()) {
         (&Method::GET, ["status"]) => Ok(respond(StatusCode::OK, &engine.status())),
+        (&Method::GET, ["stats"]) => engine.stats().map(|view| respond(StatusCode::OK, &view)),
+        (&Method::GET, ["top"]) => Ok(respond(StatusCode::OK, &engine.top())),
         (&Method::GET, ["lists", list]) if list_kind(list).is_some() => Ok(respond(
             StatusCode::OK,
             &engine.list(list_kind(list).unwrap_or(ListKind::Block)),
@@ -276,5 +292,6 @@ async fn handle(
             message: format!("no such request: {method} {path} (see docs/CONTROL-API.md)"),
         }),
     };
+    engine.count_request(&verb, if result.is_ok() { "ok" } else { "error" });
     result.unwrap_or_else(error)
 }

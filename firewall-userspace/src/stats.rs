@@ -166,8 +166,7 @@ pub fn snapshot<T: std::borrow::Borrow<MapData>>(
         for reason in Reason::ALL {
             let mut total = Counter::default();
             for slot in 0..INTERFACE_SLOTS {
-                let Counter { packets, bytes } =
-                    sum(map, stats_index_at(slot, action, reason))?;
+                let Counter { packets, bytes } = sum(map, stats_index_at(slot, action, reason))?;
                 total.packets = total.packets.wrapping_add(packets);
                 total.bytes = total.bytes.wrapping_add(bytes);
                 if packets > 0 {

@@ -11,6 +11,7 @@ pub mod reload;
 pub mod run;
 pub mod stats;
 pub mod status;
+pub mod top;
 
 use std::path::PathBuf;
 
@@ -49,6 +50,8 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Print the audit log.
     Audit(audit::AuditArgs),
+    /// A live view of drop rates and the top offending sources and subnets.
+    Top(top::TopArgs),
 }
 
 /// How a CLI verb finds the daemon's control socket.
@@ -148,6 +151,7 @@ impl Cli {
             Command::Reload(args) => reload::execute(args),
             Command::Status(args) => status::execute(args),
             Command::Audit(args) => audit::execute(args),
+            Command::Top(args) => top::execute(args),
         }
     }
 }
