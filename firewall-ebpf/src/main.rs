@@ -21,7 +21,7 @@ use aya_ebpf::{
 };
 use firewall_common::{
     Action, Counter, KernelConfig, Reason, Verdict,
-    config::CONFIG_EVENTS,
+    config::{CONFIG_DEBUG_LOG, CONFIG_EVENTS},
     generation,
     prefix::{
         FLAG_ALLOW, FLAG_BLOCK, PrefixV4Key, PrefixV6Key, V4_SUMMARY_ENTRIES, V4Summary, V6Summary,
@@ -110,6 +110,17 @@ pub fn apifw(ctx: XdpContext) -> u32 {
     };
     let ifindex = ctx.ingress_ifindex() as u32;
     let slot = IFACES.get(ifindex).map_or(0, |slot| *slot);
+    // Off by default: one test of a flag in a record already loaded.
+    if config.flags & CONFIG_DEBUG_LOG != 0 {
+        aya_log_ebpf::debug!(
+            &ctx,
+            "apifw: ifindex {} len {} -> action {} reason {}",
+            ifindex,
+            ctx.data_end() - ctx.data(),
+            verdict.action as u32,
+            verdict.reason as u32
+        );
+    }
     count_in(
         &STATS,
         stats_index_at(slot, verdict.action, verdict.reason),

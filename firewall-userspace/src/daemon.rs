@@ -359,6 +359,10 @@ pub async fn run(mut policy: Policy, options: RunOptions) -> Result<(), DaemonEr
         },
         _ => None,
     };
+    let log_forwarder = engine
+        .firewall
+        .take_logger()
+        .map(|logger| tokio::spawn(events::forward_logs(logger)));
     let events_reader = engine.firewall.take_events().map(|ring| {
         tokio::spawn(events::read(
             ring,
@@ -401,7 +405,7 @@ pub async fn run(mut policy: Policy, options: RunOptions) -> Result<(), DaemonEr
     if let Some(task) = metrics_server {
         task.abort();
     }
-    if let Some(task) = events_reader {
+    for task in [events_reader, log_forwarder].into_iter().flatten() {
         task.abort();
     }
     let _ = std::fs::remove_file(socket_path(&policy.daemon.run_dir));

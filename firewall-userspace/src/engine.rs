@@ -70,6 +70,8 @@ pub struct Overrides {
     pub pin_dir: Option<PathBuf>,
     /// Run directory.
     pub run_dir: Option<PathBuf>,
+    /// Kernel-side debug logging.
+    pub ebpf_log: Option<crate::policy::EbpfLog>,
 }
 
 impl Overrides {
@@ -86,6 +88,9 @@ impl Overrides {
         }
         if let Some(dir) = &self.run_dir {
             policy.daemon.run_dir = dir.clone();
+        }
+        if let Some(level) = self.ebpf_log {
+            policy.ebpf_log = level;
         }
     }
 }

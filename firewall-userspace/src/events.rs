@@ -78,3 +78,26 @@ pub async fn read(
         guard.clear_ready();
     }
 }
+
+/// Forwards the XDP program's aya-log records until the task is dropped.
+pub async fn forward_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+    // SAFETY: the logger owns its ring buffer's file descriptor for as long as the AsyncFd owns
+    // the logger, and `as_raw_fd` always returns that descriptor.
+    let registered =
+        unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
+    let mut fd = match registered {
+        Ok(fd) => fd,
+        Err(err) => {
+            warn!(%err, "cannot poll the XDP program's log buffer; its logs are not read");
+            return;
+        }
+    };
+    loop {
+        let Ok(mut guard) = fd.readable_mut().await else {
+            warn!("XDP program log buffer poll failed; its logs are not read");
+            return;
+        };
+        guard.get_inner_mut().flush();
+        guard.clear_ready();
+    }
+}

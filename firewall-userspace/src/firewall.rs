@@ -734,6 +734,12 @@ impl Firewall {
         })
     }
 
+    /// Takes the program's aya-log ring buffer, for a task that forwards its records to the
+    /// `log` facade (and so to tracing). The program only logs when the policy enables it.
+    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        aya_log::EbpfLogger::init(&mut self.ebpf).ok()
+    }
+
     /// Takes the drop-event ring buffer out of the firewall, for a reader task.
     pub fn take_events(&mut self) -> Option<aya::maps::RingBuf<MapData>> {
         self.ebpf

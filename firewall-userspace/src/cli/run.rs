@@ -9,7 +9,7 @@ use crate::{
     cli::Locations,
     daemon::{self, RunOptions},
     engine::Overrides,
-    policy::{Loaded, LogFormat, XdpModeSetting},
+    policy::{EbpfLog, Loaded, LogFormat, XdpModeSetting},
 };
 
 /// Arguments of `apifw run`.
@@ -31,6 +31,19 @@ pub struct RunArgs {
     /// it, such an interface is refused).
     #[arg(long)]
     pub replace: bool,
+    /// Kernel-side debug logging (aya-log), overriding the policy's `ebpf_log`: one log line
+    /// per packet, for debugging only.
+    #[arg(long, value_enum)]
+    pub ebpf_log: Option<EbpfLogArg>,
+}
+
+/// `--ebpf-log` values.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum EbpfLogArg {
+    /// No logs.
+    Off,
+    /// A line per decision.
+    Debug,
 }
 
 /// `--xdp-mode` values.
@@ -61,6 +74,10 @@ pub fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
         }),
         pin_dir: args.locations.pin_dir,
         run_dir: args.locations.run_dir,
+        ebpf_log: args.ebpf_log.map(|level| match level {
+            EbpfLogArg::Off => EbpfLog::Off,
+            EbpfLogArg::Debug => EbpfLog::Debug,
+        }),
     };
     let options = RunOptions {
         policy_path: args.config,
@@ -76,8 +93,10 @@ pub fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn init_logging(format: LogFormat) {
+    // The XDP program's aya-log records (target `firewall_ebpf`) arrive at debug level and
+    // only when `ebpf_log = "debug"` makes the program write them, so they pass the filter.
     let filter = tracing_subscriber::EnvFilter::try_from_env("APIFW_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,firewall_ebpf=debug"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
