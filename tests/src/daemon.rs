@@ -162,8 +162,15 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `apifw run` for `dirs` on `interface` inside `netns` (via nsenter, which keeps
     /// /sys/fs/bpf visible), without waiting.
+    ///
+    /// Its stderr goes to a file in the run directory, not a pipe: a daemon logging more than a
+    /// pipe holds while nobody reads would block. [`stderr_of`] reads the file.
     pub fn spawn(netns: &Netns, dirs: &Dirs, interface: &str) -> Child {
-        Command::new("nsenter")
+        static SPAWNED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = SPAWNED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = dirs.run_dir.join(format!("daemon-{n}.log"));
+        let file = std::fs::File::create(&log).expect("create daemon log");
+        let child = Command::new("nsenter")
             .arg(format!("--net={}", netns.path().display()))
             .arg(apifw_bin())
             .args(["run", "--config"])
@@ -174,9 +181,14 @@ impl Daemon {
             .arg(&dirs.run_dir)
             .env("APIFW_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::from(file))
             .spawn()
-            .expect("spawn nsenter apifw run")
+            .expect("spawn nsenter apifw run");
+        logs()
+            .lock()
+            .expect("daemon log registry")
+            .insert(child.id(), log);
+        child
     }
 
     /// Starts the daemon and waits until it answers on its control socket (it is then attached
@@ -226,11 +238,23 @@ impl Daemon {
     }
 }
 
-/// Whatever the child wrote to its piped stderr.
+/// The log file of each daemon [`Daemon::spawn`] started, by pid.
+fn logs() -> &'static std::sync::Mutex<std::collections::HashMap<u32, PathBuf>> {
+    static LOGS: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<u32, PathBuf>>> =
+        std::sync::OnceLock::new();
+    LOGS.get_or_init(Default::default)
+}
+
+/// Whatever a daemon from [`Daemon::spawn`] wrote to its stderr so far.
 pub fn stderr_of(child: &mut Child) -> String {
+    let path = logs()
+        .lock()
+        .expect("daemon log registry")
+        .get(&child.id())
+        .cloned();
     let mut text = String::new();
-    if let Some(stderr) = child.stderr.as_mut() {
-        let _ = stderr.read_to_string(&mut text);
+    if let Some(path) = path {
+        let _ = std::fs::File::open(path).and_then(|mut file| file.read_to_string(&mut text));
     }
     text
 }

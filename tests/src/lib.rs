@@ -4,3 +4,4 @@ pub mod daemon;
 pub mod loadbench;
 pub mod netns;
 pub mod packets;
+pub mod traffic;
