@@ -372,6 +372,14 @@ impl Engine {
                 u64::from(limits.max_tracked_subnets),
             ),
             (firewall_common::map_names::BANS, u64::from(limits.max_bans)),
+            (
+                firewall_common::map_names::CANDIDATES,
+                u64::from(limits.max_tracked_sources),
+            ),
+            (
+                firewall_common::map_names::ESCALATION,
+                u64::from(limits.max_tracked_subnets),
+            ),
         ]
         .into();
         shared.policy_version = self.policy_version;

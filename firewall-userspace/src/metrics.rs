@@ -15,7 +15,7 @@ use firewall_common::{
     Reason,
     events::{EVENTS_EMITTED, EVENTS_LOST, EVENTS_SUPPRESSED},
     map_names,
-    rules::{BAN_SUBNET, BanEntry, BanKey, TrackKey, TrackState},
+    rules::{BAN_SUBNET, BanEntry, BanKey, EscalationState, TrackKey, TrackState},
 };
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Bytes, server::conn::http1};
@@ -251,6 +251,14 @@ impl Collector for Exporter {
             (
                 map_names::BANS,
                 count_keys::<BanKey, BanEntry>(layout, map_names::BANS).unwrap_or(0),
+            ),
+            (
+                map_names::CANDIDATES,
+                count_keys::<TrackKey, u64>(layout, map_names::CANDIDATES).unwrap_or(0),
+            ),
+            (
+                map_names::ESCALATION,
+                count_keys::<TrackKey, EscalationState>(layout, map_names::ESCALATION).unwrap_or(0),
             ),
         ] {
             if let Some(capacity) = shared.capacity.get(name) {

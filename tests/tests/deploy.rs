@@ -82,6 +82,8 @@ const LABELS: &[(&str, &[&str])] = &[
             "APIFW_BANS",
             "APIFW_SOURCES",
             "APIFW_SUBNETS",
+            "APIFW_CANDIDATES",
+            "APIFW_ESCALATION",
         ],
     ),
     ("verb", &[]),
