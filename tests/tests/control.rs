@@ -6,141 +6,23 @@
 //! Needs root. Every test builds its own namespaces, interfaces and pin paths.
 
 use std::{
-    collections::HashMap,
-    net::{IpAddr, Ipv4Addr, UdpSocket},
+    net::Ipv4Addr,
     os::unix::fs::PermissionsExt as _,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
     time::{Duration, Instant},
 };
 
 use apifw_tests::{
     daemon::{Daemon, Dirs},
-    netns::{SERVER_ADDR, VethLab},
+    netns::VethLab,
+    traffic::{self, Flood, Receiver},
 };
 use firewall_common::{Action, Reason};
 use nix::sys::signal::Signal;
 
-const PORT: u16 = 7100;
-
-/// A UDP server in the lab's server namespace counting datagrams per source.
-struct Receiver {
-    counts: Arc<std::sync::Mutex<HashMap<IpAddr, u64>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Receiver {
-    fn start(lab: &VethLab) -> Self {
-        let socket = lab
-            .server
-            .enter(|| UdpSocket::bind((SERVER_ADDR, PORT)).expect("bind UDP receiver"));
-        socket
-            .set_read_timeout(Some(Duration::from_millis(50)))
-            .expect("timeout");
-        let counts = Arc::new(std::sync::Mutex::new(HashMap::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (counts, stop) = (counts.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 2048];
-                while !stop.load(Ordering::Relaxed) {
-                    if let Ok((_, peer)) = socket.recv_from(&mut buf) {
-                        *counts.lock().expect("counts").entry(peer.ip()).or_insert(0) += 1;
-                    }
-                }
-            })
-        };
-        Self {
-            counts,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    /// Datagrams received from `source` so far.
-    fn from(&self, source: Ipv4Addr) -> u64 {
-        self.counts
-            .lock()
-            .expect("counts")
-            .get(&IpAddr::V4(source))
-            .copied()
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 /// Sends `count` datagrams from `source` and waits until the receiver has had time to see them.
 fn send(lab: &VethLab, source: Ipv4Addr, count: usize) {
-    lab.client.enter(move || {
-        let socket = UdpSocket::bind((source, 0)).expect("bind client socket");
-        for i in 0..count {
-            socket
-                .send_to(format!("packet {i}").as_bytes(), (SERVER_ADDR, PORT))
-                .expect("send");
-        }
-    });
+    traffic::send(lab, source, count);
     std::thread::sleep(Duration::from_millis(300));
-}
-
-/// A flood from `sources` in the client namespace until dropped; returns datagrams sent.
-struct Flood {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<u64>>,
-}
-
-impl Flood {
-    fn start(lab: &VethLab, sources: &[Ipv4Addr]) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let sources = sources.to_vec();
-        let flag = stop.clone();
-        let thread = lab.client.spawn(move || {
-            let sockets: Vec<UdpSocket> = sources
-                .iter()
-                .map(|source| UdpSocket::bind((*source, 0)).expect("bind flood socket"))
-                .collect();
-            let mut sent = 0u64;
-            while !flag.load(Ordering::Relaxed) {
-                for socket in &sockets {
-                    if socket.send_to(b"flood", (SERVER_ADDR, PORT)).is_ok() {
-                        sent += 1;
-                    }
-                }
-            }
-            sent
-        });
-        Self {
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    /// Stops the flood; returns how many datagrams it sent.
-    fn stop(mut self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread
-            .take()
-            .map_or(0, |thread| thread.join().expect("flood thread"))
-    }
-}
-
-impl Drop for Flood {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
 }
 
 fn exit_code(output: &std::process::Output) -> i32 {

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use crate::{
-    cli::{ControlArgs, lists},
+    cli::lists::{self, AddArgs, DelArgs, ListArgs},
     state::ListKind,
 };
 
@@ -19,47 +19,24 @@ pub struct AllowArgs {
 #[derive(Debug, clap::Subcommand)]
 pub enum AllowAction {
     /// Allowlist addresses or CIDRs (exempt from blocks, rate limits and bans).
-    Add {
-        /// Addresses or CIDRs.
-        #[arg(required = true)]
-        cidrs: Vec<String>,
-        /// Remove them again after this long.
-        #[arg(long)]
-        ttl: Option<String>,
-        /// Why.
-        #[arg(long)]
-        comment: Option<String>,
-        /// Daemon and output.
-        #[command(flatten)]
-        control: ControlArgs,
-    },
+    Add(AddArgs),
     /// Remove runtime allow entries.
-    Del {
-        /// Addresses or CIDRs.
-        #[arg(required = true)]
-        cidrs: Vec<String>,
-        /// Daemon and output.
-        #[command(flatten)]
-        control: ControlArgs,
-    },
+    Del(DelArgs),
     /// List every allow entry with its origin.
-    List {
-        /// Daemon and output.
-        #[command(flatten)]
-        control: ControlArgs,
-    },
+    List(ListArgs),
 }
 
 /// Runs `apifw allow`.
 pub fn execute(args: AllowArgs) -> anyhow::Result<ExitCode> {
     match args.action {
-        AllowAction::Add {
-            cidrs,
-            ttl,
-            comment,
-            control,
-        } => lists::add(ListKind::Allow, &control, cidrs, ttl.as_deref(), comment),
-        AllowAction::Del { cidrs, control } => lists::del(ListKind::Allow, &control, cidrs),
-        AllowAction::List { control } => lists::list(ListKind::Allow, &control),
+        AllowAction::Add(add) => lists::add(
+            ListKind::Allow,
+            &add.control,
+            add.cidrs,
+            add.ttl.as_deref(),
+            add.comment,
+        ),
+        AllowAction::Del(del) => lists::del(ListKind::Allow, &del.control, del.cidrs),
+        AllowAction::List(list) => lists::list(ListKind::Allow, &list.control),
     }
 }

@@ -4,7 +4,11 @@ use std::process::ExitCode;
 
 use crate::{
     bans::BanRow,
-    cli::{ControlArgs, failed, lists, print},
+    cli::{
+        ControlArgs, failed,
+        lists::{self, DelArgs, ListArgs},
+        print,
+    },
     control::{BanAdd, Changed, Targets},
 };
 
@@ -35,20 +39,9 @@ pub enum BanAction {
         control: ControlArgs,
     },
     /// Lift bans (manual or automatic).
-    Del {
-        /// Addresses or CIDRs.
-        #[arg(required = true)]
-        cidrs: Vec<String>,
-        /// Daemon and output.
-        #[command(flatten)]
-        control: ControlArgs,
-    },
+    Del(DelArgs),
     /// List active bans.
-    List {
-        /// Daemon and output.
-        #[command(flatten)]
-        control: ControlArgs,
-    },
+    List(ListArgs),
 }
 
 /// Runs `apifw ban`.
@@ -74,7 +67,7 @@ pub fn execute(args: BanArgs) -> anyhow::Result<ExitCode> {
                 Err(err) => Ok(failed(&err)),
             }
         }
-        BanAction::Del { cidrs, control } => {
+        BanAction::Del(DelArgs { cidrs, control }) => {
             match control
                 .client()?
                 .post::<_, Changed>("/bans/del", &Targets { cidrs })
@@ -86,27 +79,29 @@ pub fn execute(args: BanArgs) -> anyhow::Result<ExitCode> {
                 Err(err) => Ok(failed(&err)),
             }
         }
-        BanAction::List { control } => match control.client()?.get::<Vec<BanRow>>("/bans") {
-            Ok(rows) => {
-                print(control.json, &rows, |rows| {
-                    let mut out = format!(
-                        "{:<43} {:<7} {:>10}  REASON\n",
-                        "PREFIX", "KIND", "REMAINING"
-                    );
-                    for row in rows {
-                        out.push_str(&format!(
-                            "{:<43} {:<7} {:>9.0}s  {}\n",
-                            row.prefix.to_string(),
-                            row.kind,
-                            row.remaining_secs,
-                            row.reason
-                        ));
-                    }
-                    out
-                });
-                Ok(ExitCode::SUCCESS)
+        BanAction::List(ListArgs { control }) => {
+            match control.client()?.get::<Vec<BanRow>>("/bans") {
+                Ok(rows) => {
+                    print(control.json, &rows, |rows| {
+                        let mut out = format!(
+                            "{:<43} {:<7} {:>10}  REASON\n",
+                            "PREFIX", "KIND", "REMAINING"
+                        );
+                        for row in rows {
+                            out.push_str(&format!(
+                                "{:<43} {:<7} {:>9.0}s  {}\n",
+                                row.prefix.to_string(),
+                                row.kind,
+                                row.remaining_secs,
+                                row.reason
+                            ));
+                        }
+                        out
+                    });
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(err) => Ok(failed(&err)),
             }
-            Err(err) => Ok(failed(&err)),
-        },
+        }
     }
 }

@@ -5,7 +5,10 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::Context as _;
 
 use crate::{
-    cli::{ControlArgs, failed, lists},
+    cli::{
+        ControlArgs, failed,
+        lists::{self, AddArgs, DelArgs, ListArgs},
+    },
     control::{Changed, Import},
     feeds::FeedFormat,
     state::ListKind,
@@ -23,35 +26,11 @@ pub struct BlockArgs {
 #[derive(Debug, clap::Subcommand)]
 pub enum BlockAction {
     /// Block addresses or CIDRs.
-    Add {
-        /// Addresses or CIDRs.
-        #[arg(required = true)]
-        cidrs: Vec<String>,
-        /// Remove them again after this long (e.g. 30m, 1h, 7d).
-        #[arg(long)]
-        ttl: Option<String>,
-        /// Why (kept in the state file and the audit log).
-        #[arg(long)]
-        comment: Option<String>,
-        /// Daemon and output.
-        #[command(flatten)]
-        control: ControlArgs,
-    },
-    /// Remove runtime block entries.
-    Del {
-        /// Addresses or CIDRs.
-        #[arg(required = true)]
-        cidrs: Vec<String>,
-        /// Daemon and output.
-        #[command(flatten)]
-        control: ControlArgs,
-    },
+    Add(AddArgs),
+    /// Remove runtime block entries (also single entries of an import).
+    Del(DelArgs),
     /// List every block entry with its origin.
-    List {
-        /// Daemon and output.
-        #[command(flatten)]
-        control: ControlArgs,
-    },
+    List(ListArgs),
     /// Block every entry of a list file.
     Import {
         /// The file.
@@ -77,14 +56,15 @@ pub enum BlockAction {
 /// Runs `apifw block`.
 pub fn execute(args: BlockArgs) -> anyhow::Result<ExitCode> {
     match args.action {
-        BlockAction::Add {
-            cidrs,
-            ttl,
-            comment,
-            control,
-        } => lists::add(ListKind::Block, &control, cidrs, ttl.as_deref(), comment),
-        BlockAction::Del { cidrs, control } => lists::del(ListKind::Block, &control, cidrs),
-        BlockAction::List { control } => lists::list(ListKind::Block, &control),
+        BlockAction::Add(add) => lists::add(
+            ListKind::Block,
+            &add.control,
+            add.cidrs,
+            add.ttl.as_deref(),
+            add.comment,
+        ),
+        BlockAction::Del(del) => lists::del(ListKind::Block, &del.control, del.cidrs),
+        BlockAction::List(list) => lists::list(ListKind::Block, &list.control),
         BlockAction::Import {
             file,
             format,

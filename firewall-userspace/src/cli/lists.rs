@@ -9,6 +9,42 @@ use crate::{
     state::ListKind,
 };
 
+/// Arguments of `add`: targets, optional TTL and comment.
+#[derive(Debug, clap::Args)]
+pub struct AddArgs {
+    /// Addresses or CIDRs.
+    #[arg(required = true)]
+    pub cidrs: Vec<String>,
+    /// Remove them again after this long (e.g. 30m, 1h, 7d).
+    #[arg(long)]
+    pub ttl: Option<String>,
+    /// Why (kept in the state file and the audit log).
+    #[arg(long)]
+    pub comment: Option<String>,
+    /// Daemon and output.
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+/// Arguments of `del`: targets.
+#[derive(Debug, clap::Args)]
+pub struct DelArgs {
+    /// Addresses or CIDRs.
+    #[arg(required = true)]
+    pub cidrs: Vec<String>,
+    /// Daemon and output.
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+/// Arguments of `list`.
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    /// Daemon and output.
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
 /// `--ttl` as seconds.
 pub fn ttl_secs(ttl: Option<&str>) -> anyhow::Result<Option<u64>> {
     ttl.map(|text| {

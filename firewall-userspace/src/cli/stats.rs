@@ -77,6 +77,16 @@ pub fn rates(
         .collect()
 }
 
+/// Rates as JSON objects (`counter`, `packets_per_sec`, `bytes_per_sec`).
+pub fn rates_json(rates: &[(String, f64, f64)]) -> Vec<serde_json::Value> {
+    rates
+        .iter()
+        .map(|(pair, packets, bytes)| {
+            serde_json::json!({"counter": pair, "packets_per_sec": packets, "bytes_per_sec": bytes})
+        })
+        .collect()
+}
+
 /// `--watch`: one line of rates per second.
 fn watch(run_dir: &std::path::Path, json: bool, count: Option<u64>) -> anyhow::Result<ExitCode> {
     let client = crate::control::Client::new(crate::control::socket_path(run_dir));

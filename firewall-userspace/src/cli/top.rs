@@ -4,7 +4,10 @@
 use std::{io::Write as _, process::ExitCode, time::Duration};
 
 use crate::{
-    cli::{ControlArgs, failed, stats::rates},
+    cli::{
+        ControlArgs, failed,
+        stats::{rates, rates_json},
+    },
     control::StatsView,
     top::TopView,
 };
@@ -75,15 +78,9 @@ pub fn execute(args: TopArgs) -> anyhow::Result<ExitCode> {
         taken = std::time::Instant::now();
         let rates = rates(&before.snapshot, &after.snapshot, seconds);
         if args.control.json {
-            let rates: Vec<_> = rates
-                .iter()
-                .map(|(pair, packets, bytes)| {
-                    serde_json::json!({"counter": pair, "packets_per_sec": packets, "bytes_per_sec": bytes})
-                })
-                .collect();
             println!(
                 "{}",
-                serde_json::json!({"rates": rates, "top": top, "events": after.events})
+                serde_json::json!({"rates": rates_json(&rates), "top": top, "events": after.events})
             );
         } else {
             let frame = render(&rates, &top, after.events.lost);
