@@ -5,7 +5,7 @@
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DropEvent {
-    /// When (the program's clock, ns).
+    /// When (CLOCK_MONOTONIC_COARSE, ns: tick resolution; or the test clock).
     pub time_ns: u64,
     /// Source address, network order (IPv4 in the first 4 bytes).
     pub addr: [u8; 16],
