@@ -5,3 +5,4 @@ pub mod loadbench;
 pub mod netns;
 pub mod packets;
 pub mod traffic;
+pub mod xdpfilter;

@@ -35,9 +35,14 @@ const REQUIRED_COMMANDS: &[(&str, &str)] = &[
 /// ([`stop_prometheus_service`]).
 const PROMETHEUS_PACKAGE: &str = "prometheus";
 
-/// Commands only the benchmark runs (the peers of the control-plane benchmark), and their
-/// Debian packages; `cargo xtask bench` installs them, the tests do not need them.
-pub const BENCH_COMMANDS: &[(&str, &str)] = &[("ipset", "ipset"), ("nft", "nftables")];
+/// Commands only the benchmark runs (the peers of the control-plane benchmark, and xdp-filter,
+/// the per-packet peer), and their Debian packages; `cargo xtask bench` installs them, the tests
+/// do not need them.
+pub const BENCH_COMMANDS: &[(&str, &str)] = &[
+    ("ipset", "ipset"),
+    ("nft", "nftables"),
+    ("xdp-filter", "xdp-tools"),
+];
 
 /// Where the programs pin their maps and links.
 const BPFFS: &str = "/sys/fs/bpf";

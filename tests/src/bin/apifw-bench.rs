@@ -16,7 +16,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use apifw_tests::{loadbench, packets::udp_frame};
+use apifw_tests::{loadbench, packets::udp_frame, xdpfilter};
 use aya::programs::{TestRun as _, TestRunOptions};
 use firewall_common::program_names;
 use firewall_userspace::{Firewall, Policy};
@@ -365,6 +365,24 @@ fn packet_report(args: &Args) -> anyhow::Result<String> {
         observability_rows.push(measurement);
     }
 
+    // Peer (issue #6): xdp-filter on the blocked /32 frame; a missing tool or a failure is
+    // reported in its section rather than failing the whole bench.
+    let peers = match xdpfilter::missing_tool() {
+        Some(tool) => Err(format!("`{tool}` is not installed")),
+        None => xdpfilter::compare(args.runs, args.repeat).map_err(|err| format!("{err:#}")),
+    };
+    match &peers {
+        Ok(rows) => {
+            for row in rows {
+                eprintln!(
+                    "bench: peer {}: {:.1} ns/run, {:.2}x empty",
+                    row.program, row.median, row.ratio
+                );
+            }
+        }
+        Err(why) => eprintln!("bench: xdp-filter not measured: {why}"),
+    }
+
     let floor = median(&mut references.floors);
     let lookup = median(&mut references.lookups);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -536,6 +554,40 @@ fn packet_report(args: &Args) -> anyhow::Result<String> {
             "| {} | {:.1} | {:.1}..{:.1} | {:.2} | {:.2}..{:.2} |",
             m.case, m.median, m.min, m.max, m.ratio, m.ratio_min, m.ratio_max
         )?;
+    }
+    writeln!(md, "\n## Peers: xdp-filter (issue #6)\n")?;
+    match &peers {
+        Ok(rows) => {
+            writeln!(
+                md,
+                "The blocked-source frame ({BLOCKED_HOST}) through apifw (one-entry list, \
+                 {BLOCKED_HOST}/32) and through xdp-filter from xdp-tools (loaded in skb mode on a \
+                 veth in a throwaway namespace, `xdp-filter ip {BLOCKED_HOST} --mode src`), each \
+                 program run by id with `bpftool prog run ... repeat {}`, {} runs interleaved with \
+                 the empty program; this is one method for all three rows, so compare them with \
+                 each other rather than with the tables above. Both firewalls drop the frame.\n",
+                args.repeat, args.runs
+            )?;
+            writeln!(
+                md,
+                "| program | ns/run (median) | spread | × empty (median) | × empty spread |"
+            )?;
+            writeln!(md, "|---|---:|---:|---:|---:|")?;
+            for row in rows {
+                writeln!(
+                    md,
+                    "| {} | {:.1} | {:.1}..{:.1} | {:.2} | {:.2}..{:.2} |",
+                    row.program,
+                    row.median,
+                    row.min,
+                    row.max,
+                    row.ratio,
+                    row.ratio_min,
+                    row.ratio_max
+                )?;
+            }
+        }
+        Err(why) => writeln!(md, "Not measured: {why}.")?,
     }
     Ok(md)
 }
