@@ -128,6 +128,9 @@ impl XdpFilter {
 impl Drop for XdpFilter {
     fn drop(&mut self) {
         let _ = self.run(&["xdp-filter", "unload", &self.interface, "--all"]);
+        // libxdp leaves its (then empty) state directory on bpffs; removing an empty directory
+        // never takes anything from another libxdp user, which would recreate it.
+        let _ = std::fs::remove_dir("/sys/fs/bpf/xdp");
     }
 }
 
