@@ -707,13 +707,7 @@ fn which(program: &str) -> bool {
 
 /// Median of `values` (not empty).
 fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    if values.len() % 2 == 1 {
-        values[mid]
-    } else {
-        (values[mid - 1] + values[mid]) / 2.0
-    }
+    crate::xdpfilter::median(&mut values)
 }
 
 /// Median, min and max.

@@ -161,7 +161,8 @@ fn parse_prog_run(json: &str) -> anyhow::Result<(u64, f64)> {
     Ok((retval, duration))
 }
 
-fn median(values: &mut [f64]) -> f64 {
+/// The median of `values` (sorted in place); the benchmarks' one definition of it.
+pub fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     let mid = values.len() / 2;
     if values.len() % 2 == 1 {

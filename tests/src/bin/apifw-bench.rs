@@ -16,7 +16,11 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use apifw_tests::{loadbench, packets::udp_frame, xdpfilter};
+use apifw_tests::{
+    loadbench,
+    packets::udp_frame,
+    xdpfilter::{self, median},
+};
 use aya::programs::{TestRun as _, TestRunOptions};
 use firewall_common::program_names;
 use firewall_userspace::{Firewall, Policy};
@@ -155,16 +159,6 @@ fn spread(values: &[f64]) -> (f64, f64) {
         values.iter().copied().fold(f64::MAX, f64::min),
         values.iter().copied().fold(0.0, f64::max),
     )
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    if values.len() % 2 == 1 {
-        values[mid]
-    } else {
-        (values[mid - 1] + values[mid]) / 2.0
-    }
 }
 
 /// The empty and one-lookup reference runs of a whole benchmark, for the report's header.
