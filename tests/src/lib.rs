@@ -4,5 +4,6 @@ pub mod daemon;
 pub mod loadbench;
 pub mod netns;
 pub mod packets;
+pub mod report;
 pub mod traffic;
 pub mod xdpfilter;
