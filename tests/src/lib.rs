@@ -4,6 +4,7 @@ pub mod daemon;
 pub mod loadbench;
 pub mod netns;
 pub mod packets;
+pub mod plot;
 pub mod report;
 pub mod traffic;
 pub mod xdpfilter;

@@ -17,8 +17,9 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use apifw_tests::{
-    loadbench, report,
+    loadbench,
     packets::udp_frame,
+    plot, report,
     xdpfilter::{self, median},
 };
 use aya::programs::{TestRun as _, TestRunOptions};
@@ -262,6 +263,11 @@ fn main() -> anyhow::Result<()> {
     }
     let date_refs: Vec<(&str, &str)> = dates.iter().map(|(n, d)| (*n, d.as_str())).collect();
     let md = report::assemble(&existing, &report::header(&date_refs)?, &sections);
+    let plots = args
+        .out
+        .parent()
+        .unwrap_or(std::path::Path::new("."))
+        .join("bench");
     if args.quick {
         eprintln!("bench: --quick run, report not written:\n{md}");
         return Ok(());
@@ -269,6 +275,8 @@ fn main() -> anyhow::Result<()> {
     if let Some(parent) = args.out.parent() {
         std::fs::create_dir_all(parent)?;
     }
+    // Plots are drawn from the finished tables, so they always match the numbers.
+    let md = plot::render(&md, &plots, "bench/")?;
     std::fs::write(&args.out, md).with_context(|| format!("write {}", args.out.display()))?;
     eprintln!("bench: wrote {}", args.out.display());
     Ok(())
@@ -544,7 +552,10 @@ fn packet_report(args: &Args) -> anyhow::Result<String> {
             passed.lookup_ratio
         )?;
     }
-    writeln!(md, "\n### Drop events and kernel debug logging (issue #5)\n")?;
+    writeln!(
+        md,
+        "\n### Drop events and kernel debug logging (issue #5)\n"
+    )?;
     writeln!(
         md,
         "A blocked source with a one-entry list: drop events off, on with the default cap \

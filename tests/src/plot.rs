@@ -1,0 +1,336 @@
+//! Plots of the benchmark report, rendered to SVG from the report's own tables.
+//!
+//! The plots are a view of `docs/BENCHMARKS.md`: every table with a column worth plotting
+//! (a ratio to the empty program, a rate, a share of the no-flood goodput) becomes one
+//! horizontal bar chart, the bar at the median and a whisker over the spread when the table has
+//! one. Drawing from the tables rather than from each benchmark's data means a section kept from
+//! an earlier run is plotted the same way as a fresh one, and a plot can never disagree with the
+//! numbers next to it.
+
+use std::{fmt::Write as _, path::Path};
+
+use anyhow::Context as _;
+use plotters::prelude::*;
+
+/// Columns a chart is drawn for, in order of preference: the first header of a table that
+/// contains one of these (case-insensitive) is plotted.
+const PLOTTED: &[&str] = &[
+    "× empty (median)",
+    "goodput (median",
+    "% of no-flood",
+    "mpps",
+    "packets/s",
+    "ns/packet",
+    "seconds (median)",
+];
+
+/// One Markdown table: its header cells and rows of cells.
+#[derive(Debug, PartialEq)]
+pub struct Table {
+    pub header: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+}
+
+fn cells(line: &str) -> Vec<String> {
+    line.trim()
+        .trim_start_matches('|')
+        .trim_end_matches('|')
+        .split('|')
+        .map(|cell| cell.trim().to_owned())
+        .collect()
+}
+
+/// The tables of a Markdown text, in order.
+pub fn tables(md: &str) -> Vec<Table> {
+    let lines: Vec<&str> = md.lines().collect();
+    let mut found = Vec::new();
+    let mut i = 0;
+    while i + 1 < lines.len() {
+        let is_rule = |line: &str| {
+            let line = line.trim();
+            line.starts_with('|') && line.chars().all(|c| matches!(c, '|' | '-' | ':' | ' '))
+        };
+        if lines[i].trim().starts_with('|') && is_rule(lines[i + 1]) {
+            let header = cells(lines[i]);
+            let mut rows = Vec::new();
+            i += 2;
+            while i < lines.len() && lines[i].trim().starts_with('|') {
+                rows.push(cells(lines[i]));
+                i += 1;
+            }
+            found.push(Table { header, rows });
+        } else {
+            i += 1;
+        }
+    }
+    found
+}
+
+/// A number at the start of a cell ("6.81", "1.935", "12 345", "93.1%"); `None` otherwise.
+fn number(cell: &str) -> Option<f64> {
+    let cleaned: String = cell
+        .trim_matches('*')
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | ' ' | '-'))
+        .filter(|c| *c != ' ')
+        .collect();
+    cleaned.parse().ok()
+}
+
+/// "a..b" spread cells.
+fn range(cell: &str) -> Option<(f64, f64)> {
+    let (low, high) = cell.split_once("..")?;
+    Some((number(low)?, number(high)?))
+}
+
+/// One bar: its label, value and optional spread (min, max).
+pub type Bar = (String, f64, Option<(f64, f64)>);
+
+/// What one chart shows: a label per bar, its value and optional spread.
+#[derive(Debug, PartialEq)]
+pub struct Bars {
+    pub title: String,
+    pub axis: String,
+    pub bars: Vec<Bar>,
+}
+
+/// The chart for `table`, if it has a column to plot: the bar labels are the cells left of the
+/// first numeric column that is not a size, the spread is the column right after the plotted one
+/// when that holds "a..b" ranges.
+pub fn bars(title: &str, table: &Table) -> Option<Bars> {
+    let lower: Vec<String> = table.header.iter().map(|h| h.to_lowercase()).collect();
+    let column = PLOTTED.iter().find_map(|wanted| {
+        lower
+            .iter()
+            .position(|header| header.contains(&wanted.to_lowercase()))
+    })?;
+    // Label cells: everything left of the plotted column that is not itself a measurement.
+    let label_columns: Vec<usize> = (0..column)
+        .filter(|&i| {
+            let header = &lower[i];
+            !(header.contains("ns/")
+                || header.contains("spread")
+                || header.contains("×")
+                || header.contains("time"))
+        })
+        .collect();
+    let spread_column = (column + 1 < table.header.len() && lower[column + 1].contains("spread"))
+        .then_some(column + 1);
+    let mut bars = Vec::new();
+    for row in &table.rows {
+        let Some(value) = row.get(column).and_then(|cell| number(cell)) else {
+            continue;
+        };
+        let label = label_columns
+            .iter()
+            .filter_map(|&i| row.get(i))
+            .filter(|cell| !cell.is_empty())
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" · ");
+        let spread = spread_column
+            .and_then(|i| row.get(i))
+            .and_then(|c| range(c));
+        bars.push((label, value, spread));
+    }
+    (!bars.is_empty()).then(|| Bars {
+        title: title.to_owned(),
+        axis: table.header[column].clone(),
+        bars,
+    })
+}
+
+/// Renders `chart` as an SVG document.
+pub fn svg(chart: &Bars) -> anyhow::Result<String> {
+    let mut out = String::new();
+    let rows = chart.bars.len();
+    let height = 90 + 26 * rows as u32;
+    let longest = chart
+        .bars
+        .iter()
+        .map(|(label, _, _)| label.chars().count())
+        .max()
+        .unwrap_or(10);
+    let label_width = (longest as u32 * 7 + 20).clamp(120, 560);
+    let top = chart
+        .bars
+        .iter()
+        .map(|(_, value, spread)| spread.map_or(*value, |(_, high)| high.max(*value)))
+        .fold(0.0, f64::max)
+        .max(f64::MIN_POSITIVE)
+        * 1.08;
+    {
+        let root =
+            SVGBackend::with_string(&mut out, (label_width + 520, height)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut plot = ChartBuilder::on(&root)
+            .caption(&chart.title, ("sans-serif", 16))
+            .margin(10)
+            .x_label_area_size(36)
+            .y_label_area_size(label_width)
+            .build_cartesian_2d(0.0..top, (0..rows).into_segmented())?;
+        // The first row of the table is drawn on top, as it is read.
+        let labels: Vec<String> = chart.bars.iter().rev().map(|(l, _, _)| l.clone()).collect();
+        let at = |i: usize| rows - 1 - i;
+        plot.configure_mesh()
+            .disable_y_mesh()
+            .x_desc(chart.axis.as_str())
+            .y_labels(rows)
+            .y_label_formatter(&|segment| match segment {
+                SegmentValue::CenterOf(i) => labels.get(*i).cloned().unwrap_or_default(),
+                _ => String::new(),
+            })
+            .draw()?;
+        let bar_style = RGBColor(70, 110, 180).filled();
+        plot.draw_series(chart.bars.iter().enumerate().map(|(i, (_, value, _))| {
+            let mut bar = Rectangle::new(
+                [
+                    (0.0, SegmentValue::Exact(at(i))),
+                    (*value, SegmentValue::Exact(at(i) + 1)),
+                ],
+                bar_style,
+            );
+            bar.set_margin(4, 4, 0, 0);
+            bar
+        }))?;
+        plot.draw_series(
+            chart
+                .bars
+                .iter()
+                .enumerate()
+                .filter_map(|(i, (_, _, spread))| spread.map(|s| (i, s)))
+                .map(|(i, (low, high))| {
+                    PathElement::new(
+                        vec![
+                            (low, SegmentValue::CenterOf(at(i))),
+                            (high, SegmentValue::CenterOf(at(i))),
+                        ],
+                        BLACK.stroke_width(2),
+                    )
+                }),
+        )?;
+        root.present()?;
+    }
+    Ok(out)
+}
+
+/// Marks the plot lines this module adds, so a later run replaces rather than repeats them.
+const PLOT_PREFIX: &str = "![plot: ";
+
+/// Writes one SVG per plottable table of each bench section of `report` into `dir` (named
+/// `<section>-<n>.svg`), and returns the report with a link to each plot under its table. Stale
+/// plot links and files from earlier runs are dropped.
+pub fn render(report: &str, dir: &Path, link_prefix: &str) -> anyhow::Result<String> {
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        if entry.path().extension().is_some_and(|ext| ext == "svg") {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    let mut out = String::new();
+    let mut section = String::from("report");
+    let mut heading = String::new();
+    let mut counter = 0;
+    let mut table_lines: Vec<&str> = Vec::new();
+    let lines: Vec<&str> = report
+        .lines()
+        .filter(|line| !line.starts_with(PLOT_PREFIX))
+        .collect();
+    let mut i = 0;
+    while i <= lines.len() {
+        let line = lines.get(i).copied();
+        let in_table = line.is_some_and(|l| l.trim_start().starts_with('|'));
+        if in_table {
+            table_lines.push(line.unwrap_or_default());
+        } else if !table_lines.is_empty() {
+            // The table just ended: plot it, then carry on with the line after it.
+            let text = table_lines.join("\n");
+            for line in &table_lines {
+                out.push_str(line);
+                out.push('\n');
+            }
+            table_lines.clear();
+            if let Some(chart) = tables(&text).first().and_then(|t| bars(&heading, t)) {
+                counter += 1;
+                let name = format!("{section}-{counter}.svg");
+                let path = dir.join(&name);
+                std::fs::write(&path, svg(&chart)?)
+                    .with_context(|| format!("write {}", path.display()))?;
+                writeln!(out, "\n{PLOT_PREFIX}{}]({link_prefix}{name})", chart.title)?;
+            }
+        }
+        if let Some(line) = line
+            && !in_table
+        {
+            if let Some(name) = line
+                .strip_prefix("<!-- bench:")
+                .and_then(|rest| rest.strip_suffix(" -->"))
+            {
+                section = name.to_owned();
+                counter = 0;
+            }
+            if line.starts_with("##") {
+                heading = line.trim_start_matches('#').trim().to_owned();
+            }
+            out.push_str(line);
+            out.push('\n');
+        }
+        i += 1;
+    }
+    // A plot link is followed by one blank line in `out` already when the table was followed by
+    // one; collapse the runs of blank lines that removing old links may leave.
+    let mut tidy = String::new();
+    let mut blank = false;
+    for line in out.lines() {
+        if line.trim().is_empty() {
+            if !blank {
+                tidy.push('\n');
+            }
+            blank = true;
+        } else {
+            tidy.push_str(line);
+            tidy.push('\n');
+            blank = false;
+        }
+    }
+    Ok(tidy)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REPORT: &str = "<!-- bench:packet -->\n## Per-packet\n\nText.\n\n\
+        | prefixes | case | ns/packet (median) | spread | × empty (median) | × empty spread |\n\
+        |---:|---|---:|---:|---:|---:|\n\
+        | 1 | blocked | 135.0 | 76.0..175.0 | 6.33 | 4.76..16.80 |\n\
+        | 1000000 | passed | 60.0 | 46.0..88.0 | 3.62 | 2.95..6.45 |\n\
+        \nAfter.\n<!-- /bench:packet -->\n";
+
+    #[test]
+    fn a_table_becomes_bars_with_spread() {
+        let table = &tables(REPORT)[0];
+        let chart = bars("Per-packet", table).expect("plottable");
+        assert_eq!(chart.axis, "× empty (median)");
+        assert_eq!(
+            chart.bars,
+            vec![
+                ("1 · blocked".to_owned(), 6.33, Some((4.76, 16.80))),
+                ("1000000 · passed".to_owned(), 3.62, Some((2.95, 6.45))),
+            ]
+        );
+    }
+
+    #[test]
+    fn render_links_each_plot_once_across_runs() {
+        let dir = std::env::temp_dir().join(format!("apifw-plot-test-{}", std::process::id()));
+        let first = render(REPORT, &dir, "bench/").unwrap();
+        let second = render(&first, &dir, "bench/").unwrap();
+        assert_eq!(first, second);
+        assert_eq!(second.matches(PLOT_PREFIX).count(), 1, "{second}");
+        assert!(second.contains("](bench/packet-1.svg)"), "{second}");
+        let svg = std::fs::read_to_string(dir.join("packet-1.svg")).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("blocked"), "{svg}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
