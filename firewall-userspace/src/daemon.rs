@@ -70,6 +70,32 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    /// The control socket could not be given to `daemon.control_group`.
+    #[error(
+        "cannot give the control socket {} to group `{group}`: the daemon must be a member of \
+         that group (systemd: `SupplementaryGroups={group}`) or hold CAP_CHOWN",
+        path.display()
+    )]
+    SocketGroup {
+        /// The socket path.
+        path: PathBuf,
+        /// The group's name.
+        group: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The pin directory is not on bpffs.
+    #[error(
+        "{} is not on a BPF filesystem, so nothing can be pinned there: mount bpffs \
+         (`mount -t bpf bpf /sys/fs/bpf`; systemd does at boot) or choose another \
+         `daemon.pin_dir` (the daemon does not mount it: that would need CAP_SYS_ADMIN)",
+        path.display()
+    )]
+    NotBpffs {
+        /// The pin directory (or its nearest existing ancestor).
+        path: PathBuf,
+    },
     /// The metrics endpoint cannot listen.
     #[error("cannot serve metrics on {address}")]
     Metrics {
@@ -217,10 +243,30 @@ fn tidy_pins(policy: &Policy, layout: &PinLayout) {
     }
 }
 
+/// Checks that the pin root is (or will be created) on bpffs, whose mount the daemon leaves to
+/// the system: pinning anywhere else fails with an error that does not say why.
+fn check_bpffs(pin_root: &Path) -> Result<(), DaemonError> {
+    // The root may not exist yet (the daemon creates it): its nearest existing ancestor decides
+    // which filesystem it will be on.
+    let existing = pin_root
+        .ancestors()
+        .find(|path| path.exists())
+        .unwrap_or(Path::new("/"));
+    match nix::sys::statfs::statfs(existing) {
+        Ok(fs) if fs.filesystem_type() != nix::sys::statfs::BPF_FS_MAGIC => {
+            Err(DaemonError::NotBpffs {
+                path: existing.to_owned(),
+            })
+        }
+        // An unreadable ancestor: creating the directory will report the real problem.
+        _ => Ok(()),
+    }
+}
+
 /// Creates the control socket with owner-only (or owner+group) permissions.
 fn bind_socket(
     run_dir: &Path,
-    group: Option<u32>,
+    group: Option<(u32, &str)>,
 ) -> Result<tokio::net::UnixListener, DaemonError> {
     let path = socket_path(run_dir);
     let socket_err = |source| DaemonError::Socket {
@@ -235,8 +281,16 @@ fn bind_socket(
     let listener = tokio::net::UnixListener::bind(&path).map_err(socket_err)?;
     let mode = if group.is_some() { 0o660 } else { 0o600 };
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(socket_err)?;
-    if let Some(gid) = group {
-        std::os::unix::fs::chown(&path, None, Some(gid)).map_err(socket_err)?;
+    if let Some((gid, name)) = group {
+        // Without CAP_CHOWN (which the daemon does not need otherwise) the kernel only lets
+        // the socket's owner hand it to a group the owner belongs to.
+        std::os::unix::fs::chown(&path, None, Some(gid)).map_err(|source| {
+            DaemonError::SocketGroup {
+                path: path.clone(),
+                group: name.to_owned(),
+                source,
+            }
+        })?;
     }
     Ok(listener)
 }
@@ -269,6 +323,7 @@ pub async fn run(mut policy: Policy, options: RunOptions) -> Result<(), DaemonEr
     let audit = AuditLog::open(&policy.daemon.audit_log)?;
 
     let layout = PinLayout::new(&policy.daemon.pin_dir);
+    check_bpffs(layout.root())?;
     match pins::inspect(&policy, &layout) {
         Pinned::Nothing => {}
         Pinned::Adoptable => info!(
@@ -371,7 +426,10 @@ pub async fn run(mut policy: Policy, options: RunOptions) -> Result<(), DaemonEr
             ifnames,
         ))
     });
-    let listener = bind_socket(&policy.daemon.run_dir, group)?;
+    let listener = bind_socket(
+        &policy.daemon.run_dir,
+        group.zip(policy.daemon.control_group.as_deref()),
+    )?;
     info!(
         interfaces = ?policy.interfaces,
         pin_dir = %layout.root().display(),
@@ -432,4 +490,24 @@ fn teardown(attachments: Vec<Attachment>, layout: &PinLayout) {
     }
     // The root is ours too when nothing else lives there.
     let _ = std::fs::remove_dir(layout.root());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pin_root_off_bpffs_is_refused_with_the_reason() {
+        // The crate's own directory is on an ordinary filesystem, never bpffs.
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("no-such-pin-dir");
+        let err = check_bpffs(&root).expect_err("not bpffs");
+        assert!(
+            matches!(&err, DaemonError::NotBpffs { path } if path == Path::new(env!("CARGO_MANIFEST_DIR"))),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("mount -t bpf bpf /sys/fs/bpf"),
+            "{err}"
+        );
+    }
 }

@@ -40,9 +40,20 @@ pub static EBPF_OBJECT: &[u8] =
 /// Why the firewall could not be loaded, filled, attached or pinned.
 #[derive(Debug, thiserror::Error)]
 pub enum FirewallError {
-    /// The object or its maps could not be loaded (often: not root, or no CAP_BPF).
-    #[error("loading the eBPF object failed (needs root or CAP_BPF + CAP_NET_ADMIN)")]
+    /// The object or its maps could not be loaded (often: a missing capability, which
+    /// [`crate::privileges::explain`] then names).
+    #[error("loading the eBPF object failed")]
     Load(#[source] Box<aya::EbpfError>),
+    /// The kernel refused an operation and this process lacks capabilities the daemon needs:
+    /// the error names them, rather than leaving the operator with a bare `EPERM`.
+    #[error("{}", crate::privileges::describe(missing))]
+    MissingCapabilities {
+        /// The required capabilities this process lacks.
+        missing: Vec<crate::privileges::Capability>,
+        /// What the kernel refused.
+        #[source]
+        source: Box<FirewallError>,
+    },
     /// A program is missing from the object or could not be loaded or attached.
     #[error("program `{name}`: {action} failed")]
     Program {
@@ -229,6 +240,10 @@ impl Firewall {
     /// Loads the object with map sizes from `policy` into fresh, unpinned maps, loads the
     /// firewall program and installs the policy (rules in file order). Nothing is attached.
     pub fn load(policy: &Policy) -> Result<Self, FirewallError> {
+        Self::load_unexplained(policy).map_err(crate::privileges::explain)
+    }
+
+    fn load_unexplained(policy: &Policy) -> Result<Self, FirewallError> {
         let compiled = Compiled::build(policy, &policy.allow, &policy.block, None)?;
         let ebpf = loader(policy)
             .load(EBPF_OBJECT)
@@ -242,6 +257,10 @@ impl Firewall {
     /// previous daemon of the same layout, see [`crate::pins::inspect`]) are reused with
     /// their content, missing ones are created and pinned. Nothing is installed or attached.
     pub fn load_pinned(policy: &Policy, layout: &PinLayout) -> Result<Self, FirewallError> {
+        Self::load_pinned_unexplained(policy, layout).map_err(crate::privileges::explain)
+    }
+
+    fn load_pinned_unexplained(policy: &Policy, layout: &PinLayout) -> Result<Self, FirewallError> {
         let maps_dir = layout.maps_dir();
         std::fs::create_dir_all(&maps_dir).map_err(|source| FirewallError::PinDir {
             path: maps_dir.clone(),
@@ -545,6 +564,16 @@ impl Firewall {
     /// `auto` tries native mode and falls back to generic (skb) mode only when the driver cannot
     /// do native XDP; an interface that already carries an XDP program is an error in any mode.
     pub fn attach(
+        &mut self,
+        interface: &str,
+        setting: XdpModeSetting,
+        pin: &Path,
+    ) -> Result<Attachment, FirewallError> {
+        self.attach_unexplained(interface, setting, pin)
+            .map_err(crate::privileges::explain)
+    }
+
+    fn attach_unexplained(
         &mut self,
         interface: &str,
         setting: XdpModeSetting,

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod paths;
 pub mod pins;
 pub mod policy;
+pub mod privileges;
 pub mod server;
 pub mod state;
 pub mod stats;

@@ -166,12 +166,24 @@ impl Daemon {
     /// Its stderr goes to a file in the run directory, not a pipe: a daemon logging more than a
     /// pipe holds while nobody reads would block. [`stderr_of`] reads the file.
     pub fn spawn(netns: &Netns, dirs: &Dirs, interface: &str) -> Child {
+        Self::spawn_wrapped(netns, dirs, interface, &[])
+    }
+
+    /// Like [`Daemon::spawn`], with `apifw` run through `wrapper` (a command and its arguments
+    /// that exec their last argument, e.g. `setpriv` with reduced privileges).
+    pub fn spawn_wrapped(
+        netns: &Netns,
+        dirs: &Dirs,
+        interface: &str,
+        wrapper: &[std::ffi::OsString],
+    ) -> Child {
         static SPAWNED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = SPAWNED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = dirs.run_dir.join(format!("daemon-{n}.log"));
         let file = std::fs::File::create(&log).expect("create daemon log");
         let child = Command::new("nsenter")
             .arg(format!("--net={}", netns.path().display()))
+            .args(wrapper)
             .arg(apifw_bin())
             .args(["run", "--config"])
             .arg(&dirs.policy)
@@ -194,7 +206,18 @@ impl Daemon {
     /// Starts the daemon and waits until it answers on its control socket (it is then attached
     /// and enforcing).
     pub fn start(netns: &Netns, dirs: &Dirs, interface: &str) -> Self {
-        let mut child = Self::spawn(netns, dirs, interface);
+        Self::start_wrapped(netns, dirs, interface, &[])
+    }
+
+    /// Like [`Daemon::start`], through `wrapper` as [`Daemon::spawn_wrapped`] runs it. The
+    /// wrapper must exec (not fork) `apifw`, so that the child's pid is the daemon's.
+    pub fn start_wrapped(
+        netns: &Netns,
+        dirs: &Dirs,
+        interface: &str,
+        wrapper: &[std::ffi::OsString],
+    ) -> Self {
+        let mut child = Self::spawn_wrapped(netns, dirs, interface, wrapper);
         let link = dirs.layout().link(interface);
         let deadline = Instant::now() + Duration::from_secs(30);
         let ready = |child: &Child| {

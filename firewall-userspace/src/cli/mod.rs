@@ -6,7 +6,9 @@ pub mod ban;
 pub mod bans;
 pub mod block;
 pub mod check;
+pub mod completions;
 pub mod lists;
+pub mod man;
 pub mod reload;
 pub mod run;
 pub mod stats;
@@ -15,11 +17,24 @@ pub mod top;
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
+
+/// The binary's name, as completions and man pages call it.
+pub const BIN_NAME: &str = "apifw";
+
+/// The whole command line as clap sees it: the single definition that `--help`, the shell
+/// completions and the man pages all come from.
+pub fn command() -> clap::Command {
+    Cli::command()
+}
 
 /// apifw: an XDP firewall for API hosts.
 #[derive(Debug, Parser)]
-#[command(name = "apifw", version, about)]
+#[command(
+    name = "apifw",
+    version,
+    about = "An XDP firewall for API hosts: the daemon (`apifw run`) and its command line"
+)]
 pub struct Cli {
     /// The verb.
     #[command(subcommand)]
@@ -52,6 +67,10 @@ pub enum Command {
     Audit(audit::AuditArgs),
     /// A live view of drop rates and the top offending sources and subnets.
     Top(top::TopArgs),
+    /// Print a shell completion script (bash, zsh, fish, ...).
+    Completions(completions::CompletionsArgs),
+    /// Write the man pages (apifw.1 and one page per verb) into a directory.
+    Man(man::ManArgs),
 }
 
 /// How a CLI verb finds the daemon's control socket.
@@ -152,6 +171,8 @@ impl Cli {
             Command::Status(args) => status::execute(args),
             Command::Audit(args) => audit::execute(args),
             Command::Top(args) => top::execute(args),
+            Command::Completions(args) => completions::execute(args),
+            Command::Man(args) => man::execute(args),
         }
     }
 }
