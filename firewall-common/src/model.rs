@@ -269,6 +269,26 @@ impl Model {
         }
     }
 
+    /// Bucket state of every tracked (rule, source), as the kernel's source map holds it.
+    pub fn sources(&self) -> &HashMap<TrackKey, TrackState> {
+        &self.sources
+    }
+
+    /// Bucket state of every tracked (rule, subnet), as the kernel's subnet map holds it.
+    pub fn subnets(&self) -> &HashMap<TrackKey, TrackState> {
+        &self.subnets
+    }
+
+    /// Escalation windows of every (rule, subnet) with bans, as the kernel's escalation map.
+    pub fn escalation(&self) -> &HashMap<TrackKey, EscalationState> {
+        &self.escalation
+    }
+
+    /// Since when each (rule, source) has been a ban candidate, as the kernel's candidate map.
+    pub fn candidates(&self) -> &HashMap<TrackKey, u64> {
+        &self.candidates
+    }
+
     /// The index of the rule that takes `packet`.
     pub fn rule_for(&self, packet: &IpPacket) -> Option<u32> {
         let port = packet.ports.map(|(_, dst)| dst);

@@ -19,6 +19,7 @@ use crate::{
     engine::{ApiError, Engine, EngineParts, Overrides, read_feeds},
     events,
     firewall::{Attachment, Firewall, FirewallError},
+    interfaces::{self, Change, InterfaceWatch},
     lock::{InstanceLock, LockError},
     metrics::{self, Exporter},
     paths::{LAYOUT_VERSION, PinLayout},
@@ -437,6 +438,25 @@ pub async fn run(mut policy: Policy, options: RunOptions) -> Result<(), DaemonEr
         "apifw running"
     );
 
+    // Which device each protected name is attached to, to notice removals and renames.
+    let mut watch = InterfaceWatch::new(
+        engine
+            .attachments
+            .iter()
+            .map(|a| (a.interface.clone(), interfaces::index_of(&a.interface))),
+    );
+    let slot_of: std::collections::HashMap<String, u32> = engine
+        .shared
+        .lock()
+        .map(|shared| {
+            shared
+                .interfaces
+                .iter()
+                .map(|(slot, name)| (name.clone(), *slot))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut attach_failures = std::collections::HashSet::new();
     let engine = Arc::new(Mutex::new(engine));
     let server = tokio::spawn(server::serve(listener, engine.clone(), Access { group }));
     // Expired bans are already ignored by XDP; sweeping them frees their map slots.
@@ -456,7 +476,16 @@ pub async fn run(mut policy: Policy, options: RunOptions) -> Result<(), DaemonEr
                 // Errors are logged and audited by the engine.
                 let _ = engine.lock().await.reload("signal");
             }
-            _ = tick.tick() => engine.lock().await.tick(),
+            _ = tick.tick() => {
+                let mut engine = engine.lock().await;
+                engine.tick();
+                follow_interfaces(
+                    &mut engine,
+                    &mut watch,
+                    &InterfaceContext { policy: &policy, layout: &layout, slot_of: &slot_of },
+                    &mut attach_failures,
+                );
+            }
         }
     }
     server.abort();
@@ -472,6 +501,109 @@ pub async fn run(mut policy: Policy, options: RunOptions) -> Result<(), DaemonEr
     teardown(attachments, &layout);
     info!("detached and unpinned");
     Ok(())
+}
+
+/// What [`follow_interfaces`] needs of the daemon's setup.
+struct InterfaceContext<'a> {
+    policy: &'a Policy,
+    layout: &'a PinLayout,
+    /// Counter slot of each protected interface.
+    slot_of: &'a std::collections::HashMap<String, u32>,
+}
+
+/// Once a tick: drops the attachment of a protected interface whose device was removed or
+/// renamed, and attaches to a device that (again) carries a protected name. Other interfaces are
+/// not touched; a failed attach is logged once per device and retried every tick.
+fn follow_interfaces(
+    engine: &mut Engine,
+    watch: &mut InterfaceWatch,
+    context: &InterfaceContext<'_>,
+    attach_failures: &mut std::collections::HashSet<(String, u32)>,
+) {
+    for change in watch.changes(interfaces::index_of, interfaces::name_of) {
+        match change {
+            Change::Removed { interface, ifindex } => {
+                warn!(
+                    interface,
+                    ifindex,
+                    "protected interface removed: nothing to filter there until a device with \
+                     this name appears again, then apifw attaches to it"
+                );
+                drop_attachment(engine, &interface);
+                watch.record(&interface, None);
+            }
+            Change::Renamed {
+                interface,
+                ifindex,
+                now,
+            } => {
+                warn!(
+                    interface,
+                    ifindex,
+                    renamed_to = now,
+                    "protected interface renamed: the policy protects interfaces by name, so \
+                     apifw detaches from it and attaches to whichever device takes the name"
+                );
+                drop_attachment(engine, &interface);
+                watch.record(&interface, None);
+            }
+            Change::Appeared { interface, ifindex } => {
+                if watch.is_attached(&interface) {
+                    continue;
+                }
+                let pin = context.layout.link(&interface);
+                // A link pinned for the old device is stale now.
+                let _ = std::fs::remove_file(&pin);
+                match engine
+                    .firewall
+                    .attach(&interface, context.policy.xdp_mode, &pin)
+                {
+                    Ok(attachment) => {
+                        info!(
+                            interface,
+                            ifindex,
+                            mode = attachment.mode_name(),
+                            "protected interface is back: attached"
+                        );
+                        if let Some(slot) = context.slot_of.get(&interface)
+                            && let Err(err) = engine.firewall.set_interface_slot(ifindex, *slot)
+                        {
+                            warn!(interface, err = %crate::engine::chain(&err), "cannot set the counter slot");
+                        }
+                        engine.attachments.push(attachment);
+                        watch.record(&interface, Some(ifindex));
+                        attach_failures.remove(&(interface, ifindex));
+                    }
+                    Err(err) => {
+                        if attach_failures.insert((interface.clone(), ifindex)) {
+                            error!(
+                                interface,
+                                ifindex,
+                                err = %crate::engine::chain(&err),
+                                "protected interface is back but attaching failed; retrying every second"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Unpins and drops the attachment of `interface`, if there is one.
+fn drop_attachment(engine: &mut Engine, interface: &str) {
+    if let Some(at) = engine
+        .attachments
+        .iter()
+        .position(|attachment| attachment.interface == interface)
+    {
+        let attachment = engine.attachments.swap_remove(at);
+        if let Err(err) = attachment.detach()
+            && err.kind() != std::io::ErrorKind::NotFound
+        {
+            error!(interface, %err, "cannot unpin the link of a vanished interface");
+        }
+    }
 }
 
 /// Detaches every attachment and removes the pins.

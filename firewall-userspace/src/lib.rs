@@ -13,6 +13,7 @@ pub mod engine;
 pub mod events;
 pub mod feeds;
 pub mod firewall;
+pub mod interfaces;
 pub mod lock;
 pub mod metrics;
 pub mod paths;
