@@ -22,6 +22,8 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const REQUIRED_COMMANDS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("nsenter", "util-linux"),
+    // The privilege tests run the daemon and the CLI with reduced capabilities and uids.
+    ("setpriv", "util-linux"),
     ("bpftool", "bpftool"),
     ("curl", "curl"),
     ("python3", "python3"),
@@ -42,6 +44,9 @@ pub const BENCH_COMMANDS: &[(&str, &str)] = &[
     ("ipset", "ipset"),
     ("nft", "nftables"),
     ("xdp-filter", "xdp-tools"),
+    // The flood benchmark: its iptables peers, and GRO on the receiving veth.
+    ("iptables", "iptables"),
+    ("ethtool", "ethtool"),
 ];
 
 /// Where the programs pin their maps and links.
