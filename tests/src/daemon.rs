@@ -177,6 +177,16 @@ impl Daemon {
         interface: &str,
         wrapper: &[std::ffi::OsString],
     ) -> Child {
+        Self::spawn_on(netns, dirs, &[interface], wrapper)
+    }
+
+    /// Like [`Daemon::spawn_wrapped`], protecting every interface of `interfaces`.
+    pub fn spawn_on(
+        netns: &Netns,
+        dirs: &Dirs,
+        interfaces: &[&str],
+        wrapper: &[std::ffi::OsString],
+    ) -> Child {
         static SPAWNED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = SPAWNED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = dirs.run_dir.join(format!("daemon-{n}.log"));
@@ -187,7 +197,12 @@ impl Daemon {
             .arg(apifw_bin())
             .args(["run", "--config"])
             .arg(&dirs.policy)
-            .args(["--interface", interface, "--pin-dir"])
+            .args(
+                interfaces
+                    .iter()
+                    .flat_map(|interface| ["--interface", interface]),
+            )
+            .arg("--pin-dir")
             .arg(&dirs.pin_dir)
             .arg("--run-dir")
             .arg(&dirs.run_dir)
@@ -217,11 +232,25 @@ impl Daemon {
         interface: &str,
         wrapper: &[std::ffi::OsString],
     ) -> Self {
-        let mut child = Self::spawn_wrapped(netns, dirs, interface, wrapper);
-        let link = dirs.layout().link(interface);
+        Self::start_on(netns, dirs, &[interface], wrapper)
+    }
+
+    /// Like [`Daemon::start_wrapped`], protecting every interface of `interfaces`; waits until
+    /// all of them are attached.
+    pub fn start_on(
+        netns: &Netns,
+        dirs: &Dirs,
+        interfaces: &[&str],
+        wrapper: &[std::ffi::OsString],
+    ) -> Self {
+        let mut child = Self::spawn_on(netns, dirs, interfaces, wrapper);
+        let links: Vec<PathBuf> = interfaces
+            .iter()
+            .map(|interface| dirs.layout().link(interface))
+            .collect();
         let deadline = Instant::now() + Duration::from_secs(30);
         let ready = |child: &Child| {
-            link.exists()
+            links.iter().all(|link| link.exists())
                 && dirs
                     .cli(&["status", "--json"])
                     .stdout
@@ -244,6 +273,11 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(50));
         }
         Self { child: Some(child) }
+    }
+
+    /// What the daemon has logged so far.
+    pub fn log(&mut self) -> String {
+        self.child.as_mut().map(stderr_of).unwrap_or_default()
     }
 
     /// The daemon's pid.

@@ -1,5 +1,6 @@
 //! Helpers for apifw's privileged tests: frame crafting, namespace labs and the daemon process.
 
+pub mod adversarial;
 pub mod daemon;
 pub mod loadbench;
 pub mod netns;
