@@ -8,6 +8,7 @@ mod bench;
 mod cmd;
 mod demo;
 mod lab;
+mod package;
 mod root;
 mod setup;
 mod test;
@@ -38,6 +39,10 @@ enum Task {
     Demo,
     /// Measure the XDP program against an empty one and write docs/BENCHMARKS.md (needs root).
     Bench(bench::Args),
+    /// Build the Debian package target/package/apifw_<version>_<arch>.deb: the release binary,
+    /// the systemd unit, the example policy as /etc/apifw/apifw.toml, docs, man pages and shell
+    /// completions.
+    Package,
 }
 
 /// Prints errors as a readable cause chain rather than `Debug` (which would add a backtrace of
@@ -61,6 +66,7 @@ fn run(cli: Cli) -> Result<()> {
         Task::Test(args) => test::run(&args),
         Task::Demo => demo::run(),
         Task::Bench(args) => bench::run(&args),
+        Task::Package => package::run(),
     }
 }
 
