@@ -221,7 +221,7 @@ pub fn parse_targets(targets: &[String]) -> Result<Vec<IpNet>, ApiError> {
 }
 
 /// TTL and comment of runtime entries.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EntryMeta {
     /// Seconds until the entries lapse (none: never).
     pub ttl_secs: Option<u64>,

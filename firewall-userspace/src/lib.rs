@@ -20,6 +20,7 @@ pub mod paths;
 pub mod pins;
 pub mod policy;
 pub mod privileges;
+pub mod request;
 pub mod server;
 pub mod state;
 pub mod stats;

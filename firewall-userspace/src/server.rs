@@ -1,25 +1,25 @@
 //! The daemon's side of the control API (`docs/CONTROL-API.md`): accepts connections on the
-//! Unix socket, checks the caller's credentials, routes requests to the [`Engine`].
+//! Unix socket, checks the caller's credentials, has [`request::parse`] validate each request
+//! and carries it out on the [`Engine`].
 
 use std::{convert::Infallible, sync::Arc};
 
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::{
-    Method, Request, Response, StatusCode,
+    Request, Response, StatusCode,
     body::{Bytes, Incoming},
     server::conn::http1,
     service::service_fn,
 };
 use hyper_util::rt::TokioIo;
-use serde::{Serialize, de::DeserializeOwned};
+use serde::Serialize;
 use tokio::{net::UnixListener, sync::Mutex};
 use tracing::{debug, warn};
 
 use crate::{
-    control::{API_PREFIX, BanAdd, ErrorBody, Import, ListAdd, Targets},
-    engine::{ApiError, Engine, EntryMeta, parse_targets},
-    feeds,
-    state::ListKind,
+    control::{Changed, ErrorBody},
+    engine::{ApiError, Engine},
+    request::{self, ControlRequest, Parsed},
 };
 
 /// Largest request body: an import of a few million lines.
@@ -135,11 +135,6 @@ fn error(err: ApiError) -> Response<Full<Bytes>> {
     respond(status, &ErrorBody { error: err.message })
 }
 
-fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|err| ApiError::bad_request(format!("invalid request body: {err}")))
-}
-
 async fn handle(
     request: Request<Incoming>,
     peer: Peer,
@@ -172,126 +167,45 @@ async fn handle(
             )));
         }
     };
-    let Some(route) = path.strip_prefix(API_PREFIX) else {
-        return error(ApiError {
-            status: 404,
-            message: format!("unknown path {path}: this daemon speaks the {API_PREFIX} API"),
-        });
-    };
     let actor = peer.actor();
+    let Parsed { verb, request } = request::parse(&method, &path, &body);
     let mut engine = engine.lock().await;
-    let list_kind = |name: &str| match name {
-        "block" => Some(ListKind::Block),
-        "allow" => Some(ListKind::Allow),
-        _ => None,
-    };
-    let segments: Vec<&str> = route.trim_matches('/').split('/').collect();
-    let verb = match segments.as_slice() {
-        ["lists", list] => format!("{list}.list"),
-        ["lists", list, action] => format!("{list}.{action}"),
-        ["bans"] => "ban.list".to_owned(),
-        ["bans", action] => format!("ban.{action}"),
-        [one] => (*one).to_owned(),
-        _ => "unknown".to_owned(),
-    };
-    let verb = if verb.len() > 32 || !verb.chars().all(|c| c.is_ascii_lowercase() || c == '.') {
-        "unknown".to_owned()
-    } else {
-        verb
-    };
-    let result: Result<Response<Full<Bytes>>, ApiError> = match (&method, segments.as_slice()) {
-        (&Method::GET, ["status"]) => Ok(respond(StatusCode::OK, &engine.status())),
-        (&Method::GET, ["stats"]) => engine.stats().map(|view| respond(StatusCode::OK, &view)),
-        (&Method::GET, ["top"]) => Ok(respond(StatusCode::OK, &engine.top())),
-        (&Method::GET, ["lists", list]) if list_kind(list).is_some() => Ok(respond(
-            StatusCode::OK,
-            &engine.list(list_kind(list).unwrap_or(ListKind::Block)),
-        )),
-        (&Method::POST, ["lists", list, "add"]) if list_kind(list).is_some() => {
-            let kind = list_kind(list).unwrap_or(ListKind::Block);
-            parse::<ListAdd>(&body).and_then(|add| {
-                let nets = parse_targets(&add.cidrs)?;
-                let meta = EntryMeta {
-                    ttl_secs: add.ttl_secs,
-                    comment: add.comment,
-                };
+    let ok = |changed: Changed| respond(StatusCode::OK, &changed);
+    let result: Result<Response<Full<Bytes>>, ApiError> =
+        request.and_then(|request| match request {
+            ControlRequest::Status => Ok(respond(StatusCode::OK, &engine.status())),
+            ControlRequest::Stats => engine.stats().map(|view| respond(StatusCode::OK, &view)),
+            ControlRequest::Top => Ok(respond(StatusCode::OK, &engine.top())),
+            ControlRequest::List(kind) => Ok(respond(StatusCode::OK, &engine.list(kind))),
+            ControlRequest::ListAdd { kind, nets, meta } => {
                 let action = format!("{}.add", kind.as_str());
                 engine
                     .list_add(kind, nets, meta, &actor, (&action, serde_json::Value::Null))
-                    .map(|changed| respond(StatusCode::OK, &changed))
-            })
-        }
-        (&Method::POST, ["lists", list, "del"]) if list_kind(list).is_some() => {
-            let kind = list_kind(list).unwrap_or(ListKind::Block);
-            parse::<Targets>(&body).and_then(|targets| {
-                let nets = parse_targets(&targets.cidrs)?;
-                engine
-                    .list_del(kind, nets, &actor)
-                    .map(|changed| respond(StatusCode::OK, &changed))
-            })
-        }
-        (&Method::POST, ["lists", list, "import"]) if list_kind(list).is_some() => {
-            let kind = list_kind(list).unwrap_or(ListKind::Block);
-            parse::<Import>(&body).and_then(|import| {
-                let parsed = feeds::parse(&import.content, import.format);
-                let origin = std::path::Path::new(&import.origin);
-                let bad: Vec<String> = parsed
-                    .bad_lines
-                    .iter()
-                    .map(|line| line.describe(origin))
-                    .collect();
-                if !bad.is_empty() && !import.skip_bad_lines {
-                    let shown: Vec<String> = bad.iter().take(20).cloned().collect();
-                    return Err(ApiError::bad_request(format!(
-                        "{} bad line(s) in {}; nothing was imported (pass --skip-bad-lines to \
-                         import the rest):\n{}",
-                        bad.len(),
-                        import.origin,
-                        shown.join("\n")
-                    )));
-                }
-                if parsed.prefixes.is_empty() {
-                    return Err(ApiError::bad_request(format!(
-                        "{} holds no addresses or CIDRs; nothing was imported",
-                        import.origin
-                    )));
-                }
-                let detail = serde_json::json!({
-                    "file": import.origin, "format": import.format, "skipped_lines": bad.len(),
-                });
-                let meta = EntryMeta {
-                    ttl_secs: import.ttl_secs,
-                    comment: import.comment,
-                };
-                engine
-                    .import(kind, &import.origin, parsed.prefixes, meta, &actor, detail)
-                    .map(|mut changed| {
-                        changed.skipped = bad;
-                        respond(StatusCode::OK, &changed)
-                    })
-            })
-        }
-        (&Method::GET, ["bans"]) => engine.bans().map(|rows| respond(StatusCode::OK, &rows)),
-        (&Method::POST, ["bans", "add"]) => parse::<BanAdd>(&body).and_then(|ban| {
-            let nets = parse_targets(&ban.cidrs)?;
-            engine
-                .ban_add(nets, ban.ttl_secs, ban.comment, &actor)
-                .map(|changed| respond(StatusCode::OK, &changed))
-        }),
-        (&Method::POST, ["bans", "del"]) => parse::<Targets>(&body).and_then(|targets| {
-            let nets = parse_targets(&targets.cidrs)?;
-            engine
-                .ban_del(nets, &actor)
-                .map(|changed| respond(StatusCode::OK, &changed))
-        }),
-        (&Method::POST, ["reload"]) => engine
-            .reload(&actor)
-            .map(|changed| respond(StatusCode::OK, &changed)),
-        _ => Err(ApiError {
-            status: 404,
-            message: format!("no such request: {method} {path} (see docs/CONTROL-API.md)"),
-        }),
-    };
+                    .map(ok)
+            }
+            ControlRequest::ListDel { kind, nets } => engine.list_del(kind, nets, &actor).map(ok),
+            ControlRequest::Import {
+                kind,
+                origin,
+                prefixes,
+                skipped,
+                meta,
+                detail,
+            } => engine
+                .import(kind, &origin, prefixes, meta, &actor, detail)
+                .map(|mut changed| {
+                    changed.skipped = skipped;
+                    ok(changed)
+                }),
+            ControlRequest::Bans => engine.bans().map(|rows| respond(StatusCode::OK, &rows)),
+            ControlRequest::BanAdd {
+                nets,
+                ttl_secs,
+                comment,
+            } => engine.ban_add(nets, ttl_secs, comment, &actor).map(ok),
+            ControlRequest::BanDel { nets } => engine.ban_del(nets, &actor).map(ok),
+            ControlRequest::Reload => engine.reload(&actor).map(ok),
+        });
     engine.count_request(&verb, if result.is_ok() { "ok" } else { "error" });
     result.unwrap_or_else(error)
 }
