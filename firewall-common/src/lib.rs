@@ -86,6 +86,15 @@ pub mod map_names {
     /// `PerCpuArray<u64>`: events emitted, suppressed, lost ([`crate::events`]).
     pub const EVENT_STATS: &str = "APIFW_EVENT_STATS";
 
+    /// `ProgramArray` with one slot: the program the benchmark's source sprayer
+    /// (`program_names::SPRAY`) tail-calls. Not pinned: only benchmarks fill it.
+    pub const SPRAY_TARGET: &str = "APIFW_SPRAY_TGT";
+    /// `PerCpuArray<u64>`: the sprayer's packet counter on each CPU (the next source's index).
+    pub const SPRAY_COUNTER: &str = "APIFW_SPRAY_CTR";
+    /// `Array<u64>` with one entry: the sprayer's shift; source `i` is written into packets
+    /// `i << shift ..= ((i + 1) << shift) - 1` (0: a new source every packet).
+    pub const SPRAY_SHIFT: &str = "APIFW_SPRAY_CFG";
+
     /// Every map the daemon pins.
     pub const ALL: [&str; 19] = [
         ACTIVE,
@@ -119,4 +128,8 @@ pub mod program_names {
     /// Bounds checks, one hash lookup of the IPv4 source's /32 and a counter update: the least
     /// any lookup-based firewall does per packet, which benchmarks also compare against.
     pub const ONE_LOOKUP: &str = "apifw_one_lookup";
+    /// Benchmark driver: writes a distinct pseudo-random source address into the frame, then
+    /// tail-calls the program in [`super::map_names::SPRAY_TARGET`], so that one
+    /// `BPF_PROG_TEST_RUN` with `repeat` = N offers N different sources.
+    pub const SPRAY: &str = "apifw_spray";
 }

@@ -12,6 +12,7 @@ mod events;
 mod parse;
 mod prefixes;
 mod ratelimit;
+mod spray;
 
 use aya_ebpf::{
     bindings::xdp_action,

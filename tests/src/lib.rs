@@ -7,5 +7,6 @@ pub mod netns;
 pub mod packets;
 pub mod plot;
 pub mod report;
+pub mod sources;
 pub mod traffic;
 pub mod xdpfilter;

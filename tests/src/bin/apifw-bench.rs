@@ -43,7 +43,6 @@ struct Args {
 
 impl Args {
     /// What every section module is told.
-    #[expect(dead_code, reason = "used by the sections registered one per module")]
     fn common(&self) -> report::BenchOptions {
         report::BenchOptions {
             runs: self.runs,
@@ -227,6 +226,7 @@ type Measure = fn(&Args) -> anyhow::Result<String>;
 const SECTIONS: &[(&str, Measure)] = &[
     ("packet", |args| packet_report(args)),
     ("load", |args| Ok(loadbench::run(&args.load)?.markdown()?)),
+    ("sources", |args| apifw_tests::sources::run(&args.common())),
 ];
 
 fn main() -> anyhow::Result<()> {
