@@ -76,6 +76,105 @@ pub struct BanAdd {
     pub comment: Option<String>,
 }
 
+/// `POST /v1/reports`: a local service reports abuse by a source.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Report {
+    /// The offending client's address (not a CIDR).
+    pub source: String,
+    /// What it did, in words (logged).
+    pub reason: String,
+    /// How many jail matches the report counts as (default 1).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// The jail to count it in (default: the first jail that takes reports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jail: Option<String>,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// The answer to `POST /v1/reports`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportOutcome {
+    /// The jail the report was counted in.
+    pub jail: String,
+    /// The source.
+    pub source: std::net::IpAddr,
+    /// The source's weight within the jail's window after this report (0 when it was not
+    /// counted).
+    pub count: u64,
+    /// The jail's `max_retry`.
+    pub max_retry: u32,
+    /// The source is banned (by this report, or already).
+    pub banned: bool,
+    /// The ban this report made, in seconds.
+    pub ban_ttl_secs: Option<u64>,
+    /// The source is allowlisted: counted, never banned.
+    pub allowlisted: bool,
+}
+
+/// One ban a jail made that is still in force.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JailBan {
+    /// The banned source.
+    pub source: std::net::IpAddr,
+    /// Seconds until it lapses.
+    pub remaining_secs: u64,
+    /// The source's ban number within the jail's memory (the increment's exponent + 1).
+    pub ban_count: u32,
+}
+
+/// The last request (or report) a jail counted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastMatch {
+    /// Its source.
+    pub source: std::net::IpAddr,
+    /// When, in unix seconds.
+    pub at_unix: u64,
+    /// `METHOD PATH STATUS`, or the report's reason.
+    pub detail: String,
+}
+
+/// `GET /v1/jails`: one jail.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JailView {
+    /// Name.
+    pub name: String,
+    /// The access log it follows.
+    pub log: Option<PathBuf>,
+    /// `combined` or `json`.
+    pub format: String,
+    /// Whether reports naming no jail are counted here.
+    pub reports: bool,
+    /// Matches within `find_time` that ban.
+    pub max_retry: u32,
+    /// The window.
+    pub find_time_secs: u64,
+    /// The first ban's duration.
+    pub ban_time_secs: u64,
+    /// Log lines read since the daemon started.
+    pub lines: u64,
+    /// Lines not understood.
+    pub unparsed: u64,
+    /// Lines that matched.
+    pub matches: u64,
+    /// Abuse reports counted.
+    pub reports_counted: u64,
+    /// Bans made.
+    pub bans: u64,
+    /// Bans not made because the source is allowlisted.
+    pub allowlisted: u64,
+    /// Sources with matches within the window.
+    pub tracked: usize,
+    /// Bans in force.
+    pub current_bans: Vec<JailBan>,
+    /// The last match.
+    pub last_match: Option<LastMatch>,
+}
+
 /// What a change did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Changed {

@@ -14,6 +14,7 @@ pub mod events;
 pub mod feeds;
 pub mod firewall;
 pub mod interfaces;
+pub mod jails;
 pub mod lock;
 pub mod metrics;
 pub mod paths;

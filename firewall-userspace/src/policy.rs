@@ -323,6 +323,8 @@ struct RawPolicy {
     dry_run: bool,
     #[serde(default, rename = "rule")]
     rules: Vec<Spanned<RawRule>>,
+    #[serde(default, rename = "jail")]
+    jails: Vec<Spanned<crate::jails::config::RawJail>>,
 }
 
 fn default_malformed() -> Action {
@@ -394,6 +396,8 @@ pub struct Policy {
     pub allow_feeds: Vec<Feed>,
     /// Feeds added to the blocklist (paths resolved against the policy's directory).
     pub block_feeds: Vec<Feed>,
+    /// Access-log jails, in file order (log paths resolved against the policy's directory).
+    pub jails: Vec<crate::jails::config::JailConfig>,
 }
 
 impl Policy {
@@ -434,6 +438,7 @@ impl Default for Policy {
             rules: Vec::new(),
             allow_feeds: Vec::new(),
             block_feeds: Vec::new(),
+            jails: Vec::new(),
         }
     }
 }
@@ -506,13 +511,13 @@ pub struct Loaded {
 }
 
 /// Turns byte offsets into line and column numbers.
-struct Locator<'a> {
+pub(crate) struct Locator<'a> {
     path: &'a Path,
     text: &'a str,
 }
 
 impl Locator<'_> {
-    fn at(&self, offset: usize, message: String) -> Diagnostic {
+    pub(crate) fn at(&self, offset: usize, message: String) -> Diagnostic {
         let before = &self.text[..offset.min(self.text.len())];
         let line = before.matches('\n').count() + 1;
         let column = before.chars().rev().take_while(|c| *c != '\n').count() + 1;
@@ -574,6 +579,7 @@ impl Loaded {
             }
         }
         let rules = parse_rules(&locator, &raw.rules, &mut errors);
+        let jails = crate::jails::config::parse_jails(&locator, path, &raw.jails, &mut errors);
         for (name, value) in [
             ("max_v4_prefixes", raw.limits.max_v4_prefixes),
             ("max_v6_prefixes", raw.limits.max_v6_prefixes),
@@ -612,6 +618,7 @@ impl Loaded {
                 rules,
                 allow_feeds: resolve_feeds(path, &raw.allow.feeds),
                 block_feeds: resolve_feeds(path, &raw.block.feeds),
+                jails,
             },
             warnings,
             interface_spans,
