@@ -95,6 +95,10 @@ pub mod map_names {
     /// `i << shift ..= ((i + 1) << shift) - 1` (0: a new source every packet).
     pub const SPRAY_SHIFT: &str = "APIFW_SPRAY_CFG";
 
+    /// `Array<u32>` with one entry: how many low source bits the flood generator
+    /// (`program_names::FLOOD_GEN`) varies (0: all 17 of 198.18.0.0/15). Not pinned.
+    pub const FLOOD_CONFIG: &str = "APIFW_FLOOD_CFG";
+
     /// Every map the daemon pins.
     pub const ALL: [&str; 19] = [
         ACTIVE,
@@ -128,6 +132,11 @@ pub mod program_names {
     /// Bounds checks, one hash lookup of the IPv4 source's /32 and a counter update: the least
     /// any lookup-based firewall does per packet, which benchmarks also compare against.
     pub const ONE_LOOKUP: &str = "apifw_one_lookup";
+    /// The flood benchmark's generator, run with `BPF_PROG_RUN` in live-frames mode: gives each
+    /// frame a new IPv4 source in 198.18.0.0/15 and sends it out with `XDP_TX`.
+    pub const FLOOD_GEN: &str = "apifw_flood_gen";
+    /// Drops every frame: the cheapest receiver, which shows the flood generator's own limit.
+    pub const FLOOD_SINK: &str = "apifw_flood_sink";
     /// Benchmark driver: writes a distinct pseudo-random source address into the frame, then
     /// tail-calls the program in [`super::map_names::SPRAY_TARGET`], so that one
     /// `BPF_PROG_TEST_RUN` with `repeat` = N offers N different sources.

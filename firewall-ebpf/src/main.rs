@@ -9,6 +9,7 @@
 
 mod bans;
 mod events;
+mod flood_gen;
 mod parse;
 mod prefixes;
 mod ratelimit;

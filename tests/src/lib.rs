@@ -2,6 +2,7 @@
 
 pub mod adversarial;
 pub mod daemon;
+pub mod flood;
 pub mod loadbench;
 pub mod netns;
 pub mod packets;

@@ -335,7 +335,7 @@ fn maps_memlock(maps_dir: &Path) -> Option<MapMemory> {
 }
 
 /// The daemon of one measurement, stopped with SIGTERM on drop (killed if it hangs).
-struct BenchDaemon {
+pub(crate) struct BenchDaemon {
     child: Child,
     log: PathBuf,
 }
@@ -343,7 +343,12 @@ struct BenchDaemon {
 impl BenchDaemon {
     /// Starts `apifw run` in `netns` and waits until it is attached and its control socket is
     /// there.
-    fn start(netns: &Netns, dirs: &Dirs, interface: &str, log_level: &str) -> anyhow::Result<Self> {
+    pub(crate) fn start(
+        netns: &Netns,
+        dirs: &Dirs,
+        interface: &str,
+        log_level: &str,
+    ) -> anyhow::Result<Self> {
         let log = dirs.run_dir.join("daemon.log");
         let child = Command::new("nsenter")
             .arg(format!("--net={}", netns.path().display()))
@@ -382,7 +387,7 @@ impl BenchDaemon {
         self.child.id()
     }
 
-    fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }

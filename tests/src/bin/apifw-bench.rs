@@ -226,6 +226,7 @@ type Measure = fn(&Args) -> anyhow::Result<String>;
 const SECTIONS: &[(&str, Measure)] = &[
     ("packet", |args| packet_report(args)),
     ("load", |args| Ok(loadbench::run(&args.load)?.markdown()?)),
+    ("flood", |args| apifw_tests::flood::run(&args.common())),
     ("sources", |args| apifw_tests::sources::run(&args.common())),
 ];
 

@@ -1,0 +1,138 @@
+//! The flood generator of the "Flood over veth" benchmark (issue #6), and its sink.
+//!
+//! The benchmark runs [`apifw_flood_gen`] with `BPF_PROG_RUN` in live-frames mode
+//! (`BPF_F_TEST_XDP_LIVE_FRAMES`, as xdp-trafficgen does): the kernel feeds one template frame
+//! (Ethernet/IPv4/UDP) through the program again and again from a page pool, and honours the
+//! verdict. `XDP_TX` sends the frame out of the context's `ingress_ifindex`, a veth whose peer is
+//! the interface under test. A userspace sender could not come near the rates this reaches.
+//!
+//! Every frame leaves with a different IPv4 source inside 198.18.0.0/15 (the benchmarking range
+//! of RFC 2544), so that filters keyed by source see a spoofed flood rather than one hot entry
+//! (`APIFW_FLOOD_CFG` can narrow the range to its first 2^n addresses).
+//! The sources follow a permutation of the range: within any 2^17 consecutive frames of one CPU,
+//! each source appears exactly once, which makes the per-source rate known (a rate limiter's
+//! behaviour depends on it). The IPv4 header checksum is updated incrementally, so the receiving
+//! stack accepts the frame and netfilter sees it; the UDP checksum is 0 (none), which IPv4
+//! allows.
+//!
+//! Page-pool pages are recycled without being rewritten, so a frame may start from a previous
+//! run's bytes: the update reads the source and checksum the frame holds now, which is right
+//! either way.
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::bpf_get_smp_processor_id,
+    macros::map,
+    macros::xdp,
+    maps::{Array, PerCpuArray},
+    programs::XdpContext,
+};
+
+/// Frames sent by this CPU so far: the position in the source permutation.
+#[map(name = "APIFW_FLOOD_SEQ")]
+static FLOOD_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// How many low bits of the source vary (1 to 17; anything else means 17): the benchmark's
+/// rate-limit cases flood from fewer sources, so that each is far over its limit.
+#[map(name = "APIFW_FLOOD_CFG")]
+static FLOOD_CFG: Array<u32> = Array::with_max_entries(1, 0);
+
+/// 198.18.0.0/15, host order.
+const FLOOD_NET: u32 = 0xC612_0000;
+/// The host bits of [`FLOOD_NET`].
+const FLOOD_HOST_BITS: u32 = 17;
+const FLOOD_HOST_MASK: u32 = (1 << FLOOD_HOST_BITS) - 1;
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+/// Offsets in the frame (Ethernet header, then an IPv4 header without options).
+const ETHERTYPE: usize = 12;
+const IP_VERSION_IHL: usize = ETH_HLEN;
+const IP_CHECK: usize = ETH_HLEN + 10;
+const IP_SOURCE: usize = ETH_HLEN + 12;
+const IP_END: usize = ETH_HLEN + 20;
+
+/// Rewrites the IPv4 source of the frame to the next address of the permutation and sends the
+/// frame back out (`XDP_TX`). Anything but an option-less IPv4 frame is aborted: the benchmark
+/// supplies the frame, so that would be its bug.
+#[xdp]
+pub fn apifw_flood_gen(ctx: XdpContext) -> u32 {
+    let start = ctx.data();
+    if start + IP_END > ctx.data_end() {
+        return xdp_action::XDP_ABORTED;
+    }
+    // SAFETY: bytes 0..IP_END lie inside the frame (checked above); byte arrays have no
+    // alignment requirement.
+    let (ethertype, version_ihl) = unsafe {
+        (
+            u16::from_be_bytes(*((start + ETHERTYPE) as *const [u8; 2])),
+            *((start + IP_VERSION_IHL) as *const u8),
+        )
+    };
+    if ethertype != ETH_P_IP || version_ihl != 0x45 {
+        return xdp_action::XDP_ABORTED;
+    }
+    let Some(seq) = FLOOD_SEQ.get_ptr_mut(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: the pointer comes from a successful per-CPU array lookup: this CPU's slot, which
+    // nothing else touches while this program runs here.
+    let n = unsafe {
+        let n = (*seq).wrapping_add(1);
+        *seq = n;
+        n
+    };
+    // SAFETY: the helper has no preconditions.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    // Each CPU starts at a different point of the permutation, so two generators on two CPUs do
+    // not send the same source at the same moment.
+    let bits = FLOOD_CFG.get(0).map_or(FLOOD_HOST_BITS, |bits| *bits);
+    let bits = if bits == 0 || bits > FLOOD_HOST_BITS {
+        FLOOD_HOST_BITS
+    } else {
+        bits
+    };
+    // Masking a permutation of 17 bits down to `bits` still sends every source equally often.
+    let mask = FLOOD_HOST_MASK >> (FLOOD_HOST_BITS - bits);
+    let source = FLOOD_NET | (permute(n.wrapping_add(cpu.wrapping_mul(0x9E37))) & mask);
+    let source_ptr = (start + IP_SOURCE) as *mut [u8; 4];
+    let check_ptr = (start + IP_CHECK) as *mut [u8; 2];
+    // SAFETY: bytes IP_CHECK..IP_SOURCE+4 lie inside the frame (checked above), and the frame is
+    // this program's to rewrite.
+    unsafe {
+        let old = u32::from_be_bytes(*source_ptr);
+        let check = u16::from_be_bytes(*check_ptr);
+        *source_ptr = source.to_be_bytes();
+        *check_ptr = checksum_replace(check, old, source).to_be_bytes();
+    }
+    xdp_action::XDP_TX
+}
+
+/// Drops every frame: on the receiving veth it is the cheapest possible receiver, so what it
+/// absorbs is the most the generator can send.
+#[xdp]
+pub fn apifw_flood_sink(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_DROP
+}
+
+/// A bijection of the low [`FLOOD_HOST_BITS`] bits of `n` that scatters consecutive values: an
+/// odd multiplier (invertible modulo 2^17), then a right xor-shift (invertible too).
+#[inline(always)]
+fn permute(n: u32) -> u32 {
+    let x = n.wrapping_mul(0x2_9A65) & FLOOD_HOST_MASK;
+    (x ^ (x >> 7)) & FLOOD_HOST_MASK
+}
+
+/// The Internet checksum `check` of a header in which the 32-bit field `old` became `new`
+/// (RFC 1624, eqn. 3: `HC' = ~(~HC + ~m + m')`, over both 16-bit halves).
+#[inline(always)]
+fn checksum_replace(check: u16, old: u32, new: u32) -> u16 {
+    let mut sum = u32::from(!check)
+        + u32::from(!(old >> 16) as u16)
+        + u32::from(!old as u16)
+        + (new >> 16)
+        + (new & 0xFFFF);
+    sum = (sum & 0xFFFF) + (sum >> 16);
+    sum = (sum & 0xFFFF) + (sum >> 16);
+    !(sum as u16)
+}
