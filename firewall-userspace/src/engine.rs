@@ -5,6 +5,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    net::IpAddr,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Instant,
@@ -22,9 +23,10 @@ use crate::{
     audit::{AuditLog, AuditRecord},
     bans::{self, MANUAL_BAN_RULE},
     compile::{Compiled, assign_slots},
-    control::{Changed, InterfaceStatus, ListRow, MapFill, Status},
+    control::{Changed, InterfaceStatus, JailView, ListRow, MapFill, ReportOutcome, Status},
     feeds,
     firewall::{Attachment, Firewall, MapOrigin},
+    jails::{self, BanRequest, Jails, JailsState, tracker::Outcome},
     metrics::Shared,
     policy::{Feed, Loaded, OnBadLine, Policy, XdpModeSetting},
     state::{BanRecord, ImportRecord, ListEntry, ListKind, RuntimeState, unix_now},
@@ -256,6 +258,10 @@ pub struct Engine {
     pub shared: Arc<Mutex<Shared>>,
     /// Offenders seen in drop events.
     pub top: Arc<Mutex<TopTracker>>,
+    /// The policy's access-log jails.
+    jails: Jails,
+    /// Where the jails' positions and histories are kept.
+    jails_path: PathBuf,
 }
 
 /// What [`Engine::new`] needs.
@@ -284,6 +290,14 @@ impl Engine {
     /// Installs the policy, feeds and runtime state into `parts.firewall` and restores manual
     /// bans. Nothing is attached yet.
     pub fn new(parts: EngineParts) -> Result<Self, ApiError> {
+        let jails_path = jails::state_path(&parts.state_path);
+        // A jail state that cannot be read costs positions and histories, never enforcement:
+        // the jails start over (logs from their end) and say so.
+        let saved = JailsState::load(&jails_path).unwrap_or_else(|err| {
+            warn!(err = %chain(&err), "jails start over: logs are read from their end");
+            JailsState::default()
+        });
+        let jails = Jails::new(&parts.policy.jails, &saved);
         let mut engine = Self {
             policy_path: parts.policy_path,
             overrides: parts.overrides,
@@ -304,6 +318,8 @@ impl Engine {
             next_expiry: None,
             shared: Arc::new(Mutex::new(Shared::default())),
             top: Arc::new(Mutex::new(TopTracker::new(parts.policy_top))),
+            jails,
+            jails_path,
         };
         engine.next_expiry = engine.runtime.next_expiry();
         let (compiled, slots) = engine.compile(&engine.policy, &engine.feeds, &engine.runtime)?;
@@ -314,6 +330,7 @@ impl Engine {
         engine.commit_slots(&slots);
         engine.policy_version = 1;
         engine.publish();
+        engine.publish_jails();
         let records: Vec<BanRecord> = engine.runtime.bans().cloned().collect();
         engine.write_bans(&records)?;
         engine.known_bans = engine.kernel_ban_keys().unwrap_or_default();
@@ -799,6 +816,9 @@ impl Engine {
         if in_state {
             self.change_runtime(next)?;
         }
+        for net in nets.iter().filter(|net| is_host(net)) {
+            self.jails.lifted(net.addr());
+        }
         let mut map = self
             .firewall
             .bans_mut()
@@ -837,6 +857,8 @@ impl Engine {
                 && let Some(record) = self.runtime.get_ban(&row.prefix)
             {
                 row.reason = match &record.comment {
+                    // A jail's comment says everything ("jail web: 5 matches within 600s").
+                    Some(comment) if record.added_by.starts_with("jail ") => comment.clone(),
                     Some(comment) => format!("manual ban by {}: {comment}", record.added_by),
                     None => format!("manual ban by {}", record.added_by),
                 };
@@ -913,6 +935,7 @@ impl Engine {
         self.policy = policy;
         self.feeds = feeds;
         self.runtime = runtime;
+        self.jails.reconfigure(&self.policy.jails);
         self.next_expiry = self.runtime.next_expiry();
         self.commit_slots(&slots);
         self.policy_version += 1;
@@ -937,6 +960,7 @@ impl Engine {
     /// Once a second: sweeps expired kernel bans, notices automatic bans, expires runtime
     /// entries. Everything it does is audited.
     pub fn tick(&mut self) {
+        self.run_jails();
         match self.firewall.sweep_bans() {
             Ok(expired) => {
                 for (prefix, ban) in expired {
@@ -1032,6 +1056,137 @@ impl Engine {
                 json!({"import": import.origin, "count": import.cidrs.len()}),
             );
         }
+    }
+
+    /// Whether `source` is in the effective allowlist: policy, feeds and runtime entries.
+    fn allowlisted(&self, source: IpAddr) -> bool {
+        self.policy
+            .allow
+            .iter()
+            .chain(
+                self.feeds
+                    .allow
+                    .iter()
+                    .flat_map(|feed| feed.prefixes.iter()),
+            )
+            .any(|net| net.contains(&source))
+            || self
+                .runtime
+                .cidrs(ListKind::Allow)
+                .any(|net| net.contains(&source))
+    }
+
+    /// Once a tick: reads the jails' logs, bans whom they ask for, persists their state.
+    fn run_jails(&mut self) {
+        if self.jails.is_empty() {
+            return;
+        }
+        let requests = self.jails.poll(unix_now());
+        self.carry_out(requests);
+        self.save_jails();
+    }
+
+    /// Makes the bans jails asked for, through the path of `apifw ban add` (kernel, state file,
+    /// audit), except for allowlisted sources. Returns the requests that were carried out.
+    fn carry_out(&mut self, requests: Vec<BanRequest>) -> Vec<BanRequest> {
+        let mut made = Vec::new();
+        for request in requests {
+            let source = request.decision.source;
+            if self.allowlisted(source) {
+                warn!(jail = request.jail, %source, "not banning an allowlisted source");
+                self.record(
+                    &format!("jail {}", request.jail),
+                    "ban.skipped",
+                    json!({"source": source.to_string(), "reason": "allowlisted",
+                           "matches": request.decision.count}),
+                );
+                self.jails.refused(&request, true);
+                continue;
+            }
+            let actor = format!("jail {}", request.jail);
+            match self.ban_add(
+                vec![IpNet::from(source)],
+                request.decision.ttl_secs,
+                Some(request.comment()),
+                &actor,
+            ) {
+                Ok(_) => {
+                    self.jails.banned(&request);
+                    made.push(request);
+                }
+                Err(err) => {
+                    error!(jail = request.jail, %source, error = %err.message, "jail ban failed");
+                    self.jails.refused(&request, false);
+                }
+            }
+        }
+        self.publish_jails();
+        made
+    }
+
+    /// Writes the jail state file when something changed.
+    fn save_jails(&mut self) {
+        if !self.jails.take_dirty() {
+            return;
+        }
+        if let Err(err) = crate::state::save_json(&self.jails_path, &self.jails.state()) {
+            error!(err = %chain(&err), "cannot save the jail state");
+        }
+    }
+
+    fn publish_jails(&self) {
+        let counters = self.jails.counters(unix_now());
+        match self.shared.lock() {
+            Ok(mut shared) => shared.jails = counters,
+            Err(poisoned) => poisoned.into_inner().jails = counters,
+        }
+    }
+
+    /// `POST /v1/reports`: counts an abuse report like jail matches of its weight, and bans the
+    /// source when it reaches the jail's `max_retry` (unless it is allowlisted).
+    pub fn report(
+        &mut self,
+        source: IpAddr,
+        reason: &str,
+        weight: u32,
+        jail: Option<&str>,
+        actor: &str,
+    ) -> Result<ReportOutcome, ApiError> {
+        let (counted, ban) = self
+            .jails
+            .report(jail, source, weight, reason, unix_now())
+            .map_err(|err| ApiError::bad_request(err.to_string()))?;
+        info!(jail = counted.jail, %source, weight, reason, actor, "abuse report");
+        let allowlisted = self.allowlisted(source);
+        let mut outcome = ReportOutcome {
+            jail: counted.jail.clone(),
+            source,
+            count: 0,
+            max_retry: counted.max_retry,
+            banned: false,
+            ban_ttl_secs: None,
+            allowlisted,
+        };
+        match counted.outcome {
+            Outcome::Counted { count } => outcome.count = count,
+            Outcome::AlreadyBanned => outcome.banned = true,
+            Outcome::Ban(decision) => {
+                outcome.count = decision.count;
+                let made = self.carry_out(ban.into_iter().collect());
+                if let Some(request) = made.first() {
+                    outcome.banned = true;
+                    outcome.ban_ttl_secs = Some(request.decision.ttl_secs);
+                }
+            }
+        }
+        self.publish_jails();
+        self.save_jails();
+        Ok(outcome)
+    }
+
+    /// `GET /v1/jails`.
+    pub fn jails(&self) -> Vec<JailView> {
+        self.jails.views(unix_now())
     }
 
     /// `GET /v1/stats`.

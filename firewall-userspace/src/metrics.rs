@@ -51,6 +51,8 @@ pub struct Shared {
     pub reload_failures: u64,
     /// Control requests by (verb, result).
     pub requests: HashMap<(String, &'static str), u64>,
+    /// Per jail: name, counters, bans in force.
+    pub jails: Vec<(String, crate::jails::JailCounters, u64)>,
 }
 
 /// The collector behind `/metrics`.
@@ -330,6 +332,55 @@ impl Collector for Exporter {
             "apifw_control_requests",
             "Control API requests by verb and result.",
             &requests,
+        )?;
+        let per_jail = |value: &dyn Fn(&crate::jails::JailCounters) -> u64| {
+            shared
+                .jails
+                .iter()
+                .map(|(name, counters, _)| (vec![("jail", name.clone())], value(counters)))
+                .collect::<Vec<_>>()
+        };
+        for (name, help, value) in [
+            (
+                "apifw_jail_lines",
+                "Access-log lines each jail read.",
+                (|c: &crate::jails::JailCounters| c.lines)
+                    as fn(&crate::jails::JailCounters) -> u64,
+            ),
+            (
+                "apifw_jail_unparsed_lines",
+                "Access-log lines each jail could not parse.",
+                |c| c.unparsed,
+            ),
+            (
+                "apifw_jail_matches",
+                "Access-log lines that matched each jail.",
+                |c| c.matches,
+            ),
+            (
+                "apifw_jail_reports",
+                "Abuse reports counted in each jail.",
+                |c| c.reports,
+            ),
+            ("apifw_jail_bans", "Bans each jail made.", |c| c.bans),
+            (
+                "apifw_jail_allowlisted",
+                "Bans each jail did not make because the source is allowlisted.",
+                |c| c.allowlisted,
+            ),
+        ] {
+            counter(&mut encoder, name, help, &per_jail(&value))?;
+        }
+        let active: Vec<_> = shared
+            .jails
+            .iter()
+            .map(|(name, _, active)| (vec![("jail", name.clone())], *active as i64))
+            .collect();
+        gauge(
+            &mut encoder,
+            "apifw_jail_active_bans",
+            "Bans made by each jail that are still in force.",
+            &active,
         )?;
         gauge(
             &mut encoder,

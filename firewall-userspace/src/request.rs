@@ -7,7 +7,7 @@ use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 
 use crate::{
-    control::{API_PREFIX, BanAdd, Import, ListAdd, Targets},
+    control::{API_PREFIX, BanAdd, Import, ListAdd, Report, Targets},
     engine::{ApiError, EntryMeta, parse_targets},
     feeds,
     state::ListKind,
@@ -55,6 +55,50 @@ pub enum ControlRequest {
     BanDel { nets: Vec<IpNet> },
     /// `POST /v1/reload`.
     Reload,
+    /// `GET /v1/jails`.
+    Jails,
+    /// `POST /v1/reports`: abuse by `source`, counted in a jail with `weight`.
+    Report {
+        source: std::net::IpAddr,
+        reason: String,
+        weight: u32,
+        jail: Option<String>,
+    },
+}
+
+/// Largest weight of one report: enough to ban at once under any sane `max_retry`, small
+/// enough that sums over a window cannot overflow.
+pub const MAX_REPORT_WEIGHT: u32 = 1_000_000;
+
+/// Longest reason of a report (it is logged).
+pub const MAX_REPORT_REASON: usize = 512;
+
+/// Validates an abuse report: one address (a report is about a client, not a network), a
+/// reason, a weight of at least 1.
+fn report_request(report: Report) -> Result<ControlRequest, ApiError> {
+    let source = report.source.trim().parse().map_err(|_| {
+        ApiError::bad_request(format!(
+            "report source `{}` is not an IP address (a report names one client)",
+            report.source
+        ))
+    })?;
+    if report.reason.trim().is_empty() || report.reason.len() > MAX_REPORT_REASON {
+        return Err(ApiError::bad_request(format!(
+            "a report needs a reason of 1 to {MAX_REPORT_REASON} bytes"
+        )));
+    }
+    if !(1..=MAX_REPORT_WEIGHT).contains(&report.weight) {
+        return Err(ApiError::bad_request(format!(
+            "report weight {} is out of range 1..={MAX_REPORT_WEIGHT}",
+            report.weight
+        )));
+    }
+    Ok(ControlRequest::Report {
+        source,
+        reason: report.reason,
+        weight: report.weight,
+        jail: report.jail,
+    })
 }
 
 /// A parsed request: the verb it is counted under in the metrics (bounded, so a client cannot
@@ -155,6 +199,8 @@ pub fn parse(method: &Method, path: &str, request_body: &[u8]) -> Parsed {
             })
         }),
         (&Method::POST, ["reload"]) => Ok(ControlRequest::Reload),
+        (&Method::GET, ["jails"]) => Ok(ControlRequest::Jails),
+        (&Method::POST, ["reports"]) => body::<Report>(request_body).and_then(report_request),
         _ => Err(ApiError {
             status: 404,
             message: format!("no such request: {method} {path} (see docs/CONTROL-API.md)"),
@@ -237,6 +283,41 @@ mod tests {
             br#"{"cidrs": ["nope"], "ttl_secs": 1}"#,
         );
         assert_eq!(bad.request.expect_err("invalid").status, 400);
+        let report = parse(
+            &Method::POST,
+            "/v1/reports",
+            br#"{"source": "198.51.100.7", "reason": "replayed JWT", "weight": 3}"#,
+        );
+        assert_eq!(report.verb, "reports");
+        assert_eq!(
+            report.request.expect("valid"),
+            ControlRequest::Report {
+                source: "198.51.100.7".parse().expect("ip"),
+                reason: "replayed JWT".into(),
+                weight: 3,
+                jail: None,
+            }
+        );
+        for bad in [
+            &br#"{"source": "198.51.100.0/24", "reason": "x"}"#[..],
+            br#"{"source": "198.51.100.7", "reason": " "}"#,
+            br#"{"source": "198.51.100.7", "reason": "x", "weight": 0}"#,
+            br#"{"source": "198.51.100.7", "reason": "x", "wieght": 2}"#,
+        ] {
+            let parsed = parse(&Method::POST, "/v1/reports", bad);
+            assert_eq!(
+                parsed.request.expect_err("invalid").status,
+                400,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(
+            parse(&Method::GET, "/v1/jails", b"")
+                .request
+                .expect("valid"),
+            ControlRequest::Jails
+        );
         let unknown = parse(&Method::DELETE, "/v1/lists/../../etc", b"");
         assert_eq!(unknown.verb, "unknown");
         assert_eq!(unknown.request.expect_err("no route").status, 404);

@@ -205,6 +205,15 @@ async fn handle(
             } => engine.ban_add(nets, ttl_secs, comment, &actor).map(ok),
             ControlRequest::BanDel { nets } => engine.ban_del(nets, &actor).map(ok),
             ControlRequest::Reload => engine.reload(&actor).map(ok),
+            ControlRequest::Jails => Ok(respond(StatusCode::OK, &engine.jails())),
+            ControlRequest::Report {
+                source,
+                reason,
+                weight,
+                jail,
+            } => engine
+                .report(source, &reason, weight, jail.as_deref(), &actor)
+                .map(|outcome| respond(StatusCode::OK, &outcome)),
         });
     engine.count_request(&verb, if result.is_ok() { "ok" } else { "error" });
     result.unwrap_or_else(error)

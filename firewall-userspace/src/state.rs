@@ -641,6 +641,18 @@ fn replace_file(
         .map_err(failed("fsync directory"))
 }
 
+/// Writes `value` as pretty JSON to `path` atomically, mode 0600, as [`RuntimeState::save`]
+/// writes the state file.
+pub fn save_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
+    let mut text = serde_json::to_vec_pretty(value).map_err(|err| StateError::Write {
+        path: path.to_owned(),
+        step: "encode",
+        source: io::Error::other(err),
+    })?;
+    text.push(b'\n');
+    replace_file(path, &temp_path(path), |file| file.write_all(&text))
+}
+
 /// Where the state of the daemon run with `policy` lives: the policy's directory, the policy
 /// file's stem and `.state.json` (`/etc/apifw/apifw.toml` → `/etc/apifw/apifw.state.json`).
 pub fn state_path(policy: &Path) -> PathBuf {

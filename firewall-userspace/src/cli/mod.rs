@@ -7,9 +7,11 @@ pub mod bans;
 pub mod block;
 pub mod check;
 pub mod completions;
+pub mod jails;
 pub mod lists;
 pub mod man;
 pub mod reload;
+pub mod report;
 pub mod run;
 pub mod stats;
 pub mod status;
@@ -59,6 +61,10 @@ pub enum Command {
     Allow(allow::AllowArgs),
     /// Ban or unban sources for a while, or list bans.
     Ban(ban::BanArgs),
+    /// Show each jail's counts, current bans and last match.
+    Jails(jails::JailsArgs),
+    /// Report abuse by a client (counted in a jail like log matches; may ban it).
+    Report(report::ReportArgs),
     /// Re-read the policy, its feeds and the state file, and swap them in atomically.
     Reload(reload::ReloadArgs),
     /// Show the daemon's interfaces, mode, policy version and map fill.
@@ -168,6 +174,8 @@ impl Cli {
             Command::Allow(args) => allow::execute(args),
             Command::Ban(args) => ban::execute(args),
             Command::Reload(args) => reload::execute(args),
+            Command::Jails(args) => jails::execute(args),
+            Command::Report(args) => report::execute(args),
             Command::Status(args) => status::execute(args),
             Command::Audit(args) => audit::execute(args),
             Command::Top(args) => top::execute(args),
