@@ -1,6 +1,7 @@
-//! A peer for the per-packet bench (issue #6): xdp-filter from xdp-tools on the same frame as
-//! apifw's blocked-source case, all three programs (empty, apifw, xdp-filter) measured with one
-//! method, `bpftool prog run ... repeat N`, interleaved run by run.
+//! A peer for the per-packet bench (issue #6): xdp-filter from xdp-tools on the same frames as
+//! apifw ([`FRAMES`]: a blocked and a passed source, IPv4 and IPv6), all three programs (empty,
+//! apifw, xdp-filter) measured with one method, `bpftool prog run ... repeat N`, interleaved run
+//! by run.
 //!
 //! xdp-filter is loaded in skb mode on a veth inside a throwaway namespace and unloaded on drop
 //! (deleting the namespace detaches it too). Its commands run under `nsenter --net=`, not
@@ -9,7 +10,7 @@
 
 use std::{
     io::ErrorKind,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     process::Command,
 };
@@ -17,20 +18,36 @@ use std::{
 use anyhow::{Context as _, bail};
 use firewall_common::program_names;
 use firewall_userspace::{Firewall, Policy};
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 
 use crate::{netns::Netns, packets::udp_frame};
 
 /// The source both firewalls block; the bench's blocked /32.
 pub const BLOCKED: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 66);
+/// The IPv6 source both firewalls block; the bench's blocked /128.
+pub const BLOCKED_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xff00, 0, 0, 0, 0, 0x66);
+/// A source neither blocks: the bench's default-pass IPv4 source.
+pub const PASSED: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+/// An IPv6 source neither blocks, in the same /32 as [`BLOCKED_V6`].
+pub const PASSED_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xfe00, 0, 0, 0, 0, 1);
+
+/// The frames both firewalls are measured on: label, source, and the verdict both give.
+pub const FRAMES: [(&str, IpAddr, u64); 4] = [
+    ("IPv4, blocked source", IpAddr::V4(BLOCKED), XDP_DROP),
+    ("IPv4, passed source", IpAddr::V4(PASSED), XDP_PASS),
+    ("IPv6, blocked source", IpAddr::V6(BLOCKED_V6), XDP_DROP),
+    ("IPv6, passed source", IpAddr::V6(PASSED_V6), XDP_PASS),
+];
 
 /// `XDP_DROP` and `XDP_PASS`, as `bpftool prog run` reports them.
 const XDP_DROP: u64 = 1;
 const XDP_PASS: u64 = 2;
 
-/// One program's per-run cost over the runs.
+/// One program's per-run cost on one frame over the runs.
 #[derive(Debug, Clone)]
 pub struct Row {
+    /// The label of the frame in [`FRAMES`].
+    pub frame: String,
     pub program: String,
     /// ns per run, median over the runs.
     pub median: f64,
@@ -54,7 +71,8 @@ pub fn missing_tool() -> Option<&'static str> {
         })
 }
 
-/// xdp-filter loaded (skb mode) on a veth in its own namespace, blocking [`BLOCKED`].
+/// xdp-filter loaded (skb mode) on a veth in its own namespace, blocking [`BLOCKED`] and
+/// [`BLOCKED_V6`] as sources.
 pub struct XdpFilter {
     interface: String,
     program_id: u32,
@@ -78,7 +96,9 @@ impl XdpFilter {
             netns,
         };
         filter.run(&["xdp-filter", "load", &filter.interface, "--mode", "skb"])?;
-        filter.run(&["xdp-filter", "ip", &BLOCKED.to_string(), "--mode", "src"])?;
+        for blocked in [IpAddr::V4(BLOCKED), IpAddr::V6(BLOCKED_V6)] {
+            filter.run(&["xdp-filter", "ip", &blocked.to_string(), "--mode", "src"])?;
+        }
         filter.program_id = filter.attached_id()?;
         Ok(filter)
     }
@@ -172,10 +192,11 @@ pub fn median(values: &mut [f64]) -> f64 {
     }
 }
 
-fn summarise(program: &str, mut ns: Vec<f64>, mut ratios: Vec<f64>) -> Row {
+fn summarise(frame: &str, program: &str, mut ns: Vec<f64>, mut ratios: Vec<f64>) -> Row {
     let min = |v: &[f64]| v.iter().copied().fold(f64::MAX, f64::min);
     let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
     Row {
+        frame: frame.to_owned(),
         program: program.to_owned(),
         min: min(&ns),
         max: max(&ns),
@@ -195,16 +216,24 @@ impl Drop for TempFile {
     }
 }
 
-/// Measures the empty program, apifw (blocking [`BLOCKED`]/32) and xdp-filter (blocking
-/// [`BLOCKED`] as a source) on the bench's 64-byte frame from [`BLOCKED`], `runs` times each,
-/// interleaved, with `bpftool prog run ... repeat <repeat>`. Rows: empty, apifw, xdp-filter.
+/// Measures the empty program, apifw (blocking [`BLOCKED`]/32 and [`BLOCKED_V6`]/128) and
+/// xdp-filter (blocking both as sources) on each of [`FRAMES`] (the bench's 64-byte UDP frame
+/// from that source), `runs` times each, interleaved, with `bpftool prog run ... repeat
+/// <repeat>`; each program's verdict is checked. Rows: for each frame, empty, apifw, xdp-filter.
 pub fn compare(runs: usize, repeat: u32) -> anyhow::Result<Vec<Row>> {
-    let frame =
-        TempFile(std::env::temp_dir().join(format!("apifw-xdpfilter-{}.bin", std::process::id())));
-    std::fs::write(&frame.0, udp_frame(IpAddr::V4(BLOCKED))).context("write frame")?;
+    let pid = std::process::id();
+    let mut files = Vec::new();
+    for (i, (_, source, _)) in FRAMES.iter().enumerate() {
+        let file = TempFile(std::env::temp_dir().join(format!("apifw-xdpfilter-{pid}-{i}.bin")));
+        std::fs::write(&file.0, udp_frame(*source)).context("write frame")?;
+        files.push(file);
+    }
 
     let policy = Policy {
-        block: vec![IpNet::V4(Ipv4Net::new(BLOCKED, 32)?)],
+        block: vec![
+            IpNet::from(IpAddr::V4(BLOCKED)),
+            IpNet::from(IpAddr::V6(BLOCKED_V6)),
+        ],
         ..Policy::default()
     };
     let mut firewall = Firewall::load(&policy).context("load apifw (root needed)")?;
@@ -213,32 +242,38 @@ pub fn compare(runs: usize, repeat: u32) -> anyhow::Result<Vec<Row>> {
     let filter = XdpFilter::load()?;
 
     let programs = [
-        ("empty XDP program", empty_id, XDP_PASS),
-        ("apifw", apifw_id, XDP_DROP),
-        ("xdp-filter", filter.program_id(), XDP_DROP),
+        ("empty XDP program", empty_id),
+        ("apifw", apifw_id),
+        ("xdp-filter", filter.program_id()),
     ];
-    let mut ns = vec![Vec::new(); programs.len()];
-    let mut ratios = vec![Vec::new(); programs.len()];
+    // [frame][program]: ns and ratios of every run.
+    let mut ns = vec![vec![Vec::new(); programs.len()]; FRAMES.len()];
+    let mut ratios = ns.clone();
     for _ in 0..runs {
-        let mut floor = 0.0;
-        for (i, (name, id, expected)) in programs.iter().enumerate() {
-            let (retval, duration) = prog_run(*id, &frame.0, repeat)?;
-            if retval != *expected {
-                bail!("{name} (id {id}) returned {retval}, expected {expected}");
+        for (f, ((label, _, verdict), file)) in FRAMES.iter().zip(&files).enumerate() {
+            let mut floor = 0.0;
+            for (p, (name, id)) in programs.iter().enumerate() {
+                let expected = if p == 0 { XDP_PASS } else { *verdict };
+                let (retval, duration) = prog_run(*id, &file.0, repeat)?;
+                if retval != expected {
+                    bail!("{name} (id {id}) returned {retval} on {label}, expected {expected}");
+                }
+                if p == 0 {
+                    floor = duration;
+                }
+                ns[f][p].push(duration);
+                ratios[f][p].push(duration / floor.max(0.5));
             }
-            if i == 0 {
-                floor = duration;
-            }
-            ns[i].push(duration);
-            ratios[i].push(duration / floor.max(0.5));
         }
     }
     drop(filter);
-    Ok(programs
-        .iter()
-        .zip(ns.into_iter().zip(ratios))
-        .map(|((name, _, _), (ns, ratios))| summarise(name, ns, ratios))
-        .collect())
+    let mut rows = Vec::new();
+    for ((label, _, _), (ns, ratios)) in FRAMES.iter().zip(ns.into_iter().zip(ratios)) {
+        for ((name, _), (ns, ratios)) in programs.iter().zip(ns.into_iter().zip(ratios)) {
+            rows.push(summarise(label, name, ns, ratios));
+        }
+    }
+    Ok(rows)
 }
 
 #[cfg(test)]
@@ -263,10 +298,17 @@ mod tests {
         let rows = compare(5, 1_000_000).unwrap();
         for row in &rows {
             eprintln!(
-                "{}: {:.1} ns ({:.1}..{:.1}), {:.2}x empty ({:.2}..{:.2})",
-                row.program, row.median, row.min, row.max, row.ratio, row.ratio_min, row.ratio_max
+                "{}, {}: {:.1} ns ({:.1}..{:.1}), {:.2}x empty ({:.2}..{:.2})",
+                row.frame,
+                row.program,
+                row.median,
+                row.min,
+                row.max,
+                row.ratio,
+                row.ratio_min,
+                row.ratio_max
             );
         }
-        assert_eq!(rows.len(), 3);
+        assert_eq!(rows.len(), 3 * FRAMES.len());
     }
 }
