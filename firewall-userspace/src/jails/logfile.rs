@@ -6,8 +6,12 @@
 //!
 //! 1. reads the open file from the offset to its end, complete lines only (a line being written
 //!    is left for the next poll);
-//! 2. notices **copytruncate** — the file is shorter than the offset, or its first line is not
-//!    the one fingerprinted — and reads it again from 0;
+//! 2. notices **copytruncate** — the file is shorter than the offset, or its first line or the
+//!    bytes before the offset are not the ones fingerprinted — and reads it again from 0. The
+//!    one case it cannot see: a file truncated and refilled past the old offset, within one
+//!    poll, with bytes identical to the old ones up to the offset. Lines written between the
+//!    copy and the truncation are lost to every reader (that is copytruncate's own race), so
+//!    rename rotation (logrotate's `create`, the default) is the one to prefer;
 //! 3. notices **rename + new file** — the path names another inode — and switches to the new
 //!    file from 0. The renamed file stays open and is drained on every poll until one finds
 //!    nothing new, because a web server keeps writing to it until it reopens its logs.
@@ -43,6 +47,9 @@ pub struct Position {
     pub offset: u64,
     /// FNV-1a of the file's first line (its first [`HEAD_BYTES`] bytes), 0 before it has one.
     pub head: u64,
+    /// FNV-1a of the (up to [`HEAD_BYTES`]) bytes before `offset`, 0 at offset 0.
+    #[serde(default)]
+    pub tail: u64,
 }
 
 /// Why a log could not be read.
@@ -85,6 +92,18 @@ fn head_of(file: &mut File) -> io::Result<u64> {
     })
 }
 
+/// The fingerprint of the bytes before `offset` (0 at offset 0).
+fn tail_of(file: &mut File, offset: u64) -> io::Result<u64> {
+    if offset == 0 {
+        return Ok(0);
+    }
+    let start = offset.saturating_sub(HEAD_BYTES as u64);
+    file.seek(SeekFrom::Start(start))?;
+    let mut buf = Vec::with_capacity(HEAD_BYTES);
+    file.take(offset - start).read_to_end(&mut buf)?;
+    Ok(fnv1a(&buf))
+}
+
 /// An open file with its position.
 #[derive(Debug)]
 struct Open {
@@ -94,16 +113,33 @@ struct Open {
 
 impl Open {
     /// Reads complete lines from the offset, at most [`MAX_READ_PER_POLL`] bytes.
-    fn drain(&mut self, lines: &mut Vec<String>) -> io::Result<bool> {
+    /// `path` is the log's name when this is the file it names: a truncation then looks for
+    /// the copy ([`read_copy`]).
+    fn drain(&mut self, path: Option<&Path>, lines: &mut Vec<String>) -> io::Result<bool> {
         let size = self.file.metadata()?.len();
         let mut restart = size < self.position.offset;
         if !restart && self.position.head != 0 {
             restart = head_of(&mut self.file)? != self.position.head;
         }
+        // Truncated and refilled past the offset before this poll: the first line may repeat
+        // (an attack writes near-identical lines), the line before the offset rarely does too.
+        if !restart && self.position.tail != 0 {
+            restart = tail_of(&mut self.file, self.position.offset)? != self.position.tail;
+        }
         if restart {
             // copytruncate: the content before the offset is gone (or replaced).
+            tracing::info!(
+                inode = self.position.inode,
+                offset = self.position.offset,
+                size,
+                "access log truncated: reading it from its start"
+            );
+            if let Some(path) = path {
+                read_copy(path, &self.position, lines);
+            }
             self.position.offset = 0;
             self.position.head = 0;
+            self.position.tail = 0;
         }
         if self.position.head == 0 {
             self.position.head = head_of(&mut self.file)?;
@@ -130,6 +166,7 @@ impl Open {
             }
         }
         self.position.offset += complete.len() as u64;
+        self.position.tail = tail_of(&mut self.file, self.position.offset)?;
         Ok(true)
     }
 }
@@ -172,11 +209,13 @@ impl Follower {
                     inode,
                     offset: metadata.len(),
                     head,
+                    tail: 0,
                 },
             });
             // Back to the last complete line: a line being written is read whole later.
             if let Some(open) = &mut follower.current {
                 open.position.offset = last_line_end(&mut open.file, metadata.len()).unwrap_or(0);
+                open.position.tail = tail_of(&mut open.file, open.position.offset).unwrap_or(0);
             }
         }
         follower
@@ -204,12 +243,14 @@ impl Follower {
         let mut lines = Vec::new();
         if let Some(retired) = &mut self.retired {
             // Quiet (or gone bad): the writer has moved on to the new file.
-            if !retired.drain(&mut lines).unwrap_or(false) {
+            if !retired.drain(None, &mut lines).unwrap_or(false) {
                 self.retired = None;
             }
         }
         if let Some(current) = &mut self.current {
-            current.drain(&mut lines).map_err(failed)?;
+            current
+                .drain(Some(&self.path), &mut lines)
+                .map_err(failed)?;
         }
         let named = match std::fs::metadata(&self.path) {
             Ok(metadata) => Some(identity(&metadata)),
@@ -244,15 +285,66 @@ impl Follower {
                 inode,
                 offset: 0,
                 head: head_of(&mut file).map_err(failed)?,
+                tail: 0,
             },
         };
         if let Some(previous) = self.current.take() {
+            tracing::info!(path = %self.path.display(), old_inode = previous.position.inode, inode, "access log rotated: reading the new file from its start");
             self.retired = Some(previous);
         }
         let mut open = Open { file, position };
-        open.drain(&mut lines).map_err(failed)?;
+        open.drain(Some(&self.path), &mut lines).map_err(failed)?;
         self.current = Some(open);
         Ok(lines)
+    }
+}
+
+/// After a copytruncate: the lines written between the last poll and the copy are only in the
+/// copy. It is the sibling named after the log (`access.log.1`, `access.log-20250101`, not
+/// compressed: use `delaycompress`) whose first line and bytes before the offset are the ones
+/// fingerprinted; its lines after the offset are appended to `lines`.
+fn read_copy(path: &Path, position: &Position, lines: &mut Vec<String>) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let name = name.to_string_lossy();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let sibling = entry.file_name().to_string_lossy().into_owned();
+        if sibling == name
+            || !sibling.starts_with(name.as_ref())
+            || [".gz", ".xz", ".bz2", ".zst"]
+                .iter()
+                .any(|suffix| sibling.ends_with(suffix))
+        {
+            continue;
+        }
+        let Ok(file) = File::open(entry.path()) else {
+            continue;
+        };
+        let mut copy = Open {
+            file,
+            position: Position {
+                tail: 0,
+                ..*position
+            },
+        };
+        let same = copy
+            .file
+            .metadata()
+            .is_ok_and(|m| m.len() >= position.offset)
+            && head_of(&mut copy.file).is_ok_and(|head| head == position.head)
+            && tail_of(&mut copy.file, position.offset).is_ok_and(|tail| tail == position.tail);
+        if same {
+            // Fingerprints already checked: read on from the offset.
+            copy.position.head = position.head;
+            copy.position.tail = 0;
+            let _ = copy.drain(None, lines);
+            tracing::info!(copy = %entry.path().display(), "read the end of the truncated log from its copy");
+            return;
+        }
     }
 }
 
@@ -370,6 +462,40 @@ mod tests {
         assert_eq!(
             follower.poll().expect("poll"),
             ["after truncation, a longer line"]
+        );
+        // Truncated and refilled with the same first line but different later lines.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&log)
+            .expect("open")
+            .set_len(0)
+            .expect("truncate");
+        append(&log, "same first\nold second\n");
+        assert_eq!(follower.poll().expect("poll"), ["same first", "old second"]);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&log)
+            .expect("open")
+            .set_len(0)
+            .expect("truncate");
+        append(&log, "same first\nnew second\nnew third\n");
+        assert_eq!(
+            follower.poll().expect("poll"),
+            ["same first", "new second", "new third"]
+        );
+        // copytruncate with lines written after the last poll: they are read from the copy.
+        append(&log, "unread 1\nunread 2\n");
+        std::fs::copy(&log, dir.0.join("access.log.1")).expect("copy");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&log)
+            .expect("open")
+            .set_len(0)
+            .expect("truncate");
+        append(&log, "fresh\n");
+        assert_eq!(
+            follower.poll().expect("poll"),
+            ["unread 1", "unread 2", "fresh"]
         );
         // Truncated and smaller.
         std::fs::OpenOptions::new()
