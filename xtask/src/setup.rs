@@ -31,6 +31,12 @@ const REQUIRED_COMMANDS: &[(&str, &str)] = &[
     // metrics; `prometheus` is the real server the tests scrape it with.
     ("promtool", "prometheus"),
     ("prometheus", "prometheus"),
+    // The jail tests: a real nginx guarding a path with HTTP basic auth (its htpasswd line
+    // made with openssl), and fail2ban banning through deploy/fail2ban/action.d/apifw.conf.
+    // Both run with private configurations; their system services are stopped after install.
+    ("nginx", "nginx"),
+    ("openssl", "openssl"),
+    ("fail2ban-server", "fail2ban"),
 ];
 
 /// The Debian package whose service setup stops right after installing it
