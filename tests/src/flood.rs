@@ -110,10 +110,9 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<String> {
     );
     let (generator_cpu, receiver_cpu) = (0, cpus - 1);
     // This thread, and the daemons and tools it starts, stay off the receiving CPU (an earlier
-    // section may have pinned the process elsewhere).
-    let mut set = nix::sched::CpuSet::new();
-    set.set(generator_cpu)?;
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
+    // section may have pinned the process elsewhere); the sections after this one, and the
+    // report's header (which counts the CPUs this thread may use), get the old affinity back.
+    let _affinity = Affinity::pin(generator_cpu)?;
     let timing = if opts.quick {
         Timing {
             warm_up: Duration::from_millis(200),
@@ -177,6 +176,27 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<String> {
     }
     drop(generator);
     Ok(markdown(&rows, &timing)?)
+}
+
+/// The calling thread's CPU affinity, restored on drop.
+struct Affinity(nix::sched::CpuSet);
+
+impl Affinity {
+    /// Pins the calling thread to `cpu`.
+    fn pin(cpu: usize) -> anyhow::Result<Self> {
+        let this = nix::unistd::Pid::from_raw(0);
+        let old = nix::sched::sched_getaffinity(this)?;
+        let mut set = nix::sched::CpuSet::new();
+        set.set(cpu)?;
+        nix::sched::sched_setaffinity(this, &set)?;
+        Ok(Self(old))
+    }
+}
+
+impl Drop for Affinity {
+    fn drop(&mut self) {
+        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &self.0);
+    }
 }
 
 /// One flood of `case` on a fresh lab.
