@@ -19,7 +19,7 @@
 //! so rather than publishing it as the filter's limit, and the CPU time per packet (which does
 //! not depend on the rate) is then the comparable figure.
 
-mod generator;
+pub mod generator;
 mod lab;
 mod peers;
 
