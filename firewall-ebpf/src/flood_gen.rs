@@ -15,6 +15,10 @@
 //! stack accepts the frame and netfilter sees it; the UDP checksum is 0 (none), which IPv4
 //! allows.
 //!
+//! An IPv6/UDP template instead gets a new source per frame in bits 32..63 of its address
+//! (2001:db8:XXXX:XXXX::, a 32-bit permutation, so billions of distinct /64s): the soak test of
+//! issue #7 needs more distinct sources than any IPv4 documentation range holds.
+//!
 //! Page-pool pages are recycled without being rewritten, so a frame may start from a previous
 //! run's bytes: the update reads the source and checksum the frame holds now, which is right
 //! either way.
@@ -45,6 +49,13 @@ const FLOOD_HOST_MASK: u32 = (1 << FLOOD_HOST_BITS) - 1;
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const IPPROTO_UDP: u8 = 17;
+/// IPv6 offsets: next header, bits 32..63 of the source, the UDP checksum, the UDP header's end.
+const V6_NEXT_HEADER: usize = ETH_HLEN + 6;
+const V6_SOURCE_BITS_32: usize = ETH_HLEN + 8 + 4;
+const V6_UDP_CHECK: usize = ETH_HLEN + 40 + 6;
+const V6_UDP_END: usize = ETH_HLEN + 40 + 8;
 /// Offsets in the frame (Ethernet header, then an IPv4 header without options).
 const ETHERTYPE: usize = 12;
 const IP_VERSION_IHL: usize = ETH_HLEN;
@@ -69,21 +80,15 @@ pub fn apifw_flood_gen(ctx: XdpContext) -> u32 {
             *((start + IP_VERSION_IHL) as *const u8),
         )
     };
+    if ethertype == ETH_P_IPV6 {
+        return spoof_v6(&ctx);
+    }
     if ethertype != ETH_P_IP || version_ihl != 0x45 {
         return xdp_action::XDP_ABORTED;
     }
-    let Some(seq) = FLOOD_SEQ.get_ptr_mut(0) else {
+    let Some((n, cpu)) = next_sequence() else {
         return xdp_action::XDP_ABORTED;
     };
-    // SAFETY: the pointer comes from a successful per-CPU array lookup: this CPU's slot, which
-    // nothing else touches while this program runs here.
-    let n = unsafe {
-        let n = (*seq).wrapping_add(1);
-        *seq = n;
-        n
-    };
-    // SAFETY: the helper has no preconditions.
-    let cpu = unsafe { bpf_get_smp_processor_id() };
     // Each CPU starts at a different point of the permutation, so two generators on two CPUs do
     // not send the same source at the same moment.
     let bits = FLOOD_CFG.get(0).map_or(FLOOD_HOST_BITS, |bits| *bits);
@@ -106,6 +111,69 @@ pub fn apifw_flood_gen(ctx: XdpContext) -> u32 {
         *check_ptr = checksum_replace(check, old, source).to_be_bytes();
     }
     xdp_action::XDP_TX
+}
+
+/// This CPU's next position in the source permutation, and the CPU.
+#[inline(always)]
+fn next_sequence() -> Option<(u32, u32)> {
+    let seq = FLOOD_SEQ.get_ptr_mut(0)?;
+    // SAFETY: the pointer comes from a successful per-CPU array lookup: this CPU's slot, which
+    // nothing else touches while this program runs here.
+    let n = unsafe {
+        let n = (*seq).wrapping_add(1);
+        *seq = n;
+        n
+    };
+    // SAFETY: the helper has no preconditions.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    Some((n, cpu))
+}
+
+/// The IPv6 flood of the soak test (issue #7): far more distinct sources than any IPv4
+/// benchmarking range holds. Bits 32..63 of the source (the two hextets after `2001:db8:`)
+/// become a 32-bit permutation of the sequence, so 2^32 frames of one CPU carry 2^32 different
+/// sources, each in its own /64; the UDP checksum, which IPv6 requires, is updated
+/// incrementally. The template must be Ethernet/IPv6/UDP without extension headers.
+#[inline(always)]
+fn spoof_v6(ctx: &XdpContext) -> u32 {
+    let start = ctx.data();
+    if start + V6_UDP_END > ctx.data_end() {
+        return xdp_action::XDP_ABORTED;
+    }
+    // SAFETY: the next-header byte lies inside the frame (checked above).
+    if unsafe { *((start + V6_NEXT_HEADER) as *const u8) } != IPPROTO_UDP {
+        return xdp_action::XDP_ABORTED;
+    }
+    let Some((n, cpu)) = next_sequence() else {
+        return xdp_action::XDP_ABORTED;
+    };
+    let source = permute32(n.wrapping_add(cpu.wrapping_mul(0x4000_0000)));
+    let source_ptr = (start + V6_SOURCE_BITS_32) as *mut [u8; 4];
+    let check_ptr = (start + V6_UDP_CHECK) as *mut [u8; 2];
+    // SAFETY: both fields lie inside the frame (checked above), and the frame is this
+    // program's to rewrite.
+    unsafe {
+        let old = u32::from_be_bytes(*source_ptr);
+        let check = u16::from_be_bytes(*check_ptr);
+        *source_ptr = source.to_be_bytes();
+        // UDP over IPv6 sends a computed zero as all ones (RFC 8200, 8.1).
+        let check = match checksum_replace(check, old, source) {
+            0 => 0xFFFF,
+            check => check,
+        };
+        *check_ptr = check.to_be_bytes();
+    }
+    xdp_action::XDP_TX
+}
+
+/// A bijection of 32 bits that scatters consecutive values (odd multipliers and xor-shifts
+/// are each invertible).
+#[inline(always)]
+fn permute32(n: u32) -> u32 {
+    let mut x = n.wrapping_mul(0x9E37_79B1);
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x85EB_CA6B);
+    x ^ (x >> 13)
 }
 
 /// Drops every frame: on the receiving veth it is the cheapest possible receiver, so what it
