@@ -96,7 +96,7 @@ struct MapRow {
 
 /// The section: `## Many sources: 10M distinct random sources (issue #6)`.
 pub fn run(opts: &BenchOptions) -> anyhow::Result<String> {
-    pin_to_last_cpu()?;
+    let _pinned = PinnedToLastCpu::pin()?;
     let sources: u64 = if opts.quick { 100_000 } else { 10_000_000 };
     let runs = if opts.quick {
         opts.runs.min(2)
@@ -194,14 +194,31 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<String> {
     markdown(opts, runs, sources, &rows, &maps, &offered)
 }
 
-/// One CPU for the whole run: the sprayer's counter is per CPU, and runs compared with each other
-/// should not migrate.
-fn pin_to_last_cpu() -> anyhow::Result<()> {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut set = nix::sched::CpuSet::new();
-    set.set(cpus - 1)?;
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
-    Ok(())
+/// The calling thread pinned to the last CPU it may use, its old affinity restored on drop (the
+/// report's header counts the CPUs this thread may use). Here: the sprayer's counter is per CPU,
+/// and runs compared with each other should not migrate; the per-packet section uses it too.
+pub struct PinnedToLastCpu(nix::sched::CpuSet);
+
+impl PinnedToLastCpu {
+    pub fn pin() -> anyhow::Result<Self> {
+        let this = nix::unistd::Pid::from_raw(0);
+        let old = nix::sched::sched_getaffinity(this)?;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let last = (0..nix::sched::CpuSet::count())
+            .rev()
+            .find(|cpu| old.is_set(*cpu).unwrap_or(false))
+            .unwrap_or(cpus - 1);
+        let mut set = nix::sched::CpuSet::new();
+        set.set(last)?;
+        nix::sched::sched_setaffinity(this, &set)?;
+        Ok(Self(old))
+    }
+}
+
+impl Drop for PinnedToLastCpu {
+    fn drop(&mut self) {
+        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &self.0);
+    }
 }
 
 /// A TCP ACK (no SYN: the connection exists) from `src` to port 443, 60 bytes over IPv4.

@@ -436,10 +436,7 @@ fn met(ok: bool) -> &'static str {
 /// The per-packet sections of the report (issues #2, #3, #5 and #6), Markdown.
 fn packet_report(args: &Args) -> anyhow::Result<String> {
     // One CPU for the whole run: no migrations between the runs that are compared.
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut set = nix::sched::CpuSet::new();
-    set.set(cpus - 1)?;
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
+    let _pinned = apifw_tests::sources::PinnedToLastCpu::pin()?;
     let mut opts = args.common();
     if opts.quick {
         opts.runs = opts.runs.min(2);
