@@ -67,7 +67,9 @@ pub fn assemble(existing: &str, header: &str, sections: &[(&str, Option<String>)
             None => existing_section(existing, name)
                 .map(str::to_owned)
                 .unwrap_or_else(|| {
-                    format!("## {name}\n\nNot measured yet: run `cargo xtask bench -- --only {name}`.")
+                    format!(
+                        "## {name}\n\nNot measured yet: run `cargo xtask bench -- --only {name}`."
+                    )
                 }),
         };
         md.push_str(&begin_marker(name));
@@ -84,7 +86,11 @@ pub fn assemble(existing: &str, header: &str, sections: &[(&str, Option<String>)
 
 /// First line of `program --version` (or `args`), or "not installed".
 pub fn tool_version(program: &str, args: &[&str]) -> String {
-    let args = if args.is_empty() { &["--version"][..] } else { args };
+    let args = if args.is_empty() {
+        &["--version"][..]
+    } else {
+        args
+    };
     Command::new(program)
         .args(args)
         .output()
@@ -118,7 +124,13 @@ pub fn machine() -> String {
         .unwrap_or_default()
         .lines()
         .find_map(|line| line.strip_prefix("MemTotal:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
         .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     format!(
@@ -147,8 +159,9 @@ pub fn header(sections: &[(&str, &str)]) -> Result<String, std::fmt::Error> {
     )?;
     writeln!(
         md,
-        "- Peers: xdp-filter ({}), {}, {}, {}",
-        tool_version("xdp-filter", &["--version"]),
+        "- Peers: xdp-filter (xdp-tools {}), {}, {}, {}",
+        // xdp-filter has no version flag; the Debian package says which release it is.
+        tool_version("dpkg-query", &["-W", "-f=${Version}", "xdp-tools"]),
         tool_version("nft", &[]),
         tool_version("ipset", &[]),
         tool_version("iptables", &[])
@@ -182,12 +195,19 @@ mod tests {
         let first = assemble(
             "",
             "# Benchmarks",
-            &[("a", Some("## A\n\nold a".into())), ("b", Some("## B\n\nold b".into()))],
+            &[
+                ("a", Some("## A\n\nold a".into())),
+                ("b", Some("## B\n\nold b".into())),
+            ],
         );
         let second = assemble(
             &first,
             "# Benchmarks",
-            &[("a", None), ("b", Some("## B\n\nnew b".into())), ("c", None)],
+            &[
+                ("a", None),
+                ("b", Some("## B\n\nnew b".into())),
+                ("c", None),
+            ],
         );
         assert_eq!(existing_section(&second, "a"), Some("## A\n\nold a"));
         assert_eq!(existing_section(&second, "b"), Some("## B\n\nnew b"));
