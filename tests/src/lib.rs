@@ -1,6 +1,7 @@
 //! Helpers for apifw's privileged tests: frame crafting, namespace labs and the daemon process.
 
 pub mod adversarial;
+pub mod attack;
 pub mod daemon;
 pub mod flood;
 pub mod loadbench;

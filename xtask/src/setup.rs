@@ -53,7 +53,14 @@ pub const BENCH_COMMANDS: &[(&str, &str)] = &[
     // The flood benchmark: its iptables peers, and GRO on the receiving veth.
     ("iptables", "iptables"),
     ("ethtool", "ethtool"),
+    // The attack benchmark: the HTTP API under attack and its legitimate client.
+    ("nginx", "nginx"),
+    ("wrk", "wrk"),
 ];
+
+/// The Debian package of [`BENCH_COMMANDS`] whose service setup stops right after installing it:
+/// the attack benchmark runs its own nginx, with a private configuration, in a namespace.
+const NGINX_PACKAGE: &str = "nginx";
 
 /// Where the programs pin their maps and links.
 const BPFFS: &str = "/sys/fs/bpf";
@@ -71,7 +78,13 @@ pub fn run() -> Result<()> {
 
 /// Installs what only `cargo xtask bench` needs ([`BENCH_COMMANDS`]), on top of [`run`].
 pub fn ensure_bench_packages() -> Result<()> {
-    ensure_debian_packages(BENCH_COMMANDS).map(drop)
+    let installed = ensure_debian_packages(BENCH_COMMANDS)?;
+    if installed.contains(&NGINX_PACKAGE) {
+        // Like Prometheus' (see [`stop_prometheus_service`]), Debian's nginx package starts a
+        // system-wide server on :80 that nobody asked for.
+        stop_service("nginx", "the attack benchmark runs its own");
+    }
+    Ok(())
 }
 
 /// The eBPF crate needs nightly (`-Z build-std` for `bpfel-unknown-none`) and so rust-src.
@@ -266,23 +279,27 @@ fn ensure_debian_packages(commands: &[(&str, &'static str)]) -> Result<Vec<&'sta
 /// Prometheus that someone enabled on purpose alone — stop the service and keep it from
 /// starting at boot. Best effort: a step that fails is reported, not fatal.
 fn stop_prometheus_service() {
+    stop_service("prometheus", "the tests run their own");
+}
+
+/// Stops the system service `name` that a package just installed and keeps it from starting at
+/// boot; best effort.
+fn stop_service(name: &str, why: &str) {
+    let unit = format!("{name}.service");
     let mut steps = Vec::new();
     // systemd runs as PID 1 exactly when this directory exists (sd_booted(3)).
     if Path::new("/run/systemd/system").exists() {
-        steps.push(command(
-            "systemctl",
-            &["disable", "--now", "prometheus.service"],
-        ));
+        steps.push(command("systemctl", &["disable", "--now", &unit]));
     } else {
-        let init_script = "/etc/init.d/prometheus";
-        if Path::new(init_script).exists() {
-            steps.push(command(init_script, &["stop"]));
-            steps.push(command("update-rc.d", &["prometheus", "disable"]));
+        let init_script = format!("/etc/init.d/{name}");
+        if Path::new(&init_script).exists() {
+            steps.push(command(&init_script, &["stop"]));
+            steps.push(command("update-rc.d", &[name, "disable"]));
         }
         // Without a running systemd, systemctl still removes the unit's boot-time symlinks,
         // which the package created in case the machine later boots with systemd.
         if which::which("systemctl").is_ok() {
-            steps.push(command("systemctl", &["disable", "prometheus.service"]));
+            steps.push(command("systemctl", &["disable", &unit]));
         }
     }
     for mut step in steps {
@@ -291,7 +308,7 @@ fn stop_prometheus_service() {
             Err(err) => println!("setup: warning: {err:#}"),
         }
     }
-    println!("setup: the prometheus service is stopped and disabled (the tests run their own)");
+    println!("setup: the {name} service is stopped and disabled ({why})");
 }
 
 fn command(program: &str, args: &[&str]) -> Command {

@@ -356,6 +356,7 @@ const SECTIONS: &[(&str, Measure)] = &[
     ("load", |args| Ok(loadbench::run(&args.load)?.markdown()?)),
     ("flood", |args| apifw_tests::flood::run(&args.common())),
     ("sources", |args| apifw_tests::sources::run(&args.common())),
+    ("attack", |args| apifw_tests::attack::run(&args.common())),
 ];
 
 fn main() -> anyhow::Result<()> {
