@@ -72,6 +72,12 @@ pub fn run() -> Result<()> {
     if installed.contains(&PROMETHEUS_PACKAGE) {
         stop_prometheus_service();
     }
+    // The jail tests run their own nginx and fail2ban, in a namespace lab.
+    for service in ["nginx", "fail2ban"] {
+        if installed.contains(&service) {
+            stop_service(service, "the jail tests run their own");
+        }
+    }
     ensure_bpffs()?;
     Ok(())
 }
