@@ -16,8 +16,9 @@ use plotters::prelude::*;
 /// contains one of these (case-insensitive) is plotted.
 const PLOTTED: &[&str] = &[
     "× empty (median)",
+    "% of no flood",
+    "cpu ms per mpkt (median)",
     "goodput (median",
-    "% of no-flood",
     "mpps",
     "packets/s",
     "ns/packet",
@@ -104,15 +105,16 @@ pub fn bars(title: &str, table: &Table) -> Option<Bars> {
             .iter()
             .position(|header| header.contains(&wanted.to_lowercase()))
     })?;
-    // Label cells: everything left of the plotted column that is not itself a measurement.
+    // Label cells: the first column, and every other column left of the plotted one whose cells
+    // are not numbers (the measurements next to the plotted one would only clutter the labels).
+    let numeric = |i: usize| {
+        table
+            .rows
+            .iter()
+            .all(|row| row.get(i).is_some_and(|cell| number(cell).is_some()))
+    };
     let label_columns: Vec<usize> = (0..column)
-        .filter(|&i| {
-            let header = &lower[i];
-            !(header.contains("ns/")
-                || header.contains("spread")
-                || header.contains("×")
-                || header.contains("time"))
-        })
+        .filter(|&i| i == 0 || !(numeric(i) || lower[i].contains("spread")))
         .collect();
     let spread_column = (column + 1 < table.header.len() && lower[column + 1].contains("spread"))
         .then_some(column + 1);
