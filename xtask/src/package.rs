@@ -57,6 +57,14 @@ const CONFFILES: [&str; 1] = ["/etc/apifw/apifw.toml"];
 pub fn run() -> Result<()> {
     // The release build embeds the XDP program, which needs nightly and bpf-linker.
     setup::run()?;
+    let deb = build()?;
+    verify(&deb)?;
+    println!("package: {}", deb.display());
+    Ok(())
+}
+
+/// Builds the package and returns its path (setup must have run).
+pub fn build() -> Result<PathBuf> {
     if which::which("dpkg-deb").is_err() {
         bail!("dpkg-deb is missing: `cargo xtask package` builds Debian packages on Debian");
     }
@@ -105,7 +113,72 @@ pub fn run() -> Result<()> {
             .arg(&stage)
             .arg(&deb),
     )?;
-    println!("package: {}", deb.display());
+    Ok(deb)
+}
+
+/// What a built package must hold, as `dpkg-deb --contents` lists it.
+const EXPECTED: [&str; 9] = [
+    "./usr/bin/apifw",
+    "./usr/lib/systemd/system/apifw.service",
+    "./etc/apifw/apifw.toml",
+    "./usr/share/doc/apifw/README.md",
+    "./usr/share/doc/apifw/docs/DESIGN.md",
+    "./usr/share/man/man1/apifw.1.gz",
+    "./usr/share/bash-completion/completions/apifw",
+    "./usr/share/zsh/vendor-completions/_apifw",
+    "./usr/share/fish/vendor_completions.d/apifw.fish",
+];
+
+/// Checks a built package from the outside: its file list, its conffiles, and that the binary
+/// it installs runs (unpacked into a throwaway directory, not installed on this machine).
+pub fn verify(deb: &Path) -> Result<()> {
+    let contents = cmd::output(Command::new("dpkg-deb").arg("--contents").arg(deb))?;
+    let listed: Vec<&str> = contents
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .collect();
+    let missing: Vec<&str> = EXPECTED
+        .iter()
+        .copied()
+        .filter(|path| !listed.contains(path))
+        .collect();
+    ensure!(
+        missing.is_empty(),
+        "{} lacks {missing:?}; it holds:\n{contents}",
+        deb.display()
+    );
+    let conffiles = cmd::output(
+        Command::new("dpkg-deb")
+            .arg("--info")
+            .arg(deb)
+            .arg("conffiles"),
+    )?;
+    ensure!(
+        conffiles.lines().any(|line| line.trim() == CONFFILES[0]),
+        "{} does not mark {} as a conffile: {conffiles}",
+        deb.display(),
+        CONFFILES[0]
+    );
+    let unpacked = target_dir().join("package").join("verify");
+    if unpacked.exists() {
+        fs::remove_dir_all(&unpacked)?;
+    }
+    cmd::run(
+        Command::new("dpkg-deb")
+            .arg("--extract")
+            .arg(deb)
+            .arg(&unpacked),
+    )?;
+    let version = cmd::output(Command::new(unpacked.join("usr/bin/apifw")).arg("--version"))?;
+    ensure!(
+        version.contains(VERSION),
+        "the packaged binary says {version:?}, not version {VERSION}"
+    );
+    fs::remove_dir_all(&unpacked)?;
+    println!(
+        "package: {} holds what it should and its binary runs",
+        deb.display()
+    );
     Ok(())
 }
 

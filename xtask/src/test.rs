@@ -75,7 +75,10 @@ pub fn run(args: &Args) -> Result<()> {
         test.arg("--").args(&args.harness_args);
     }
     cmd::run(&mut test).context("tests failed")?;
-    println!("test: fmt, clippy and all tests passed");
+    // The .deb an operator installs: built from the release binary and checked from outside.
+    let deb = crate::package::build().context("building the Debian package failed")?;
+    crate::package::verify(&deb).context("the Debian package is wrong")?;
+    println!("test: fmt, clippy, all tests and the package passed");
     Ok(())
 }
 
