@@ -20,7 +20,7 @@ mod synflood;
 
 use std::{
     fmt::Write as _,
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, Instant},
 };
 
@@ -80,24 +80,6 @@ struct Sample {
     napi_cpu: f64,
     /// How XDP was attached to the server's interface during the measurement.
     xdp_mode: Option<&'static str>,
-}
-
-/// A directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> anyhow::Result<Self> {
-        let path = std::env::temp_dir().join(format!("apifw-attack-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).with_context(|| format!("create {}", path.display()))?;
-        Ok(Self(path))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Pins the calling thread (and what it spawns from now on) to `cpus`; restores every CPU on
@@ -348,7 +330,7 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<String> {
     };
     // This thread (and the daemon, nft and ip commands it starts) on the attacker's CPU.
     let _affinity = Affinity::pin(&[ATTACK_CPU])?;
-    let scratch = TempDir::new()?;
+    let scratch = crate::loadbench::TempDir::new("apifw-attack")?;
     let lab = Lab::new().context("build the attack lab")?;
     lab.pin_napi(server_cpu)?;
     let _nginx = Nginx::start(&lab, &scratch.0, server_cpu)?;

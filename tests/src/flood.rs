@@ -20,7 +20,7 @@
 //! not depend on the rate) is then the comparable figure.
 
 pub mod generator;
-mod lab;
+pub(crate) mod lab;
 mod peers;
 
 use std::{fmt::Write as _, time::Duration};

@@ -153,40 +153,48 @@ impl VethLab {
             ns.exec(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
             ns.exec(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
         }
+        lab.connect(client_sources);
+        lab
+    }
+
+    /// Creates the veth pair with its addresses, routes and static neighbours: what
+    /// [`VethLab::new`] does, and what a test that deleted the pair calls to re-create it.
+    pub fn connect(&self, client_sources: &[Ipv4Addr]) {
+        let (s, c) = (&self.server, &self.client);
         s.ip(&[
             "link",
             "add",
-            &lab.server_if,
+            &self.server_if,
             "type",
             "veth",
             "peer",
             "name",
-            &lab.client_if,
+            &self.client_if,
             "netns",
             c.name(),
         ]);
-        s.ip(&["link", "set", &lab.server_if, "up"]);
-        c.ip(&["link", "set", &lab.client_if, "up"]);
-        s.ip(&["addr", "add", "192.0.2.1/24", "dev", &lab.server_if]);
-        c.ip(&["addr", "add", "192.0.2.2/24", "dev", &lab.client_if]);
+        s.ip(&["link", "set", &self.server_if, "up"]);
+        c.ip(&["link", "set", &self.client_if, "up"]);
+        s.ip(&["addr", "add", "192.0.2.1/24", "dev", &self.server_if]);
+        c.ip(&["addr", "add", "192.0.2.2/24", "dev", &self.client_if]);
         for source in client_sources {
             c.ip(&[
                 "addr",
                 "add",
                 &format!("{source}/32"),
                 "dev",
-                &lab.client_if,
+                &self.client_if,
             ]);
             s.ip(&[
                 "route",
                 "add",
                 &format!("{source}/32"),
                 "dev",
-                &lab.server_if,
+                &self.server_if,
             ]);
         }
-        let server_mac = mac_of(s, &lab.server_if);
-        let client_mac = mac_of(c, &lab.client_if);
+        let server_mac = mac_of(s, &self.server_if);
+        let client_mac = mac_of(c, &self.client_if);
         c.ip(&[
             "neigh",
             "replace",
@@ -194,7 +202,7 @@ impl VethLab {
             "lladdr",
             &server_mac,
             "dev",
-            &lab.client_if,
+            &self.client_if,
             "nud",
             "permanent",
         ]);
@@ -206,12 +214,11 @@ impl VethLab {
                 "lladdr",
                 &client_mac,
                 "dev",
-                &lab.server_if,
+                &self.server_if,
                 "nud",
                 "permanent",
             ]);
         }
-        lab
     }
 
     /// Packets the client's veth has transmitted so far.

@@ -82,71 +82,6 @@ fn send_and_settle(
     );
 }
 
-/// Re-creates the lab's veth pair with the same names, addresses and static neighbours.
-fn recreate_veth(lab: &VethLab, sources: &[Ipv4Addr]) {
-    let (s, c) = (&lab.server, &lab.client);
-    s.ip(&[
-        "link",
-        "add",
-        &lab.server_if,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &lab.client_if,
-        "netns",
-        c.name(),
-    ]);
-    s.ip(&["link", "set", &lab.server_if, "up"]);
-    c.ip(&["link", "set", &lab.client_if, "up"]);
-    s.ip(&["addr", "add", "192.0.2.1/24", "dev", &lab.server_if]);
-    c.ip(&["addr", "add", "192.0.2.2/24", "dev", &lab.client_if]);
-    let mac = |ns: &apifw_tests::netns::Netns, interface: &str| -> String {
-        let output = ns.ip(&["-j", "link", "show", "dev", interface]);
-        let links: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
-        links[0]["address"].as_str().expect("MAC").to_owned()
-    };
-    let (server_mac, client_mac) = (mac(s, &lab.server_if), mac(c, &lab.client_if));
-    for source in sources {
-        c.ip(&[
-            "addr",
-            "add",
-            &format!("{source}/32"),
-            "dev",
-            &lab.client_if,
-        ]);
-        s.ip(&[
-            "route",
-            "add",
-            &format!("{source}/32"),
-            "dev",
-            &lab.server_if,
-        ]);
-        s.ip(&[
-            "neigh",
-            "replace",
-            &source.to_string(),
-            "lladdr",
-            &client_mac,
-            "dev",
-            &lab.server_if,
-            "nud",
-            "permanent",
-        ]);
-    }
-    c.ip(&[
-        "neigh",
-        "replace",
-        "192.0.2.1",
-        "lladdr",
-        &server_mac,
-        "dev",
-        &lab.client_if,
-        "nud",
-        "permanent",
-    ]);
-}
-
 /// Renames a server interface (down, rename, up) and restores the routes to the client's
 /// sources that going down removed.
 fn rename(lab: &VethLab, from: &str, to: &str, sources: &[Ipv4Addr]) {
@@ -246,7 +181,7 @@ fn renamed_removed_and_recreated_interfaces_are_followed_and_the_rest_keeps_work
     );
 
     // Re-created: attached to the new device, enforcing the same policy.
-    recreate_veth(&lab, &sources);
+    lab.connect(&sources);
     wait_for(
         "re-attach to the re-created interface",
         Duration::from_secs(10),

@@ -180,25 +180,7 @@ impl Lab {
     /// The NAPI kernel threads of the server's interface (`napi/<if>-<id>`, cut to the 15
     /// characters a thread name keeps).
     pub fn napi_threads(&self) -> anyhow::Result<Vec<i32>> {
-        let wanted: String = format!("napi/{}-", self.server_if)
-            .chars()
-            .take(15)
-            .collect();
-        let mut threads = Vec::new();
-        for entry in std::fs::read_dir("/proc")?.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-            if comm.trim_end().starts_with(&wanted) {
-                threads.push(pid);
-            }
-        }
-        Ok(threads)
+        crate::flood::lab::napi_threads(&self.server_if)
     }
 
     /// Pins the server's NAPI threads to `cpu` and makes them real-time (`SCHED_FIFO`): on a

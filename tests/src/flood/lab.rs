@@ -369,7 +369,7 @@ pub fn flood_frame(source_mac: &[u8; 6], target_mac: &[u8; 6]) -> anyhow::Result
 
 /// The NAPI threads of `interface`: kernel threads named `napi/<interface>-<id>` (the name is
 /// cut to the 15 characters a comm holds, which [`Lab::new`]'s names are made for).
-fn napi_threads(interface: &str) -> anyhow::Result<Vec<i32>> {
+pub(crate) fn napi_threads(interface: &str) -> anyhow::Result<Vec<i32>> {
     let wanted: String = format!("napi/{interface}-").chars().take(15).collect();
     let mut threads = Vec::new();
     for entry in std::fs::read_dir("/proc").context("read /proc")?.flatten() {
