@@ -8,6 +8,7 @@ pub mod loadbench;
 pub mod netns;
 pub mod packets;
 pub mod plot;
+pub mod policies;
 pub mod report;
 pub mod sources;
 pub mod traffic;

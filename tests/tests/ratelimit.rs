@@ -10,56 +10,27 @@ use std::{
     path::Path,
 };
 
+use apifw_tests::policies::RATE_LIMIT_RULES;
 use aya::programs::{TestRun as _, TestRunOptions};
 use etherparse::PacketBuilder;
 use firewall_common::{Action, Reason, model::Model, program_names};
 use firewall_userspace::{Firewall, Loaded, Policy};
 use rand::{Rng as _, SeedableRng as _, rngs::SmallRng};
 
-const POLICY: &str = r#"
+const LISTS: &str = r#"
 [allow]
 cidrs = ["203.0.113.7/32"]
 [block]
 cidrs = ["198.18.0.0/15"]
-
-[[rule]]
-name = "https"
-protocol = "tcp"
-ports = [443, 8443]
-per_source = { packets_per_second = 40, burst_packets = 6 }
-syn_per_source = { per_second = 1, burst = 2 }
-on_exceed = "ban"
-ban_after = "100ms"
-ban_ttl = "700ms"
-escalate_after = 2
-subnet_ban_ttl = "1500ms"
-
-[[rule]]
-name = "dns"
-protocol = "udp"
-ports = [53]
-per_source = { bytes_per_second = 4000, burst_bytes = 400 }
-per_subnet = { packets_per_second = 60, burst_packets = 10, prefix_v4 = 24, prefix_v6 = 64 }
-
-[[rule]]
-name = "other-tcp"
-protocol = "tcp"
-dry_run = true
-per_subnet = { packets_per_second = 20, burst_packets = 3, prefix_v4 = 16, prefix_v6 = 48 }
-
-[[rule]]
-name = "everything-else"
-protocol = "any"
-per_source = { packets_per_second = 10, burst_packets = 2 }
-on_exceed = "ban"
-ban_after = "300ms"
-ban_ttl = "400ms"
 "#;
 
 fn policy(dry_run: bool) -> Policy {
-    let mut policy = Loaded::from_str(Path::new("ratelimit.toml"), POLICY)
-        .unwrap_or_else(|err| panic!("{err}"))
-        .policy;
+    let mut policy = Loaded::from_str(
+        Path::new("ratelimit.toml"),
+        &format!("{LISTS}{RATE_LIMIT_RULES}"),
+    )
+    .unwrap_or_else(|err| panic!("{err}"))
+    .policy;
     policy.dry_run = dry_run;
     policy
 }
