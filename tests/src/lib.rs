@@ -11,5 +11,6 @@ pub mod plot;
 pub mod policies;
 pub mod report;
 pub mod sources;
+pub mod tally;
 pub mod traffic;
 pub mod xdpfilter;

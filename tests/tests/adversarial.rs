@@ -20,17 +20,13 @@ use std::{
 use apifw_tests::{
     adversarial::{Frame, Generator, Kind, MAX_LINEAR_FRAME},
     policies::RATE_LIMIT_RULES,
+    tally::Tally,
 };
 use aya::{
     Pod,
     programs::{TestRun as _, TestRunOptions},
 };
-use firewall_common::{
-    Action, Reason, map_names,
-    model::{Decision, Model},
-    packet::ETH_HLEN,
-    program_names,
-};
+use firewall_common::{Action, Reason, map_names, model::Model, packet::ETH_HLEN, program_names};
 use firewall_userspace::{Firewall, Loaded, Policy};
 use ipnet::IpNet;
 use rand::{Rng as _, SeedableRng as _, rngs::SmallRng};
@@ -214,65 +210,6 @@ fn assert_same_state(firewall: &Firewall, model: &Model, context: &str) {
         &model.bans,
         context,
     );
-}
-
-/// Expected counters, global and per rule, kept as the model decides.
-#[derive(Default)]
-struct Tally {
-    global: HashMap<(Action, Reason), (u64, u64)>,
-    per_rule: HashMap<(u32, Reason), (u64, u64)>,
-}
-
-impl Tally {
-    fn add(&mut self, decision: Decision, len: usize) {
-        let len = len as u64;
-        let entry = self
-            .global
-            .entry((decision.verdict.action, decision.verdict.reason))
-            .or_default();
-        *entry = (entry.0 + 1, entry.1 + len);
-        if let Some(rule) = decision.rule {
-            let entry = self
-                .per_rule
-                .entry((rule, decision.verdict.reason))
-                .or_default();
-            *entry = (entry.0 + 1, entry.1 + len);
-        }
-    }
-
-    fn assert_matches(&self, firewall: &Firewall, context: &str) {
-        let snapshot = firewall.stats().expect("counters");
-        for row in &snapshot.counters {
-            let expected = self
-                .global
-                .get(&(row.action, row.reason))
-                .copied()
-                .unwrap_or_default();
-            assert_eq!(
-                (row.packets, row.bytes),
-                expected,
-                "{context}: global counter {}/{}",
-                row.action.name(),
-                row.reason.name()
-            );
-        }
-        let mut expected: Vec<_> = self
-            .per_rule
-            .iter()
-            .map(|((rule, reason), (p, b))| (*rule, *reason as u32, *p, *b))
-            .collect();
-        expected.sort_unstable();
-        let mut got: Vec<_> = snapshot
-            .rules
-            .iter()
-            .map(|row| (row.rule, row.reason as u32, row.packets, row.bytes))
-            .collect();
-        got.sort_unstable();
-        assert_eq!(
-            got, expected,
-            "{context}: per-rule counters (rule, reason, packets, bytes)"
-        );
-    }
 }
 
 /// The differential run: kernel and model side by side on the generator's frames, `truncate`

@@ -10,7 +10,7 @@ use std::{
     path::Path,
 };
 
-use apifw_tests::policies::RATE_LIMIT_RULES;
+use apifw_tests::{policies::RATE_LIMIT_RULES, tally::Tally};
 use aya::programs::{TestRun as _, TestRunOptions};
 use etherparse::PacketBuilder;
 use firewall_common::{Action, Reason, model::Model, program_names};
@@ -130,8 +130,7 @@ fn replay(dry_run: bool, seed: u64, count: usize, check_reasons: bool) -> HashMa
     let mut rng = SmallRng::seed_from_u64(seed);
     let sources = sources();
     let mut now_ns: u64 = 5_000_000_000;
-    let mut global: HashMap<(Action, Reason), (u64, u64)> = HashMap::new();
-    let mut per_rule: HashMap<(u32, Reason), (u64, u64)> = HashMap::new();
+    let mut tally = Tally::default();
     let mut reasons: HashMap<Reason, u64> = HashMap::new();
     for i in 0..count {
         // Mostly bursts (same instant or microseconds apart), sometimes long pauses.
@@ -149,55 +148,19 @@ fn replay(dry_run: bool, seed: u64, count: usize, check_reasons: bool) -> HashMa
             got, decision.verdict.action,
             "frame {i} from {src} at {now_ns} ns: model {decision:?}"
         );
-        let len = frame.len() as u64;
-        let entry = global
-            .entry((decision.verdict.action, decision.verdict.reason))
-            .or_default();
-        *entry = (entry.0 + 1, entry.1 + len);
-        if let Some(rule) = decision.rule {
-            let entry = per_rule.entry((rule, decision.verdict.reason)).or_default();
-            *entry = (entry.0 + 1, entry.1 + len);
-        }
+        tally.add(decision, frame.len());
         *reasons.entry(decision.verdict.reason).or_default() += 1;
         if check_reasons {
             let snapshot = firewall.stats().expect("counters");
             let counter = snapshot.get(decision.verdict.action, decision.verdict.reason);
             assert_eq!(
                 counter.packets,
-                global[&(decision.verdict.action, decision.verdict.reason)].0,
+                tally.global[&(decision.verdict.action, decision.verdict.reason)].0,
                 "frame {i} from {src}: kernel counted another reason than the model's {decision:?}"
             );
         }
     }
-    let snapshot = firewall.stats().expect("counters");
-    for row in &snapshot.counters {
-        let expected = global
-            .get(&(row.action, row.reason))
-            .copied()
-            .unwrap_or_default();
-        assert_eq!(
-            (row.packets, row.bytes),
-            expected,
-            "global counter {}/{}",
-            row.action.name(),
-            row.reason.name()
-        );
-    }
-    let mut expected_rules: Vec<_> = per_rule
-        .iter()
-        .map(|((rule, reason), (p, b))| (*rule, *reason, *p, *b))
-        .collect();
-    expected_rules.sort_by_key(|(rule, reason, _, _)| (*rule, *reason as u32));
-    let mut got_rules: Vec<_> = snapshot
-        .rules
-        .iter()
-        .map(|row| (row.rule, row.reason, row.packets, row.bytes))
-        .collect();
-    got_rules.sort_by_key(|(rule, reason, _, _)| (*rule, *reason as u32));
-    assert_eq!(
-        got_rules, expected_rules,
-        "per-rule counters (rule, reason, packets, bytes)"
-    );
+    tally.assert_matches(&firewall, "after the replay");
     reasons
 }
 
