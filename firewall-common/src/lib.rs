@@ -95,9 +95,17 @@ pub mod map_names {
     /// `i << shift ..= ((i + 1) << shift) - 1` (0: a new source every packet).
     pub const SPRAY_SHIFT: &str = "APIFW_SPRAY_CFG";
 
-    /// `Array<u32>` with one entry: how many low source bits the flood generator
-    /// (`program_names::FLOOD_GEN`) varies (0: all 17 of 198.18.0.0/15). Not pinned.
+    /// `Array<u32>` configuring the flood generator (`program_names::FLOOD_GEN`), indexed by
+    /// the two constants below. Not pinned.
     pub const FLOOD_CONFIG: &str = "APIFW_FLOOD_CFG";
+    /// [`FLOOD_CONFIG`] index: how many low source bits the generator varies (0: all 17 of
+    /// 198.18.0.0/15).
+    pub const FLOOD_CONFIG_SOURCE_BITS: u32 = 0;
+    /// [`FLOOD_CONFIG`] index: the generator sends one burst of 64 frames in this many and
+    /// drops the others (0 or 1: sends all).
+    pub const FLOOD_CONFIG_SEND_EVERY: u32 = 1;
+    /// Entries of [`FLOOD_CONFIG`].
+    pub const FLOOD_CONFIG_ENTRIES: u32 = 2;
 
     /// Every map the daemon pins.
     pub const ALL: [&str; 19] = [

@@ -13,7 +13,9 @@
 //! each source appears exactly once, which makes the per-source rate known (a rate limiter's
 //! behaviour depends on it). The IPv4 header checksum is updated incrementally, so the receiving
 //! stack accepts the frame and netfilter sees it; the UDP checksum is 0 (none), which IPv4
-//! allows.
+//! allows. An IPv4/TCP template (the SYN flood of the "Under attack" benchmark) also gets its TCP
+//! checksum updated, since the pseudo-header holds the source: the server's stack must answer
+//! each SYN as it would a real one.
 //!
 //! An IPv6/UDP template instead gets a new source per frame in bits 32..63 of its address
 //! (2001:db8:XXXX:XXXX::, a 32-bit permutation, so billions of distinct /64s): the soak test of
@@ -22,6 +24,8 @@
 //! Page-pool pages are recycled without being rewritten, so a frame may start from a previous
 //! run's bytes: the update reads the source and checksum the frame holds now, which is right
 //! either way.
+
+use firewall_common::map_names;
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -36,11 +40,15 @@ use aya_ebpf::{
 #[map(name = "APIFW_FLOOD_SEQ")]
 static FLOOD_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
-/// How many low bits of the source vary (1 to 17; anything else means 17): the benchmark's
-/// rate-limit cases flood from fewer sources, so that each is far over its limit.
+/// At `FLOOD_CONFIG_SOURCE_BITS`: how many low bits of the source vary (1 to 17; anything else
+/// means 17): the benchmark's rate-limit cases flood from fewer sources, so that each is far over
+/// its limit. At `FLOOD_CONFIG_SEND_EVERY`: send one burst of [`SEND_BURST`] frames in this
+/// many, drop the others (a slower flood; 0 or 1: send all).
 #[map(name = "APIFW_FLOOD_CFG")]
-static FLOOD_CFG: Array<u32> = Array::with_max_entries(1, 0);
+static FLOOD_CFG: Array<u32> = Array::with_max_entries(map_names::FLOOD_CONFIG_ENTRIES, 0);
 
+/// Frames a thinned flood sends back to back (one batch of the kernel's live-frames mode).
+const SEND_BURST: u32 = 64;
 /// 198.18.0.0/15, host order.
 const FLOOD_NET: u32 = 0xC612_0000;
 /// The host bits of [`FLOOD_NET`].
@@ -51,6 +59,7 @@ const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
 const IPPROTO_UDP: u8 = 17;
+const IPPROTO_TCP: u8 = 6;
 /// IPv6 offsets: next header, bits 32..63 of the source, the UDP checksum, the UDP header's end.
 const V6_NEXT_HEADER: usize = ETH_HLEN + 6;
 const V6_SOURCE_BITS_32: usize = ETH_HLEN + 8 + 4;
@@ -59,9 +68,13 @@ const V6_UDP_END: usize = ETH_HLEN + 40 + 8;
 /// Offsets in the frame (Ethernet header, then an IPv4 header without options).
 const ETHERTYPE: usize = 12;
 const IP_VERSION_IHL: usize = ETH_HLEN;
+const IP_PROTOCOL: usize = ETH_HLEN + 9;
 const IP_CHECK: usize = ETH_HLEN + 10;
 const IP_SOURCE: usize = ETH_HLEN + 12;
 const IP_END: usize = ETH_HLEN + 20;
+/// The TCP checksum after an option-less IPv4 header, and the end of that field.
+const TCP_CHECK: usize = IP_END + 16;
+const TCP_CHECK_END: usize = TCP_CHECK + 2;
 
 /// Rewrites the IPv4 source of the frame to the next address of the permutation and sends the
 /// frame back out (`XDP_TX`). Anything but an option-less IPv4 frame is aborted: the benchmark
@@ -89,9 +102,28 @@ pub fn apifw_flood_gen(ctx: XdpContext) -> u32 {
     let Some((n, cpu)) = next_sequence() else {
         return xdp_action::XDP_ABORTED;
     };
+    let send_every = FLOOD_CFG
+        .get(map_names::FLOOD_CONFIG_SEND_EVERY)
+        .map_or(1, |every| *every);
+    // Thinned, the generator sends bursts of `SEND_BURST` consecutive frames, one burst in
+    // `send_every`, as a NIC's interrupt moderation hands its driver frames in batches (one
+    // frame in N would wake the receiver for every few frames). The frames sent take
+    // consecutive positions of the permutation, so a thinned flood still sends every source
+    // once per 2^17 of its frames.
+    let n = if send_every > 1 {
+        let burst = n / SEND_BURST;
+        if burst.checked_rem(send_every).unwrap_or(0) != 0 {
+            return xdp_action::XDP_DROP;
+        }
+        burst.checked_div(send_every).unwrap_or(burst) * SEND_BURST + n % SEND_BURST
+    } else {
+        n
+    };
     // Each CPU starts at a different point of the permutation, so two generators on two CPUs do
     // not send the same source at the same moment.
-    let bits = FLOOD_CFG.get(0).map_or(FLOOD_HOST_BITS, |bits| *bits);
+    let bits = FLOOD_CFG
+        .get(map_names::FLOOD_CONFIG_SOURCE_BITS)
+        .map_or(FLOOD_HOST_BITS, |bits| *bits);
     let bits = if bits == 0 || bits > FLOOD_HOST_BITS {
         FLOOD_HOST_BITS
     } else {
@@ -109,6 +141,16 @@ pub fn apifw_flood_gen(ctx: XdpContext) -> u32 {
         let check = u16::from_be_bytes(*check_ptr);
         *source_ptr = source.to_be_bytes();
         *check_ptr = checksum_replace(check, old, source).to_be_bytes();
+        // SAFETY: the protocol byte lies inside the IPv4 header (checked above); the TCP
+        // checksum is only touched after its own bounds check.
+        if *((start + IP_PROTOCOL) as *const u8) == IPPROTO_TCP {
+            if start + TCP_CHECK_END > ctx.data_end() {
+                return xdp_action::XDP_ABORTED;
+            }
+            let tcp_check_ptr = (start + TCP_CHECK) as *mut [u8; 2];
+            let tcp_check = u16::from_be_bytes(*tcp_check_ptr);
+            *tcp_check_ptr = checksum_replace(tcp_check, old, source).to_be_bytes();
+        }
     }
     xdp_action::XDP_TX
 }

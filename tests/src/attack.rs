@@ -4,7 +4,10 @@
 //! Goal: apifw keeps at least 90% of the no-flood goodput.
 //!
 //! [`lab`] builds the topology (the server's one public interface carries the flood and the
-//! legitimate traffic), [`http`] runs nginx and wrk, [`synflood`] is the attacker. Every run
+//! legitimate traffic), [`http`] runs nginx and wrk. There are two attackers sending the same
+//! flood: [`xdpflood`] hands the server's veth XDP frames, as a NIC driver hands its native XDP
+//! hook frames straight from its ring, and [`synflood`] writes socket buffers with an
+//! `AF_PACKET` socket, which native XDP on a veth only sees after they exist. Every run
 //! measures every case once, in a rotating order, so machine noise spreads over all of them; the
 //! report gives the median of the runs and their spread, and each case's share of the no-flood
 //! goodput measured in the same run.
@@ -17,10 +20,12 @@
 mod http;
 mod lab;
 mod synflood;
+mod xdpflood;
 
 use std::{
     fmt::Write as _,
     path::Path,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -31,9 +36,11 @@ use self::{
     http::{Load, Nginx},
     lab::{ATTACK_RANGE, Lab},
     synflood::{SynFlood, Target},
+    xdpflood::XdpSynFlood,
 };
 use crate::{
     daemon::{Daemon, Dirs},
+    flood::generator::Generator,
     report::{BenchOptions, Spread, tool_version},
 };
 
@@ -54,14 +61,115 @@ enum Case {
 }
 
 impl Case {
-    const ALL: [Case; 4] = [Case::NoFlood, Case::Unprotected, Case::Nft, Case::Apifw];
-
     fn label(self) -> &'static str {
         match self {
             Case::NoFlood => "no flood",
             Case::Unprotected => "flood, no protection",
             Case::Nft => "flood, nftables (netdev ingress drop)",
             Case::Apifw => "flood, apifw (blocklist)",
+        }
+    }
+}
+
+/// The paced XDP attacker's rate: about what the socket attacker reaches, so that the two
+/// compare at the same load.
+const PACED_RATE: f64 = 1_000_000.0;
+
+/// How the flood reaches the server's link, and how fast.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Attacker {
+    /// XDP frames from the in-kernel generator (what a NIC driver hands its native XDP hook),
+    /// at [`PACED_RATE`].
+    XdpPaced,
+    /// The same, as fast as the generator's CPU goes: far more than the server's CPU takes.
+    XdpFull,
+    /// Socket buffers written with an `AF_PACKET` socket, as fast as its CPU goes.
+    Socket,
+}
+
+impl Attacker {
+    const ALL: [Attacker; 3] = [Attacker::XdpPaced, Attacker::XdpFull, Attacker::Socket];
+
+    fn label(self) -> &'static str {
+        match self {
+            Attacker::XdpPaced => "XDP frames at 1 Mpps",
+            Attacker::XdpFull => "XDP frames at full speed",
+            Attacker::Socket => "socket buffers at full speed",
+        }
+    }
+}
+
+/// One row of the table: a case under one attacker (none for the no-flood baseline).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Row {
+    case: Case,
+    attacker: Option<Attacker>,
+}
+
+impl Row {
+    const fn new(case: Case, attacker: Attacker) -> Self {
+        Self {
+            case,
+            attacker: Some(attacker),
+        }
+    }
+
+    fn label(self) -> String {
+        match self.attacker {
+            None => self.case.label().to_owned(),
+            Some(attacker) => format!("{}: {}", attacker.label(), self.case.label()),
+        }
+    }
+}
+
+/// The rows in report order; the first is the baseline of every "% of no flood".
+const ROWS: [Row; 10] = [
+    Row {
+        case: Case::NoFlood,
+        attacker: None,
+    },
+    Row::new(Case::Unprotected, Attacker::XdpPaced),
+    Row::new(Case::Nft, Attacker::XdpPaced),
+    Row::new(Case::Apifw, Attacker::XdpPaced),
+    Row::new(Case::Unprotected, Attacker::XdpFull),
+    Row::new(Case::Nft, Attacker::XdpFull),
+    Row::new(Case::Apifw, Attacker::XdpFull),
+    Row::new(Case::Unprotected, Attacker::Socket),
+    Row::new(Case::Nft, Attacker::Socket),
+    Row::new(Case::Apifw, Attacker::Socket),
+];
+
+/// A running flood of either attacker.
+enum Flood {
+    XdpFrames(XdpSynFlood),
+    Socket(SynFlood),
+}
+
+impl Flood {
+    fn start(
+        attacker: Attacker,
+        lab: &Lab,
+        target: &Target,
+        generator: &Arc<Mutex<Generator>>,
+    ) -> anyhow::Result<Self> {
+        Ok(match attacker {
+            Attacker::XdpPaced => Flood::XdpFrames(XdpSynFlood::start(
+                generator,
+                &lab.edge,
+                target,
+                Some(PACED_RATE),
+            )?),
+            Attacker::XdpFull => {
+                Flood::XdpFrames(XdpSynFlood::start(generator, &lab.edge, target, None)?)
+            }
+            Attacker::Socket => Flood::Socket(SynFlood::start(&lab.edge, target)),
+        })
+    }
+
+    fn stop(self) -> anyhow::Result<()> {
+        match self {
+            Flood::XdpFrames(flood) => flood.stop().map(drop),
+            Flood::Socket(flood) => flood.stop().map(drop),
         }
     }
 }
@@ -210,30 +318,45 @@ struct Snapshot {
     napi_ns: u64,
 }
 
-fn snapshot(
-    lab: &Lab,
-    flood: Option<&SynFlood>,
-    protection: &Protection,
-) -> anyhow::Result<Snapshot> {
+fn snapshot(lab: &Lab, flood: Option<&Flood>, protection: &Protection) -> anyhow::Result<Snapshot> {
     let upstream = lab.upstream_counters()?;
+    // Whatever the attacker, `lost` also holds the few legitimate packets the full ring cost.
+    let lost = upstream.tx_dropped + upstream.xdp_xmit_errors;
+    let sent = match flood {
+        None => 0,
+        // veth counts the XDP frames it put on the server's ring.
+        Some(Flood::XdpFrames(_)) => upstream.xdp_xmit,
+        Some(Flood::Socket(flood)) => flood.sent(),
+    };
     Ok(Snapshot {
         at: Instant::now(),
-        sent: flood.map_or(0, SynFlood::sent),
-        lost: upstream.tx_dropped,
+        sent,
+        lost,
         filtered: protection.dropped()?,
         napi_ns: lab.napi_ns()?,
     })
 }
 
-fn measure(
-    lab: &Lab,
-    case: Case,
-    target: &Target,
-    timing: &Timing,
-    scratch: &Path,
+/// What a measurement needs besides the row.
+struct Setup<'a> {
+    lab: &'a Lab,
+    target: &'a Target,
+    generator: &'a Arc<Mutex<Generator>>,
+    timing: &'a Timing,
+    scratch: &'a Path,
     server_cpu: usize,
-) -> anyhow::Result<Sample> {
-    let protection = match case {
+}
+
+fn measure(setup: &Setup, row: Row) -> anyhow::Result<Sample> {
+    let Setup {
+        lab,
+        target,
+        generator,
+        timing,
+        scratch,
+        server_cpu,
+    } = *setup;
+    let protection = match row.case {
         Case::NoFlood | Case::Unprotected => Protection::None,
         Case::Nft => Protection::Nft(NftTable::install(lab, scratch)?),
         Case::Apifw => {
@@ -249,7 +372,10 @@ fn measure(
     let xdp_mode = lab.server_xdp_mode()?;
     // Attaching or detaching XDP may restart the veth's NAPI: pin whatever thread it has now.
     lab.pin_napi(server_cpu)?;
-    let flood = (case != Case::NoFlood).then(|| SynFlood::start(&lab.edge, target));
+    let flood = row
+        .attacker
+        .map(|attacker| Flood::start(attacker, lab, target, generator))
+        .transpose()?;
     std::thread::sleep(timing.warmup);
     let before = snapshot(lab, flood.as_ref(), &protection)?;
     let load = http::run_wrk(lab, server_cpu, timing.seconds)?;
@@ -262,13 +388,14 @@ fn measure(
         !lab.server_has_xdp()?,
         "an XDP program is still attached to {} after the {} case",
         lab.server_if,
-        case.label()
+        row.label()
     );
     let wall = after.at.duration_since(before.at).as_secs_f64().max(1e-9);
     let rate = |a: u64, b: u64| b.saturating_sub(a) as f64 / wall;
     Ok(Sample {
         load,
-        // veth's drops are refused sends (ENOBUFS), not counted in `sent`: both reached the link.
+        // veth's drops are frames it had no room for, not counted in `sent`: both reached the
+        // link.
         offered: rate(before.sent + before.lost, after.sent + after.lost),
         lost: rate(before.lost, after.lost),
         filtered: rate(before.filtered, after.filtered),
@@ -342,22 +469,34 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<String> {
         port: 80,
         cpu: ATTACK_CPU,
     };
+    // The XDP attacker's generator, on the attacker's CPU, loaded once for every run.
+    let generator = Arc::new(Mutex::new(
+        Generator::start(ATTACK_CPU).context("start the XDP flood generator")?,
+    ));
     // Warm-up: connections, page cache, nginx's first requests.
     http::run_wrk(&lab, server_cpu, 1)?;
-    let cases: Vec<Case> = Case::ALL
+    let rows: Vec<Row> = ROWS
         .into_iter()
-        .filter(|case| *case != Case::Apifw || apifw_missing.is_none())
+        .filter(|row| row.case != Case::Apifw || apifw_missing.is_none())
         .collect();
-    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); Case::ALL.len()];
+    let setup = Setup {
+        lab: &lab,
+        target: &target,
+        generator: &generator,
+        timing: &timing,
+        scratch: &scratch.0,
+        server_cpu,
+    };
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); ROWS.len()];
     for run in 0..runs {
-        for offset in 0..cases.len() {
-            let case = cases[(run + offset) % cases.len()];
-            let sample = measure(&lab, case, &target, &timing, &scratch.0, server_cpu)
-                .with_context(|| format!("case {}, run {run}", case.label()))?;
+        for offset in 0..rows.len() {
+            let row = rows[(run + offset) % rows.len()];
+            let sample =
+                measure(&setup, row).with_context(|| format!("case {}, run {run}", row.label()))?;
             eprintln!(
                 "bench: attack run {run}: {}: {:.0} responses/s, p99 {:.2} ms, flood {:.0} pkt/s \
                  offered, {:.0} lost at the ring, {:.0} filtered, NAPI CPU {:.0}%",
-                case.label(),
+                row.label(),
                 sample.load.goodput(),
                 sample.load.p99_ms,
                 sample.offered,
@@ -365,7 +504,7 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<String> {
                 sample.filtered,
                 sample.napi_cpu * 100.0
             );
-            let index = Case::ALL.iter().position(|c| *c == case).unwrap_or(0);
+            let index = ROWS.iter().position(|r| *r == row).unwrap_or(0);
             samples[index].push(sample);
         }
     }
@@ -415,13 +554,29 @@ fn markdown(
          `--latency` (completed requests; `--timeout 2s`). Both reach each other through an \
          upstream router namespace; the server has one interface (a veth), which carries the \
          legitimate traffic and the flood alike. The attacker writes a TCP SYN flood to port 80 \
-         into the router's end of that link: spoofed sources drawn at random from {ATTACK_RANGE} (a \
-         cycled pool of 65,536 frames), random ports and sequence numbers, valid checksums, through an `AF_PACKET` \
-         socket, as fast as one CPU sends (`trafgen` was tried: it stops at the first full \
-         ring). The server's veth receives in threaded NAPI; a frame that finds its ring full \
-         is dropped (\"lost at the ring\", as a NIC's full rx ring drops). SYN-ACKs to the \
-         spoofed sources go back to the router, which discards them. The flood starts {:.1} s \
-         before wrk (SYN queue full, SYN cookies on).\n",
+         with spoofed sources from {ATTACK_RANGE} and valid checksums into the router's end of \
+         that link in one of three ways (each case is measured under each):\n\n\
+         - **XDP frames** at 1 Mpps (about the socket attacker's rate, so the two compare at \
+         the same load) and **at full speed** (several Mpps, far more than the server's CPU can \
+         take in: its ring overflows whatever the filter): the in-kernel generator of the flood section (`BPF_PROG_RUN` of \
+         `apifw_flood_gen` in live-frames mode, `XDP_TX` out of the router's port) rewrites \
+         the source of one template SYN per frame, every address of the range once per \
+         131,072 frames, fixing both checksums; at 1 Mpps it sends one burst of 64 frames \
+         in N (N set every 100 ms from the rate the generator runs at) and drops the rest \
+         before they leave: the receiver gets the flood in batches, as a NIC's interrupt \
+         moderation delivers it (frame by frame, the receiving NAPI thread would be woken for \
+         every few frames, which costs more than the frames). The server's veth gets XDP frames, and its \
+         native XDP hook runs on them before any socket buffer exists, as on a NIC driver \
+         with XDP support; without XDP (or on `XDP_PASS`) veth builds the socket buffer.\n\
+         - **socket buffers**, as fast as one CPU sends: an `AF_PACKET` socket writes a cycled pool of 65,536 frames \
+         (random sources, ports and sequence numbers; `trafgen` was tried: it stops at the \
+         first full ring). The server's veth gets socket buffers, so even its native XDP hook \
+         runs after the buffer exists (on a copy with XDP's headroom): what XDP can save is \
+         smaller than on a NIC.\n\n\
+         The server's veth receives in threaded NAPI; a frame that finds its ring full is \
+         dropped (\"lost at the ring\", as a NIC's full rx ring drops), legitimate or not. \
+         SYN-ACKs to the spoofed sources go back to the router, which discards them. The flood \
+         starts {:.1} s before wrk (SYN queue full, SYN cookies on).\n",
         tool_version("nginx", &["-v"]),
         http::API_PATH,
         tool_version("wrk", &["-v"])
@@ -487,10 +642,11 @@ fn markdown(
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )?;
     let baseline: Vec<f64> = samples[0].iter().map(|s| s.load.goodput()).collect();
-    let mut apifw_share = None;
-    for (case, runs) in Case::ALL.iter().zip(samples) {
+    let mut apifw_shares = Vec::new();
+    for (row, runs) in ROWS.iter().zip(samples) {
+        let case = &row.case;
         if runs.is_empty() {
-            writeln!(md, "| {} | not measured | | | | | | | | | |", case.label())?;
+            writeln!(md, "| {} | not measured | | | | | | | | | |", row.label())?;
             continue;
         }
         let field = |f: fn(&Sample) -> f64| Spread::of(&runs.iter().map(f).collect::<Vec<_>>());
@@ -501,8 +657,8 @@ fn markdown(
             .map(|(s, base)| s.load.goodput() / base.max(1e-9))
             .collect();
         let share = Spread::of(&ratios);
-        if *case == Case::Apifw {
-            apifw_share = Some(share);
+        if let (Case::Apifw, Some(attacker)) = (case, row.attacker) {
+            apifw_shares.push((attacker, share));
         }
         let p99 = field(|s| s.load.p99_ms);
         let errors = field(|s| s.load.errors as f64);
@@ -518,7 +674,7 @@ fn markdown(
             md,
             "| {} | {:.0} | {:.0}..{:.0} | {:.0}% ({:.0}..{:.0}) | {} | {}..{} | {:.0} \
              | {} | {} | {} | {:.0}% |",
-            case.label(),
+            row.label(),
             goodput.median,
             goodput.min,
             goodput.max,
@@ -539,12 +695,17 @@ fn markdown(
             field(|s| s.napi_cpu).median * 100.0,
         )?;
     }
-    match apifw_share {
-        Some(share) => writeln!(
+    writeln!(md)?;
+    if apifw_shares.is_empty() {
+        writeln!(md, "- Goal: not measured (apifw was not run).")?;
+    }
+    for (attacker, share) in &apifw_shares {
+        writeln!(
             md,
-            "\n- Goal (apifw ≥ {:.0}% of no-flood goodput): **{}** — {:.1}% (median; runs \
-             {:.1}..{:.1}%).",
+            "- Goal (apifw ≥ {:.0}% of no-flood goodput), flood of {}: **{}** — {:.1}% \
+             (median; runs {:.1}..{:.1}%).",
             GOAL * 100.0,
+            attacker.label(),
             if share.median >= GOAL {
                 "met"
             } else {
@@ -553,39 +714,49 @@ fn markdown(
             share.median * 100.0,
             share.min * 100.0,
             share.max * 100.0
-        )?,
-        None => writeln!(md, "\n- Goal: not measured (apifw was not run).")?,
+        )?;
     }
-    let mode = samples[Case::ALL.len() - 1]
-        .first()
+    let goodput_of = |case: Case, attacker: Attacker| -> Vec<f64> {
+        let row = Row::new(case, attacker);
+        let index = ROWS.iter().position(|r| *r == row).unwrap_or(0);
+        samples[index].iter().map(|s| s.load.goodput()).collect()
+    };
+    for attacker in Attacker::ALL {
+        let apifw = goodput_of(Case::Apifw, attacker);
+        let nft = goodput_of(Case::Nft, attacker);
+        if !apifw.is_empty() && apifw.len() == nft.len() {
+            let ratios: Vec<f64> = apifw
+                .iter()
+                .zip(&nft)
+                .map(|(a, n)| a / n.max(1e-9))
+                .collect();
+            let versus = Spread::of(&ratios);
+            writeln!(
+                md,
+                "- apifw ÷ nftables goodput, flood of {}, same run: {:.2}× (median; runs \
+                 {:.2}..{:.2}×).",
+                attacker.label(),
+                versus.median,
+                versus.min,
+                versus.max
+            )?;
+        }
+    }
+    let mode = ROWS
+        .iter()
+        .zip(samples)
+        .find(|(row, _)| row.case == Case::Apifw)
+        .and_then(|(_, runs)| runs.first())
         .and_then(|s| s.xdp_mode)
         .unwrap_or("unknown");
     writeln!(
         md,
-        "- apifw's XDP program was attached in {mode} mode. On a veth, even native XDP gets \
-         frames that are already socket buffers (and copies each one to give XDP its \
-         headroom), so dropping in XDP saves much less here than on a NIC driver, where XDP \
-         runs before any socket buffer exists: apifw's margin over nftables' ingress hook in \
-         this table is a lower bound."
+        "- apifw's XDP program was attached in {mode} mode. With the flood of socket buffers \
+         even native XDP on a veth runs after each buffer was built (and copies it to give XDP \
+         its headroom), so there the margin of dropping in XDP over nftables' ingress hook is \
+         a lower bound; the flood of XDP frames shows the order a NIC driver gives: XDP first, \
+         the socket buffer only for what it passes."
     )?;
-    let goodput_of = |case: Case| -> Vec<f64> {
-        let index = Case::ALL.iter().position(|c| *c == case).unwrap_or(0);
-        samples[index].iter().map(|s| s.load.goodput()).collect()
-    };
-    let (apifw, nft) = (goodput_of(Case::Apifw), goodput_of(Case::Nft));
-    if !apifw.is_empty() && apifw.len() == nft.len() {
-        let ratios: Vec<f64> = apifw
-            .iter()
-            .zip(&nft)
-            .map(|(a, n)| a / n.max(1e-9))
-            .collect();
-        let versus = Spread::of(&ratios);
-        writeln!(
-            md,
-            "- apifw ÷ nftables goodput, same run: {:.2}× (median; runs {:.2}..{:.2}×).",
-            versus.median, versus.min, versus.max
-        )?;
-    }
     writeln!(
         md,
         "- The no-flood baseline is not an upper bound here: with no flood the server's NAPI \
@@ -601,7 +772,7 @@ fn markdown(
         "- \"flood sent\" counts the frames that reached the server's link (veth took them \
          onto the ring, or dropped them for lack of room: \"lost at the ring\", which also \
          holds the few legitimate packets lost there). While the ring is full veth may also \
-         stop its queue and refuse the generator's sends: those are not counted. \"server \
+         stop its queue and refuse the socket attacker's sends: those are not counted. \"server \
          NAPI CPU\" is the share of CPU 1 the server's receive thread used, for the flood and \
          the legitimate traffic together."
     )?;

@@ -87,7 +87,12 @@ fn mac_of(netns: &Netns, interface: &str) -> anyhow::Result<[u8; 6]> {
 /// Counters of one interface.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LinkCounters {
+    /// Socket buffers veth could not put on the peer's ring (it was full).
     pub tx_dropped: u64,
+    /// XDP frames (`ndo_xdp_xmit`) veth put on the peer's ring.
+    pub xdp_xmit: u64,
+    /// XDP frames veth had no room for on the peer's ring.
+    pub xdp_xmit_errors: u64,
 }
 
 impl Lab {
@@ -224,8 +229,9 @@ impl Lab {
         Ok(total)
     }
 
-    /// Counters of the router's end of the server's link. Its `tx_dropped` are the frames the
-    /// server's receive ring had no room for (veth counts them on the sending side).
+    /// Counters of the router's end of the server's link. Its `tx_dropped` and
+    /// `xdp_xmit_errors` are the frames the server's receive ring had no room for (veth counts
+    /// them on the sending side).
     pub fn upstream_counters(&self) -> anyhow::Result<LinkCounters> {
         counters(&self.edge, &self.upstream_if)
     }
@@ -268,7 +274,11 @@ fn counters(netns: &Netns, interface: &str) -> anyhow::Result<LinkCounters> {
             .as_u64()
             .with_context(|| format!("no {dir}.{name} in {links}"))
     };
+    let ethtool = exec(netns, &["ethtool", "-S", interface])?;
+    let ethtool = String::from_utf8_lossy(&ethtool.stdout);
     Ok(LinkCounters {
         tx_dropped: get("tx", "dropped")?,
+        xdp_xmit: crate::flood::lab::ethtool_sum(&ethtool, "_xdp_xmit"),
+        xdp_xmit_errors: crate::flood::lab::ethtool_sum(&ethtool, "_xdp_xmit_errors"),
     })
 }

@@ -40,6 +40,8 @@ struct Job {
     /// Low source bits to vary (see `firewall_common::map_names::FLOOD_CONFIG`).
     source_bits: u32,
     duration: Duration,
+    /// Send one frame in this many (the others are dropped in the generator), 1 for all.
+    send_every: u32,
 }
 
 /// What one flood sent.
@@ -107,16 +109,45 @@ impl Generator {
         source_bits: u32,
         duration: Duration,
     ) -> anyhow::Result<Sent> {
+        self.submit(Job {
+            netns,
+            ifindex,
+            frame: frame.to_vec(),
+            source_bits,
+            duration,
+            send_every: 1,
+        })
+    }
+
+    /// Like [`Generator::flood`], but sends only one burst of 64 consecutive frames in
+    /// `send_every` (the generator drops the others before they leave): a slower flood, in
+    /// batches as a NIC's interrupt moderation delivers them. A `BPF_PROG_RUN` call cannot be
+    /// paced from outside without sending its 2^18 frames in one burst, and small calls cost a
+    /// page pool each. [`Sent::frames`] counts every frame the program ran on, sent or not.
+    pub fn flood_thinned(
+        &self,
+        netns: PathBuf,
+        ifindex: u32,
+        frame: &[u8],
+        source_bits: u32,
+        duration: Duration,
+        send_every: u32,
+    ) -> anyhow::Result<Sent> {
+        self.submit(Job {
+            netns,
+            ifindex,
+            frame: frame.to_vec(),
+            source_bits,
+            duration,
+            send_every: send_every.max(1),
+        })
+    }
+
+    fn submit(&self, job: Job) -> anyhow::Result<Sent> {
         self.jobs
             .as_ref()
             .context("generator stopped")?
-            .send(Job {
-                netns,
-                ifindex,
-                frame: frame.to_vec(),
-                source_bits,
-                duration,
-            })
+            .send(job)
             .context("the generator thread is gone")?;
         self.results
             .recv()
@@ -174,7 +205,10 @@ impl Worker {
         let mut config: Array<_, u32> =
             Array::try_from(self.firewall.map_mut(map_names::FLOOD_CONFIG)?)?;
         config
-            .set(0, job.source_bits, 0)
+            .set(map_names::FLOOD_CONFIG_SOURCE_BITS, job.source_bits, 0)
+            .context("configure the generator")?;
+        config
+            .set(map_names::FLOOD_CONFIG_SEND_EVERY, job.send_every, 0)
             .context("configure the generator")?;
         let program = self.firewall.program_mut(program_names::FLOOD_GEN)?;
         let cpu_before = thread_cpu_ns();

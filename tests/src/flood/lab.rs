@@ -297,7 +297,7 @@ pub struct Counters {
 }
 
 /// Sum of the `ethtool -S` counters whose name ends with `suffix`.
-fn ethtool_sum(text: &str, suffix: &str) -> u64 {
+pub(crate) fn ethtool_sum(text: &str, suffix: &str) -> u64 {
     text.lines()
         .filter_map(|line| line.trim().split_once(':'))
         .filter(|(name, _)| name.trim().ends_with(suffix))
