@@ -145,6 +145,9 @@ pub mod program_names {
     pub const FLOOD_GEN: &str = "apifw_flood_gen";
     /// Drops every frame: the cheapest receiver, which shows the flood generator's own limit.
     pub const FLOOD_SINK: &str = "apifw_flood_sink";
+    /// Drops IPv4 frames from 198.18.0.0/15 and passes the rest, with one compare and no map:
+    /// the cheapest filter that stops the benchmarks' floods, the floor of any real one.
+    pub const FLOOD_RANGE_DROP: &str = "apifw_range_drop";
     /// Benchmark driver: writes a distinct pseudo-random source address into the frame, then
     /// tail-calls the program in [`super::map_names::SPRAY_TARGET`], so that one
     /// `BPF_PROG_TEST_RUN` with `repeat` = N offers N different sources.

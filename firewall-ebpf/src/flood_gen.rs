@@ -225,6 +225,29 @@ pub fn apifw_flood_sink(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_DROP
 }
 
+/// The floor of any filter against the floods of the benchmarks: drops IPv4 frames whose source
+/// lies in 198.18.0.0/15 (one compare, no map, no counter) and passes everything else.
+#[xdp]
+pub fn apifw_range_drop(ctx: XdpContext) -> u32 {
+    let start = ctx.data();
+    if start + IP_END > ctx.data_end() {
+        return xdp_action::XDP_PASS;
+    }
+    // SAFETY: bytes 0..IP_END lie inside the frame (checked above); byte arrays have no
+    // alignment requirement.
+    let (ethertype, source) = unsafe {
+        (
+            u16::from_be_bytes(*((start + ETHERTYPE) as *const [u8; 2])),
+            u32::from_be_bytes(*((start + IP_SOURCE) as *const [u8; 4])),
+        )
+    };
+    if ethertype == ETH_P_IP && source & !FLOOD_HOST_MASK == FLOOD_NET {
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
+    }
+}
+
 /// A bijection of the low [`FLOOD_HOST_BITS`] bits of `n` that scatters consecutive values: an
 /// odd multiplier (invertible modulo 2^17), then a right xor-shift (invertible too).
 #[inline(always)]

@@ -58,6 +58,9 @@ enum Case {
     Unprotected,
     Nft,
     Apifw,
+    /// The cheapest XDP filter that stops this flood (`apifw_range_drop`: one compare, no
+    /// map): the floor of any XDP filter in this lab.
+    Floor,
 }
 
 impl Case {
@@ -67,6 +70,7 @@ impl Case {
             Case::Unprotected => "flood, no protection",
             Case::Nft => "flood, nftables (netdev ingress drop)",
             Case::Apifw => "flood, apifw (blocklist)",
+            Case::Floor => "flood, floor: one-compare XDP drop",
         }
     }
 }
@@ -123,7 +127,7 @@ impl Row {
 }
 
 /// The rows in report order; the first is the baseline of every "% of no flood".
-const ROWS: [Row; 10] = [
+const ROWS: [Row; 13] = [
     Row {
         case: Case::NoFlood,
         attacker: None,
@@ -131,12 +135,15 @@ const ROWS: [Row; 10] = [
     Row::new(Case::Unprotected, Attacker::XdpPaced),
     Row::new(Case::Nft, Attacker::XdpPaced),
     Row::new(Case::Apifw, Attacker::XdpPaced),
+    Row::new(Case::Floor, Attacker::XdpPaced),
     Row::new(Case::Unprotected, Attacker::XdpFull),
     Row::new(Case::Nft, Attacker::XdpFull),
     Row::new(Case::Apifw, Attacker::XdpFull),
+    Row::new(Case::Floor, Attacker::XdpFull),
     Row::new(Case::Unprotected, Attacker::Socket),
     Row::new(Case::Nft, Attacker::Socket),
     Row::new(Case::Apifw, Attacker::Socket),
+    Row::new(Case::Floor, Attacker::Socket),
 ];
 
 /// A running flood of either attacker.
@@ -283,13 +290,18 @@ enum Protection<'a> {
         _daemon: Daemon,
         dirs: Dirs,
     },
+    Floor(
+        #[expect(dead_code, reason = "held, not read: dropping it detaches the program")]
+        Box<firewall_userspace::Firewall>,
+    ),
 }
 
 impl Protection<'_> {
     /// Packets the filter has dropped so far.
     fn dropped(&self) -> anyhow::Result<u64> {
         match self {
-            Protection::None => Ok(0),
+            // The floor program counts nothing: no filter column for it.
+            Protection::None | Protection::Floor(_) => Ok(0),
             Protection::Nft(table) => table.dropped(),
             Protection::Apifw { dirs, .. } => Ok(dirs
                 .stats()
@@ -368,6 +380,11 @@ fn measure(setup: &Setup, row: Row) -> anyhow::Result<Sample> {
                 dirs,
             }
         }
+        Case::Floor => Protection::Floor(Box::new(crate::flood::peers::attach_bench_program(
+            firewall_common::program_names::FLOOD_RANGE_DROP,
+            &lab.server,
+            &lab.server_if,
+        )?)),
     };
     let xdp_mode = lab.server_xdp_mode()?;
     // Attaching or detaching XDP may restart the veth's NAPI: pin whatever thread it has now.
@@ -621,6 +638,14 @@ fn markdown(
     )?;
     writeln!(
         md,
+        "- **floor: one-compare XDP drop**: `apifw_range_drop` (firewall-ebpf/src/flood_gen.rs) \
+         in native mode: drops IPv4 frames from {ATTACK_RANGE} with one compare, no map, no \
+         counter, passes the rest. No real filter costs less per frame, so this row is the best \
+         any XDP filter could do in this lab; the gap between it and no flood is what the \
+         lab's receive path itself (veth, NAPI, the CPU shared with nginx) costs."
+    )?;
+    writeln!(
+        md,
         "- **apifw**: a fresh daemon (`apifw run`, XDP on the server's interface) per \
          measurement, policy `[block] cidrs = [\"{ATTACK_RANGE}\"]`. A rate-limit-only policy \
          that does not know the range is not a row: a per-source SYN limit only bites as long \
@@ -723,17 +748,20 @@ fn markdown(
     };
     for attacker in Attacker::ALL {
         let apifw = goodput_of(Case::Apifw, attacker);
-        let nft = goodput_of(Case::Nft, attacker);
-        if !apifw.is_empty() && apifw.len() == nft.len() {
+        for (other, name) in [(Case::Nft, "nftables"), (Case::Floor, "the floor")] {
+            let other = goodput_of(other, attacker);
+            if apifw.is_empty() || apifw.len() != other.len() {
+                continue;
+            }
             let ratios: Vec<f64> = apifw
                 .iter()
-                .zip(&nft)
+                .zip(&other)
                 .map(|(a, n)| a / n.max(1e-9))
                 .collect();
             let versus = Spread::of(&ratios);
             writeln!(
                 md,
-                "- apifw ÷ nftables goodput, flood of {}, same run: {:.2}× (median; runs \
+                "- apifw ÷ {name} goodput, flood of {}, same run: {:.2}× (median; runs \
                  {:.2}..{:.2}×).",
                 attacker.label(),
                 versus.median,

@@ -21,7 +21,7 @@
 
 pub mod generator;
 pub(crate) mod lab;
-mod peers;
+pub(crate) mod peers;
 
 use std::{fmt::Write as _, time::Duration};
 

@@ -147,30 +147,11 @@ impl Case {
     pub fn install(self, lab: &Lab) -> anyhow::Result<Installed> {
         let b = lab.target_if.as_str();
         Ok(match self {
-            Self::Sink => {
-                let mut firewall =
-                    Firewall::load(&Policy::default()).context("load the eBPF object")?;
-                let program = firewall.load_program(program_names::FLOOD_SINK)?;
-                // Attached by name from a thread inside the target namespace: names and
-                // ifindexes resolve in the caller's namespace.
-                let netns = lab.target.path();
-                std::thread::scope(|scope| {
-                    scope
-                        .spawn(|| -> anyhow::Result<()> {
-                            let file = std::fs::File::open(&netns)
-                                .with_context(|| format!("open {}", netns.display()))?;
-                            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-                                .with_context(|| format!("enter {}", netns.display()))?;
-                            program
-                                .attach(b, XdpMode::Driver)
-                                .context("attach the sink")?;
-                            Ok(())
-                        })
-                        .join()
-                        .map_err(|_| anyhow::anyhow!("the attaching thread panicked"))?
-                })?;
-                Installed::Sink(Box::new(firewall))
-            }
+            Self::Sink => Installed::Sink(Box::new(attach_bench_program(
+                program_names::FLOOD_SINK,
+                &lab.target,
+                b,
+            )?)),
             Self::NoFilter => Installed::Stack,
             Self::ApifwNative => apifw(
                 lab,
@@ -262,6 +243,36 @@ impl Case {
             }
         })
     }
+}
+
+/// Loads the benchmark program `name` of apifw's eBPF object and attaches it in native mode to
+/// `interface` in `netns`; it stays attached as long as the returned object lives.
+pub(crate) fn attach_bench_program(
+    name: &'static str,
+    netns: &crate::netns::Netns,
+    interface: &str,
+) -> anyhow::Result<Firewall> {
+    let mut firewall = Firewall::load(&Policy::default()).context("load the eBPF object")?;
+    let program = firewall.load_program(name)?;
+    // Attached by name from a thread inside the namespace: names and ifindexes resolve in the
+    // caller's namespace.
+    let path = netns.path();
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> anyhow::Result<()> {
+                let file = std::fs::File::open(&path)
+                    .with_context(|| format!("open {}", path.display()))?;
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .with_context(|| format!("enter {}", path.display()))?;
+                program
+                    .attach(interface, XdpMode::Driver)
+                    .with_context(|| format!("attach {name} to {interface}"))?;
+                Ok(())
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the attaching thread panicked"))?
+    })?;
+    Ok(firewall)
 }
 
 /// An installed case, removed on drop (before its lab).
