@@ -668,6 +668,7 @@ fn markdown(
     )?;
     let baseline: Vec<f64> = samples[0].iter().map(|s| s.load.goodput()).collect();
     let mut apifw_shares = Vec::new();
+    let mut floor_shares = Vec::new();
     for (row, runs) in ROWS.iter().zip(samples) {
         let case = &row.case;
         if runs.is_empty() {
@@ -682,8 +683,10 @@ fn markdown(
             .map(|(s, base)| s.load.goodput() / base.max(1e-9))
             .collect();
         let share = Spread::of(&ratios);
-        if let (Case::Apifw, Some(attacker)) = (case, row.attacker) {
-            apifw_shares.push((attacker, share));
+        match (case, row.attacker) {
+            (Case::Apifw, Some(attacker)) => apifw_shares.push((attacker, share)),
+            (Case::Floor, Some(attacker)) => floor_shares.push((attacker, share)),
+            _ => {}
         }
         let p99 = field(|s| s.load.p99_ms);
         let errors = field(|s| s.load.errors as f64);
@@ -725,10 +728,26 @@ fn markdown(
         writeln!(md, "- Goal: not measured (apifw was not run).")?;
     }
     for (attacker, share) in &apifw_shares {
+        // What the cheapest possible XDP filter kept under the same flood: the most any XDP
+        // filter can keep in this lab.
+        let floor = floor_shares
+            .iter()
+            .find(|(other, _)| other == attacker)
+            .map_or(String::new(), |(_, floor)| {
+                format!(
+                    "; the floor kept {:.1}%{}",
+                    floor.median * 100.0,
+                    if floor.median < GOAL {
+                        ", so no XDP filter can meet the goal in this lab"
+                    } else {
+                        ""
+                    }
+                )
+            });
         writeln!(
             md,
             "- Goal (apifw ≥ {:.0}% of no-flood goodput), flood of {}: **{}** — {:.1}% \
-             (median; runs {:.1}..{:.1}%).",
+             (median; runs {:.1}..{:.1}%){floor}.",
             GOAL * 100.0,
             attacker.label(),
             if share.median >= GOAL {
