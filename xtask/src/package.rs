@@ -175,10 +175,72 @@ pub fn verify(deb: &Path) -> Result<()> {
         "the packaged binary says {version:?}, not version {VERSION}"
     );
     fs::remove_dir_all(&unpacked)?;
+    install_cycle(deb)?;
     println!(
-        "package: {} holds what it should and its binary runs",
+        "package: {} holds what it should, its binary runs, and dpkg installs, removes and \
+         purges it",
         deb.display()
     );
+    Ok(())
+}
+
+/// Installs, removes and purges the package with dpkg in a throwaway root (`dpkg --root`), so
+/// the machine's own package database and files are never touched: after the install the
+/// binary runs from there and the policy is a registered conffile, `--remove` keeps the policy
+/// and takes everything else, `--purge` takes the policy too. The root's package database is
+/// empty, so the dependencies (libc6, libgcc-s1) are not installed there: `--force-depends`.
+fn install_cycle(deb: &Path) -> Result<()> {
+    let root = target_dir().join("package").join("dpkg-root");
+    if root.exists() {
+        fs::remove_dir_all(&root)?;
+    }
+    let admin = root.join("var/lib/dpkg");
+    for dir in ["info", "updates", "triggers"] {
+        fs::create_dir_all(admin.join(dir))?;
+    }
+    fs::write(admin.join("status"), "")?;
+    fs::write(admin.join("available"), "")?;
+    let dpkg = |args: &[&str]| {
+        let mut command = Command::new("dpkg");
+        command
+            .arg(format!("--root={}", root.display()))
+            .arg("--log=/dev/null")
+            .arg("--force-depends")
+            .args(args);
+        cmd::output(&mut command)
+    };
+    dpkg(&["--install", &deb.display().to_string()])?;
+    let binary = root.join("usr/bin").join(NAME);
+    let version = cmd::output(Command::new(&binary).arg("--version"))?;
+    ensure!(
+        version.contains(VERSION),
+        "the installed binary says {version:?}, not version {VERSION}"
+    );
+    let status = dpkg(&["--status", NAME])?;
+    ensure!(
+        status.contains("Status: install ok installed") && status.contains(CONFFILES[0]),
+        "dpkg does not list {NAME} as installed with the conffile {}: {status}",
+        CONFFILES[0]
+    );
+    let policy = root.join(CONFFILES[0].trim_start_matches('/'));
+    for path in [
+        binary.clone(),
+        policy.clone(),
+        root.join(FILES[0].1),
+        root.join("usr/share/doc").join(NAME).join("README.md"),
+    ] {
+        ensure!(path.is_file(), "dpkg did not install {}", path.display());
+    }
+    dpkg(&["--remove", NAME])?;
+    ensure!(!binary.exists(), "--remove left {}", binary.display());
+    ensure!(
+        policy.is_file(),
+        "--remove took the operator's policy {}",
+        policy.display()
+    );
+    dpkg(&["--purge", NAME])?;
+    ensure!(!policy.exists(), "--purge left {}", policy.display());
+    fs::remove_dir_all(&root)?;
     Ok(())
 }
 
