@@ -27,13 +27,20 @@ fn mac_of(netns: &Netns, interface: &str) -> [u8; 6] {
     mac
 }
 
-/// `ethtool -S` counter `name` of `interface`.
-fn ethtool_counter(netns: &Netns, interface: &str, name: &str) -> u64 {
+/// The `ethtool -S` counter `tx_queue_<N>_<name>` of `interface`, summed over its queues.
+fn tx_queue_counter(netns: &Netns, interface: &str, name: &str) -> u64 {
     let output = netns.exec(&["ethtool", "-S", interface]);
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter_map(|line| line.trim().split_once(':'))
-        .filter(|(key, _)| key.trim() == name)
+        .filter(|(key, _)| {
+            key.trim()
+                .strip_prefix("tx_queue_")
+                .and_then(|rest| rest.split_once('_'))
+                .is_some_and(|(queue, counter)| {
+                    queue.bytes().all(|b| b.is_ascii_digit()) && counter == name
+                })
+        })
         .map(|(_, value)| value.trim().parse::<u64>().expect("counter value"))
         .sum()
 }
@@ -83,8 +90,8 @@ fn thinned_syn_flood_sends_one_frame_in_n_with_valid_checksums() {
 
     let xmit = || {
         (
-            ethtool_counter(&lab.client, &lab.client_if, "tx_queue_0_xdp_xmit"),
-            ethtool_counter(&lab.client, &lab.client_if, "tx_queue_0_xdp_xmit_errors"),
+            tx_queue_counter(&lab.client, &lab.client_if, "xdp_xmit"),
+            tx_queue_counter(&lab.client, &lab.client_if, "xdp_xmit_errors"),
         )
     };
     let tcp = || {
