@@ -59,6 +59,21 @@ impl Netns {
         run("ip", &full)
     }
 
+    /// The MAC address of `interface` in this namespace.
+    pub fn mac(&self, interface: &str) -> [u8; 6] {
+        let text = mac_of(self, interface);
+        let mut mac = [0u8; 6];
+        let mut parts = text.split(':');
+        for byte in &mut mac {
+            let part = parts
+                .next()
+                .unwrap_or_else(|| panic!("MAC {text} of {interface} is too short"));
+            *byte = u8::from_str_radix(part, 16)
+                .unwrap_or_else(|err| panic!("MAC {text} of {interface}: {err}"));
+        }
+        mac
+    }
+
     /// `ip netns exec <ns> ARGS`.
     pub fn exec(&self, args: &[&str]) -> Output {
         let mut full = vec!["netns", "exec", self.name.as_str()];

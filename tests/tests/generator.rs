@@ -16,17 +16,6 @@ use etherparse::PacketBuilder;
 /// One frame in this many is sent.
 const SEND_EVERY: u32 = 4;
 
-fn mac_of(netns: &Netns, interface: &str) -> [u8; 6] {
-    let output = netns.ip(&["-j", "link", "show", "dev", interface]);
-    let links: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
-    let text = links[0]["address"].as_str().expect("MAC");
-    let mut mac = [0u8; 6];
-    for (byte, part) in mac.iter_mut().zip(text.split(':')) {
-        *byte = u8::from_str_radix(part, 16).expect("hex");
-    }
-    mac
-}
-
 /// The `ethtool -S` counter `tx_queue_<N>_<name>` of `interface`, summed over its queues.
 fn tx_queue_counter(netns: &Netns, interface: &str, name: &str) -> u64 {
     let output = netns.exec(&["ethtool", "-S", interface]);
@@ -75,8 +64,8 @@ fn thinned_syn_flood_sends_one_frame_in_n_with_valid_checksums() {
             .exec(&["sysctl", "-qw", &format!("net.ipv4.conf.{key}.rp_filter=0")]);
     }
     let builder = PacketBuilder::ethernet2(
-        mac_of(&lab.client, &lab.client_if),
-        mac_of(&lab.server, &lab.server_if),
+        lab.client.mac(&lab.client_if),
+        lab.server.mac(&lab.server_if),
     )
     .ipv4([198, 18, 0, 1], SERVER_ADDR.octets(), 64)
     .tcp(40_000, 80, 0x1234_5678, 64_240)

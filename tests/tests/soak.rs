@@ -38,32 +38,19 @@ const ALLOWED: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 77);
 const SOAK_SECONDS: u64 = 62;
 const SOURCES_WANTED: u64 = 10_000_000;
 
-fn mac_of(lab: &VethLab, client: bool) -> [u8; 6] {
-    let (ns, interface) = if client {
-        (&lab.client, &lab.client_if)
-    } else {
-        (&lab.server, &lab.server_if)
-    };
-    let output = ns.ip(&["-j", "link", "show", "dev", interface]);
-    let links: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
-    let text = links[0]["address"].as_str().expect("MAC");
-    let mut mac = [0u8; 6];
-    for (byte, part) in mac.iter_mut().zip(text.split(':')) {
-        *byte = u8::from_str_radix(part, 16).expect("hex");
-    }
-    mac
-}
-
 /// The flood's template: IPv6/UDP from 2001:db8::2 (the generator rewrites bits 32..63 of the
 /// source per frame) to the server.
 fn flood_frame(lab: &VethLab) -> Vec<u8> {
-    let builder = PacketBuilder::ethernet2(mac_of(lab, true), mac_of(lab, false))
-        .ipv6(
-            Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2).octets(),
-            Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1).octets(),
-            64,
-        )
-        .udp(40_000, FLOOD_PORT);
+    let builder = PacketBuilder::ethernet2(
+        lab.client.mac(&lab.client_if),
+        lab.server.mac(&lab.server_if),
+    )
+    .ipv6(
+        Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2).octets(),
+        Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1).octets(),
+        64,
+    )
+    .udp(40_000, FLOOD_PORT);
     let payload = [0u8; 18];
     let mut frame = Vec::new();
     builder.write(&mut frame, &payload).expect("frame");

@@ -109,14 +109,7 @@ impl Generator {
         source_bits: u32,
         duration: Duration,
     ) -> anyhow::Result<Sent> {
-        self.submit(Job {
-            netns,
-            ifindex,
-            frame: frame.to_vec(),
-            source_bits,
-            duration,
-            send_every: 1,
-        })
+        self.flood_thinned(netns, ifindex, frame, source_bits, duration, 1)
     }
 
     /// Like [`Generator::flood`], but sends only one burst of 64 consecutive frames in
@@ -133,17 +126,14 @@ impl Generator {
         duration: Duration,
         send_every: u32,
     ) -> anyhow::Result<Sent> {
-        self.submit(Job {
+        let job = Job {
             netns,
             ifindex,
             frame: frame.to_vec(),
             source_bits,
             duration,
             send_every: send_every.max(1),
-        })
-    }
-
-    fn submit(&self, job: Job) -> anyhow::Result<Sent> {
+        };
         self.jobs
             .as_ref()
             .context("generator stopped")?
