@@ -614,10 +614,11 @@ fn markdown(
          the legitimate traffic, as on a real server, and the generator does not starve the \
          client. The NAPI thread is `SCHED_FIFO`, ahead of every task, as the receive path runs \
          in softirq context on a real host (a NAPI thread competing with nginx as an equal lets \
-         its ring overflow while nginx runs); nginx, wrk and the generator run at nice -19, so \
-         that other load on the machine skews the cases less. How many flood packets per second are \
-         offered depends on how fast the generator's CPU gets them onto the link, which differs \
-         between cases (a ring that drains faster takes more).\n"
+         its ring overflow while nginx runs); nginx, wrk and the socket attacker run at nice -19 \
+         (the XDP attacker's generator thread at -20), so that other load on the machine skews \
+         the cases less. At full speed, how many flood packets per second are offered depends on \
+         how fast the attacker's CPU gets them onto the link, which differs between cases (a \
+         ring that drains faster takes more).\n"
     )?;
     writeln!(
         md,
