@@ -421,13 +421,7 @@ impl RuntimeState {
     /// directory is flushed so that the rename itself survives a power cut. On an error before
     /// the rename, the temporary file is removed and `path` is left as it was.
     pub fn save(&self, path: &Path) -> Result<(), StateError> {
-        let mut text = serde_json::to_vec_pretty(self).map_err(|err| StateError::Write {
-            path: path.to_owned(),
-            step: "encode",
-            source: io::Error::other(err),
-        })?;
-        text.push(b'\n');
-        replace_file(path, &temp_path(path), |file| file.write_all(&text))
+        save_json(path, self)
     }
 
     /// The entries of one list, sorted by CIDR.
@@ -641,8 +635,8 @@ fn replace_file(
         .map_err(failed("fsync directory"))
 }
 
-/// Writes `value` as pretty JSON to `path` atomically, mode 0600, as [`RuntimeState::save`]
-/// writes the state file.
+/// Writes `value` as pretty JSON to `path` atomically, mode 0600 (see [`RuntimeState::save`]):
+/// the state file and the jails' state beside it.
 pub fn save_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
     let mut text = serde_json::to_vec_pretty(value).map_err(|err| StateError::Write {
         path: path.to_owned(),

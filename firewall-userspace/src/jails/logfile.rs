@@ -444,6 +444,16 @@ mod tests {
         assert_eq!(follower.poll().expect("poll"), ["9"]);
     }
 
+    /// Truncates `path` in place, as `logrotate`'s copytruncate does.
+    fn truncate(path: &Path) {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .expect("open")
+            .set_len(0)
+            .expect("truncate");
+    }
+
     #[test]
     fn copytruncate_is_noticed_even_when_the_file_regrew() {
         let dir = TempDir::new("trunc");
@@ -452,32 +462,17 @@ mod tests {
         append(&log, "first line\nsecond\n");
         assert_eq!(follower.poll().expect("poll"), ["first line", "second"]);
         // Truncated, then written past the old offset before the next poll.
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&log)
-            .expect("open")
-            .set_len(0)
-            .expect("truncate");
+        truncate(&log);
         append(&log, "after truncation, a longer line\n");
         assert_eq!(
             follower.poll().expect("poll"),
             ["after truncation, a longer line"]
         );
         // Truncated and refilled with the same first line but different later lines.
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&log)
-            .expect("open")
-            .set_len(0)
-            .expect("truncate");
+        truncate(&log);
         append(&log, "same first\nold second\n");
         assert_eq!(follower.poll().expect("poll"), ["same first", "old second"]);
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&log)
-            .expect("open")
-            .set_len(0)
-            .expect("truncate");
+        truncate(&log);
         append(&log, "same first\nnew second\nnew third\n");
         assert_eq!(
             follower.poll().expect("poll"),
@@ -486,24 +481,14 @@ mod tests {
         // copytruncate with lines written after the last poll: they are read from the copy.
         append(&log, "unread 1\nunread 2\n");
         std::fs::copy(&log, dir.0.join("access.log.1")).expect("copy");
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&log)
-            .expect("open")
-            .set_len(0)
-            .expect("truncate");
+        truncate(&log);
         append(&log, "fresh\n");
         assert_eq!(
             follower.poll().expect("poll"),
             ["unread 1", "unread 2", "fresh"]
         );
         // Truncated and smaller.
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&log)
-            .expect("open")
-            .set_len(0)
-            .expect("truncate");
+        truncate(&log);
         append(&log, "x\n");
         assert_eq!(follower.poll().expect("poll"), ["x"]);
     }
