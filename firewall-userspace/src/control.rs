@@ -262,6 +262,17 @@ pub struct Status {
     pub last_reload_error: Option<String>,
     /// Seconds since the daemon started.
     pub uptime_secs: u64,
+    /// The audit log the daemon writes (`apifw audit` reads it from here); empty from a daemon
+    /// that predates the field.
+    #[serde(default)]
+    pub audit_log: PathBuf,
+    /// The state file holding runtime changes; empty from a daemon that predates the field.
+    #[serde(default)]
+    pub state_file: PathBuf,
+    /// The root of its pins (`apifw stats` and `apifw bans` read the pinned maps there); empty
+    /// from a daemon that predates the field.
+    #[serde(default)]
+    pub pin_dir: PathBuf,
 }
 
 /// Drop events counted by the kernel.

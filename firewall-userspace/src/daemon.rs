@@ -7,6 +7,7 @@ use std::{
     sync::Arc,
 };
 
+use sd_notify::NotifyState;
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::Mutex,
@@ -459,6 +460,9 @@ pub async fn run(mut policy: Policy, options: RunOptions) -> Result<(), DaemonEr
     let mut attach_failures = std::collections::HashSet::new();
     let engine = Arc::new(Mutex::new(engine));
     let server = tokio::spawn(server::serve(listener, engine.clone(), Access { group }));
+    // The one readiness point: attached on every interface and answering on the control socket.
+    // systemd (`Type=notify`) learns it from READY=1; everything else polls `apifw status`.
+    notify_service_manager(&[NotifyState::Ready, NotifyState::Status("enforcing")]);
     // Expired bans are already ignored by XDP; sweeping them frees their map slots.
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
@@ -488,6 +492,7 @@ pub async fn run(mut policy: Policy, options: RunOptions) -> Result<(), DaemonEr
             }
         }
     }
+    notify_service_manager(&[NotifyState::Stopping]);
     server.abort();
     if let Some(task) = metrics_server {
         task.abort();
@@ -501,6 +506,15 @@ pub async fn run(mut policy: Policy, options: RunOptions) -> Result<(), DaemonEr
     teardown(attachments, &layout);
     info!("detached and unpinned");
     Ok(())
+}
+
+/// Tells systemd (when it started us with `NOTIFY_SOCKET` set, as a `Type=notify` unit) how the
+/// daemon is doing. Without a service manager this does nothing; a failed notification is logged
+/// and never stops the firewall: enforcement matters more than the unit's state.
+fn notify_service_manager(states: &[NotifyState<'_>]) {
+    if let Err(err) = sd_notify::notify(states) {
+        warn!(%err, "cannot notify the service manager (NOTIFY_SOCKET)");
+    }
 }
 
 /// What [`follow_interfaces`] needs of the daemon's setup.

@@ -1265,6 +1265,9 @@ impl Engine {
             failed_reloads: self.failed_reloads,
             last_reload_error: self.last_reload_error.clone(),
             uptime_secs: self.started.elapsed().as_secs(),
+            audit_log: self.policy.daemon.audit_log.clone(),
+            state_file: self.state_path.clone(),
+            pin_dir: self.policy.daemon.pin_dir.clone(),
         }
     }
 

@@ -229,7 +229,10 @@ pub fn read_pinned(layout: &PinLayout) -> Result<Snapshot, StatsError> {
 }
 
 /// A fixed-width table of the non-zero counters (all of them if every one is zero).
-pub fn render_table(snapshot: &Snapshot) -> String {
+pub fn render_table(
+    snapshot: &Snapshot,
+    rule_names: &std::collections::BTreeMap<u32, String>,
+) -> String {
     let mut out = format!(
         "{:<6} {:<10} {:>14} {:>16}\n",
         "ACTION", "REASON", "PACKETS", "BYTES"
@@ -254,18 +257,30 @@ pub fn render_table(snapshot: &Snapshot) -> String {
         ));
     }
     if !snapshot.rules.is_empty() {
+        let rule_width = rule_names
+            .values()
+            .map(|name| name.chars().count())
+            .chain([6])
+            .max()
+            .unwrap_or(6);
         out.push_str(&format!(
-            "\n{:<6} {:<12} {:>14} {:>16}\n",
+            "\n{:<rule_width$} {:<12} {:>14} {:>16}\n",
             "RULE", "OUTCOME", "PACKETS", "BYTES"
         ));
         for row in &snapshot.rules {
+            let rule = rule_names
+                .get(&row.rule)
+                .cloned()
+                .unwrap_or_else(|| format!("#{}", row.rule));
             out.push_str(&format!(
-                "{:<6} {:<12} {:>14} {:>16}\n",
-                row.rule,
-                if row.reason == Reason::Default {
-                    "passed"
-                } else {
-                    row.reason.name()
+                "{rule:<rule_width$} {:<12} {:>14} {:>16}\n",
+                match row.reason {
+                    Reason::Default => "passed",
+                    // A rule counts the bans it made (packets dropped by a ban count under the
+                    // source's own `banned` counter above, not the rule's).
+                    Reason::Banned => "bans_made",
+                    Reason::SubnetBanned => "subnet_bans",
+                    reason => reason.name(),
                 },
                 row.packets,
                 row.bytes

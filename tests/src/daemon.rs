@@ -244,20 +244,17 @@ impl Daemon {
         wrapper: &[std::ffi::OsString],
     ) -> Self {
         let mut child = Self::spawn_on(netns, dirs, interfaces, wrapper);
-        let links: Vec<PathBuf> = interfaces
-            .iter()
-            .map(|interface| dirs.layout().link(interface))
-            .collect();
         let deadline = Instant::now() + Duration::from_secs(30);
+        // The daemon's one readiness point: it answers `apifw status` only once it has attached
+        // to every interface (the same point at which it tells systemd READY=1). The pid tells
+        // this daemon from one that an earlier step left running in the same run directory.
         let ready = |child: &Child| {
-            links.iter().all(|link| link.exists())
-                && dirs
-                    .cli(&["status", "--json"])
-                    .stdout
-                    .split(|b| *b == b'\n')
-                    .any(|line| {
-                        String::from_utf8_lossy(line).trim() == format!("\"pid\": {},", child.id())
-                    })
+            dirs.cli(&["status", "--json"])
+                .stdout
+                .split(|b| *b == b'\n')
+                .any(|line| {
+                    String::from_utf8_lossy(line).trim() == format!("\"pid\": {},", child.id())
+                })
         };
         while !ready(&child) {
             if let Some(status) = child.try_wait().expect("try_wait") {

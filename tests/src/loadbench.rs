@@ -341,8 +341,8 @@ pub(crate) struct BenchDaemon {
 }
 
 impl BenchDaemon {
-    /// Starts `apifw run` in `netns` and waits until it is attached and its control socket is
-    /// there.
+    /// Starts `apifw run` in `netns` and waits until it answers on its control socket (attached
+    /// to `interface` by then).
     pub(crate) fn start(
         netns: &Netns,
         dirs: &Dirs,
@@ -362,10 +362,15 @@ impl BenchDaemon {
             .spawn()
             .context("spawn nsenter apifw run")?;
         let mut daemon = Self { child, log };
-        let link = dirs.layout().link(interface);
-        let socket = firewall_userspace::control::socket_path(&dirs.run_dir);
+        // Ready when it answers on its control socket: it has then attached to every interface.
+        let control = firewall_userspace::control::Client::new(
+            firewall_userspace::control::socket_path(&dirs.run_dir),
+        );
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !(link.exists() && socket.exists()) {
+        while control
+            .get::<firewall_userspace::control::Status>("/status")
+            .is_err()
+        {
             if let Some(status) = daemon.child.try_wait()? {
                 bail!(
                     "apifw run exited with {status} before attaching: {}",
@@ -374,7 +379,7 @@ impl BenchDaemon {
             }
             ensure!(
                 Instant::now() < deadline,
-                "apifw run did not attach within 60 s: {}",
+                "apifw run did not attach to {interface} within 60 s: {}",
                 daemon.log_text()
             );
             std::thread::sleep(Duration::from_millis(20));

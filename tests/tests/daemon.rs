@@ -4,8 +4,10 @@
 //! Needs root. Every test builds its own namespaces, interfaces and pin paths.
 
 use std::{
+    ffi::OsString,
     io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket},
+    os::unix::net::UnixDatagram,
     time::{Duration, Instant},
 };
 
@@ -213,6 +215,63 @@ fn sigterm_detaches_and_unpins() {
         stderr.contains("no apifw daemon is running"),
         "stats stderr: {stderr}"
     );
+}
+
+/// The daemon tells a service manager READY=1 exactly when it has attached and answers on its
+/// control socket, and STOPPING=1 on SIGTERM: the packaged unit is `Type=notify`. No systemd runs
+/// here, so the test is the service manager: it creates the notify socket and passes it in
+/// `NOTIFY_SOCKET`, as systemd does.
+#[test]
+fn a_service_manager_hears_ready_once_the_daemon_answers_and_stopping_on_sigterm() {
+    let lab = VethLab::new("ntfy", &[]);
+    let dirs = Dirs::new("notify");
+    dirs.write_policy(POLICY);
+    let socket_path = dirs.run_dir.join("notify.sock");
+    let notify = UnixDatagram::bind(&socket_path).expect("bind the notify socket");
+    notify
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let receive = || {
+        let mut message = [0u8; 1024];
+        let len = notify
+            .recv(&mut message)
+            .expect("a notification within 30 s");
+        String::from_utf8_lossy(&message[..len]).into_owned()
+    };
+    let env = [
+        OsString::from("env"),
+        OsString::from(format!("NOTIFY_SOCKET={}", socket_path.display())),
+    ];
+    let mut daemon = Daemon::spawn_wrapped(&lab.server, &dirs, &lab.server_if, &env);
+
+    let ready = receive();
+    assert!(
+        ready.lines().any(|line| line == "READY=1"),
+        "first notification: {ready:?}"
+    );
+    // Ready means ready: attached and answering, with no polling in between.
+    assert!(lab.server_has_xdp(), "READY=1 before XDP was attached");
+    let status = dirs.cli(&["status", "--json"]);
+    assert!(
+        status.status.success(),
+        "READY=1 before `apifw status` answers: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("JSON");
+    assert_eq!(status["pid"], daemon.id(), "{status}");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.id() as i32),
+        Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let stopping = receive();
+    assert!(
+        stopping.lines().any(|line| line == "STOPPING=1"),
+        "notification after SIGTERM: {stopping:?}"
+    );
+    let exit = daemon.wait().expect("wait");
+    assert!(exit.success(), "exit {exit}: {}", stderr_of(&mut daemon));
 }
 
 #[test]

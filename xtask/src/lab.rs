@@ -196,11 +196,6 @@ impl Lab {
         Ok(ProcessId(self.processes.len() - 1))
     }
 
-    /// The process's pid, for signalling it.
-    pub fn pid(&self, id: ProcessId) -> u32 {
-        self.processes[id.0].child.id()
-    }
-
     /// Fails, quoting its log, if the process has exited.
     pub fn ensure_running(&mut self, id: ProcessId) -> Result<()> {
         let process = &mut self.processes[id.0];

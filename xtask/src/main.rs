@@ -33,7 +33,8 @@ enum Task {
     /// Install what building and testing apifw needs: nightly + rust-src, bpf-linker, Debian
     /// tools, bpffs. Idempotent; `test` and `demo` run it first.
     Setup,
-    /// Check formatting and clippy, then run every test in the workspace (needs root).
+    /// Check formatting and clippy, run every test in the workspace, build and check the
+    /// Debian package, then run the demo (needs root): the whole gate, as CI runs it.
     Test(test::Args),
     /// Build the daemon and run it in a throwaway network-namespace lab (needs root).
     Demo,

@@ -78,7 +78,11 @@ pub fn run(args: &Args) -> Result<()> {
     // The .deb an operator installs: built from the release binary and checked from outside.
     let deb = crate::package::build().context("building the Debian package failed")?;
     crate::package::verify(&deb).context("the Debian package is wrong")?;
-    println!("test: fmt, clippy, all tests and the package passed");
+    // The README's first command, run last and the way a user runs it (the same entry point, in
+    // its own process, not a copy of its steps): a demo that fails fails the gate.
+    cmd::run(cargo().args(["xtask", "demo"]))
+        .context("the demo failed: `cargo xtask demo`, the README's first command, must work")?;
+    println!("test: fmt, clippy, all tests, the package and the demo passed");
     Ok(())
 }
 

@@ -8,7 +8,11 @@ use std::{
     time::SystemTime,
 };
 
-use crate::audit::{self, AuditRecord};
+use crate::{
+    audit::{self, AuditRecord},
+    cli::ControlArgs,
+    control::Status,
+};
 
 /// Arguments of `apifw audit`.
 #[derive(Debug, clap::Args)]
@@ -19,18 +23,28 @@ pub struct AuditArgs {
     /// Print JSON lines instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// The audit log (default: the policy's `daemon.audit_log` when --config is given, else
-    /// /var/log/apifw/audit.log).
+    /// The audit log (default: the policy's `daemon.audit_log` when --config is given, else the
+    /// log of the daemon running at --run-dir, else /var/log/apifw/audit.log).
     #[arg(long, value_name = "FILE")]
     pub file: Option<PathBuf>,
     /// The policy file, to find its audit log.
     #[arg(long, short, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// The running daemon's run directory, to ask it where its audit log is (as the other verbs
+    /// find the daemon).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["file", "config"])]
+    pub run_dir: Option<PathBuf>,
+    /// The running daemon's control socket (default: `apifw.sock` in the run directory).
+    #[arg(long, value_name = "PATH", env = "APIFW_SOCKET", conflicts_with_all = ["file", "config"])]
+    pub socket: Option<PathBuf>,
 }
 
 /// Prints the audit records.
 pub fn execute(args: AuditArgs) -> anyhow::Result<ExitCode> {
-    let path = log_path(args.file, args.config.as_deref())?;
+    let path = match (args.file, args.config.as_deref()) {
+        (None, None) => daemon_log_path(args.socket, args.run_dir)?,
+        (file, config) => log_path(file, config)?,
+    };
     // Parsed before reading so that a bad --since is reported even while the log is missing.
     let since = args
         .since
@@ -70,6 +84,34 @@ pub fn execute(args: AuditArgs) -> anyhow::Result<ExitCode> {
         print!("{}", render_table(&records));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The audit log of the daemon at `socket` (or in `run_dir`, default /run/apifw), asked over
+/// its control socket. With no daemon there, the default log, said on stderr; a daemon that was
+/// named explicitly (`--run-dir`, `--socket`) but does not answer is an error.
+fn daemon_log_path(socket: Option<PathBuf>, run_dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let explicit = socket.is_some() || run_dir.is_some();
+    let control = ControlArgs {
+        socket,
+        run_dir,
+        config: None,
+        json: false,
+    };
+    match control.client()?.get::<Status>("/status") {
+        Ok(status) if !status.audit_log.as_os_str().is_empty() => Ok(status.audit_log),
+        Ok(_) => Ok(PathBuf::from(audit::DEFAULT_AUDIT_LOG)),
+        Err(err) if explicit => Err(anyhow::Error::new(err).context(
+            "cannot ask the daemon where its audit log is (pass --file or --config to read a \
+             log without a daemon)",
+        )),
+        Err(_) => {
+            eprintln!(
+                "apifw: no daemon answers at {}; reading the default audit log",
+                crate::paths::DEFAULT_RUN_DIR
+            );
+            Ok(PathBuf::from(audit::DEFAULT_AUDIT_LOG))
+        }
+    }
 }
 
 /// The log to read: `--file`, else the policy's when `--config` is given, else the default.

@@ -136,6 +136,15 @@ pub fn failed(err: &crate::control::ClientError) -> std::process::ExitCode {
     std::process::ExitCode::from(err.exit_code())
 }
 
+/// The rule names of the daemon running in `run_dir`, by rule slot; empty when it does not
+/// answer (verbs that read pinned maps then show rule numbers).
+pub fn rule_names(run_dir: &std::path::Path) -> std::collections::BTreeMap<u32, String> {
+    crate::control::Client::new(crate::control::socket_path(run_dir))
+        .get::<crate::control::StatsView>("/stats")
+        .map(|view| view.rules)
+        .unwrap_or_default()
+}
+
 /// Where a daemon keeps its pins and lock, overriding the policy's `[daemon]` table.
 #[derive(Debug, clap::Args)]
 pub struct Locations {
@@ -149,16 +158,26 @@ pub struct Locations {
 
 impl Locations {
     /// The pin and run directories for a reading verb: the flags, else the policy's `[daemon]`
-    /// table when `config` is given, else the defaults.
+    /// table when `config` is given, else the defaults. Without `--pin-dir` and `--config`, the
+    /// daemon running in the run directory is asked where it pins (so `--run-dir` finds a daemon
+    /// for every verb); when none answers, the default pin directory is read.
     pub fn resolve(&self, config: Option<&std::path::Path>) -> anyhow::Result<(PathBuf, PathBuf)> {
         let daemon = match config {
             Some(config) => crate::policy::Loaded::from_file(config)?.policy.daemon,
             None => crate::policy::DaemonSettings::default(),
         };
-        Ok((
-            self.pin_dir.clone().unwrap_or(daemon.pin_dir),
-            self.run_dir.clone().unwrap_or(daemon.run_dir),
-        ))
+        let run_dir = self.run_dir.clone().unwrap_or(daemon.run_dir);
+        let pin_dir = match (&self.pin_dir, config) {
+            (Some(pin_dir), _) => pin_dir.clone(),
+            (None, Some(_)) => daemon.pin_dir,
+            (None, None) => crate::control::Client::new(crate::control::socket_path(&run_dir))
+                .get::<crate::control::Status>("/status")
+                .ok()
+                .map(|status| status.pin_dir)
+                .filter(|pin_dir| !pin_dir.as_os_str().is_empty())
+                .unwrap_or(daemon.pin_dir),
+        };
+        Ok((pin_dir, run_dir))
     }
 }
 

@@ -48,7 +48,10 @@ pub fn execute(args: StatsArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&snapshot)?);
     } else {
-        print!("{}", stats::render_table(&snapshot));
+        print!(
+            "{}",
+            stats::render_table(&snapshot, &crate::cli::rule_names(&run_dir))
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -66,6 +66,12 @@ pub fn execute(args: StatusArgs) -> anyhow::Result<ExitCode> {
                         .map(|err| format!(" (last: {err})"))
                         .unwrap_or_default()
                 ));
+                if !status.audit_log.as_os_str().is_empty() {
+                    out.push_str(&format!("audit log {}\n", status.audit_log.display()));
+                }
+                if !status.state_file.as_os_str().is_empty() {
+                    out.push_str(&format!("state file {}\n", status.state_file.display()));
+                }
                 out
             });
             Ok(ExitCode::SUCCESS)
