@@ -41,8 +41,8 @@ use crate::{
     packet::*,
     ratelimit::{Bucket, ticks},
     rules::{
-        ADMISSION_WINDOW_NS, BAN_HOST, BAN_SUBNET, BanEntry, BanKey, EXCEED_GAP_NS,
-        EscalationState, RuleConfig, TrackKey, TrackState,
+        ADMISSION_WINDOW_NS, BAN_HOST, BAN_SUBNET, BanEntry, BanKey, EscalationState, RuleConfig,
+        TrackKey, TrackState,
     },
     stats::{Action, Reason, Verdict},
 };
@@ -234,10 +234,6 @@ fn transport(src: IpAddr, dst: IpAddr, protocol: u8, has_l4: bool, l4: &[u8]) ->
     })
 }
 
-/// TCP flags.
-const TCP_SYN: u8 = 0x02;
-const TCP_ACK: u8 = 0x10;
-
 /// The reference firewall: a policy and the bucket state its rules have built up.
 #[derive(Clone, Debug, Default)]
 pub struct Model {
@@ -360,7 +356,7 @@ impl Model {
         };
         let is_syn = packet
             .tcp_flags
-            .is_some_and(|flags| flags & TCP_SYN != 0 && flags & TCP_ACK == 0);
+            .is_some_and(opens_connection);
 
         // (bucket, which state, which field, cost, reason when exceeded), in charging order.
         let steps: [(Bucket, bool, usize, u64, Reason); 5] = [
@@ -444,7 +440,7 @@ impl Model {
         let active = |key: &TrackKey| {
             self.bans
                 .get(&BanKey::of(key))
-                .is_some_and(|ban| ban.expires_ns > now_ns)
+                .is_some_and(|ban| ban.active_at(now_ns))
         };
         let key = |len: u32| match packet.src {
             IpAddr::V4(addr) => TrackKey::v4(0, u32::from(addr), len),
@@ -500,18 +496,10 @@ impl Model {
         config: &RuleConfig,
         now_ns: u64,
     ) -> bool {
-        let state = self.sources.entry(source).or_default();
-        if state.exceed_since == 0 || now_ns - state.last_exceed > EXCEED_GAP_NS {
-            state.exceed_since = now_ns;
-        }
-        state.last_exceed = now_ns;
-        if now_ns - state.exceed_since >= config.ban_after_ns {
-            // One ban (or would-ban) per run of refusals: the clock starts again.
-            state.exceed_since = 0;
-            true
-        } else {
-            false
-        }
+        self.sources
+            .entry(source)
+            .or_default()
+            .record_refusal(config.ban_after_ns, now_ns)
     }
 
     /// Bans `source`, and its subnet when enough of the subnet's sources were banned lately;
@@ -531,19 +519,12 @@ impl Model {
         if config.escalate_after == 0 {
             return false;
         }
-        let state = self.escalation.entry(subnet).or_default();
-        if state.window_start == 0 || now_ns - state.window_start > config.ban_ttl_ns {
-            *state = EscalationState {
-                banned: 0,
-                window_start: now_ns,
-            };
-        }
-        state.banned += 1;
-        if state.banned >= u64::from(config.escalate_after) {
-            *state = EscalationState {
-                banned: 0,
-                window_start: now_ns,
-            };
+        let escalate = self.escalation.entry(subnet).or_default().count_ban(
+            config.escalate_after,
+            config.ban_ttl_ns,
+            now_ns,
+        );
+        if escalate {
             self.bans.insert(
                 BanKey::of(&subnet),
                 BanEntry::new(now_ns, config.subnet_ban_ttl_ns, rule, BAN_SUBNET),

@@ -45,3 +45,29 @@ pub const IPPROTO_DSTOPTS: u8 = 60;
 pub const TCP_HLEN: usize = 20;
 /// UDP header.
 pub const UDP_HLEN: usize = 8;
+
+/// TCP flag SYN.
+pub const TCP_SYN: u8 = 0x02;
+/// TCP flag ACK.
+pub const TCP_ACK: u8 = 0x10;
+
+/// Whether TCP `flags` open a connection (SYN without ACK): what `syn_per_source` limits. Shared
+/// by the XDP program and the reference model.
+#[inline(always)]
+pub const fn opens_connection(flags: u8) -> bool {
+    flags & TCP_SYN != 0 && flags & TCP_ACK == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_syn_without_ack_opens_a_connection() {
+        assert!(opens_connection(TCP_SYN));
+        assert!(opens_connection(TCP_SYN | 0x01)); // SYN+FIN still asks for a connection
+        assert!(!opens_connection(TCP_SYN | TCP_ACK));
+        assert!(!opens_connection(TCP_ACK));
+        assert!(!opens_connection(0));
+    }
+}

@@ -302,10 +302,10 @@ mod tests {
 
     #[test]
     fn keys_are_network_order_without_padding() {
-        assert_eq!(core::mem::size_of::<PrefixV4Key>(), 8);
-        assert_eq!(core::mem::size_of::<PrefixV6Key>(), 20);
-        assert_eq!(core::mem::size_of::<V4Summary>(), 8);
-        assert_eq!(core::mem::size_of::<V6Summary>(), 24);
+        assert_eq!(size_of::<PrefixV4Key>(), 8);
+        assert_eq!(size_of::<PrefixV6Key>(), 20);
+        assert_eq!(size_of::<V4Summary>(), 8);
+        assert_eq!(size_of::<V6Summary>(), 24);
         let key = PrefixV4Key::new(0xCB00_7142, 24);
         assert_eq!(key.addr, [203, 0, 113, 0]);
         let key = PrefixV6Key::new(0x2001_0db8_0000_0001, 0xFFFF, 48);

@@ -137,6 +137,51 @@ pub struct TrackState {
     pub last_exceed: u64,
 }
 
+impl TrackState {
+    /// Records a refusal of this source at `now_ns`: whether it has now been refused continuously
+    /// (no gap over [`EXCEED_GAP_NS`]) for `ban_after_ns`, in which case the run starts over (one
+    /// ban, or would-ban, per run of refusals).
+    ///
+    /// Shared by the XDP program and the reference model, so the two cannot drift. Clock
+    /// differences wrap: a clock read on another CPU may be a little behind `last_exceed`, and
+    /// the kernel must neither trap nor treat that as a gap.
+    #[inline(always)]
+    pub fn record_refusal(&mut self, ban_after_ns: u64, now_ns: u64) -> bool {
+        if self.exceed_since == 0 || now_ns.wrapping_sub(self.last_exceed) > EXCEED_GAP_NS {
+            self.exceed_since = now_ns;
+        }
+        self.last_exceed = now_ns;
+        if now_ns.wrapping_sub(self.exceed_since) >= ban_after_ns {
+            self.exceed_since = 0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl EscalationState {
+    /// Counts one more ban of a source in this subnet at `now_ns`: whether the subnet has now
+    /// had `escalate_after` bans within one `window_ns` (the rule's `ban_ttl`) and is to be
+    /// banned itself, in which case the count starts over. Shared by the XDP program and the
+    /// reference model; clock differences wrap as in [`TrackState::record_refusal`].
+    #[inline(always)]
+    pub fn count_ban(&mut self, escalate_after: u32, window_ns: u64, now_ns: u64) -> bool {
+        if self.window_start == 0 || now_ns.wrapping_sub(self.window_start) > window_ns {
+            self.banned = 0;
+            self.window_start = now_ns;
+        }
+        self.banned += 1;
+        if self.banned >= u64::from(escalate_after) {
+            self.banned = 0;
+            self.window_start = now_ns;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// Escalation state of one (rule, subnet): sources banned in the current window.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -175,6 +220,13 @@ impl BanKey {
 }
 
 impl BanEntry {
+    /// Whether the ban is still in force at `now_ns` (an expired one is ignored until the daemon
+    /// sweeps it). Shared by the XDP program, the model and userspace.
+    #[inline(always)]
+    pub const fn active_at(&self, now_ns: u64) -> bool {
+        self.expires_ns > now_ns
+    }
+
     /// A ban of `kind` made at `now_ns` by `rule`, lasting `ttl_ns` (saturating).
     #[inline(always)]
     pub const fn new(now_ns: u64, ttl_ns: u64, rule: u32, kind: u32) -> Self {
@@ -240,5 +292,73 @@ impl TrackKey {
             prefix_len: prefix_len as u8,
             addr: key.addr,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: u64 = 1_000_000_000;
+
+    #[test]
+    fn a_source_is_banned_after_refusals_without_a_gap_for_ban_after() {
+        let mut state = TrackState::default();
+        let start = 10 * SECOND;
+        // Refused every half second: the run holds; banned at exactly 2 s, then it starts over.
+        let bans: [bool; 7] = core::array::from_fn(|i| {
+            state.record_refusal(2 * SECOND, start + i as u64 * SECOND / 2)
+        });
+        assert_eq!(bans, [false, false, false, false, true, false, false]);
+        assert_eq!(state.exceed_since, start + 5 * SECOND / 2);
+    }
+
+    #[test]
+    fn a_gap_over_one_second_starts_the_run_again() {
+        let mut state = TrackState::default();
+        assert!(!state.record_refusal(2 * SECOND, 10 * SECOND));
+        assert!(!state.record_refusal(2 * SECOND, 11 * SECOND));
+        // 1 s + 1 ns later: a gap, so the run restarts here rather than banning at 12 s.
+        let restart = 12 * SECOND + 1;
+        assert!(!state.record_refusal(2 * SECOND, restart));
+        assert_eq!(state.exceed_since, restart);
+        assert!(!state.record_refusal(2 * SECOND, restart + SECOND));
+        assert!(state.record_refusal(2 * SECOND, restart + 2 * SECOND));
+    }
+
+    #[test]
+    fn a_clock_slightly_behind_the_last_refusal_neither_traps_nor_counts_as_a_gap() {
+        // Another CPU's clock read can trail `last_exceed`; the kernel wraps, so the model must.
+        let mut state = TrackState {
+            exceed_since: 10 * SECOND,
+            last_exceed: 11 * SECOND,
+            ..TrackState::default()
+        };
+        let behind = 11 * SECOND - 1_000;
+        // Wrapping makes the difference huge, which reads as a gap: the run restarts. What
+        // matters is that kernel and model now agree (and nothing panics in a debug build).
+        assert!(!state.record_refusal(2 * SECOND, behind));
+        assert_eq!(state.exceed_since, behind);
+    }
+
+    #[test]
+    fn a_subnet_escalates_at_escalate_after_bans_within_one_window() {
+        let mut state = EscalationState::default();
+        let window = 60 * SECOND;
+        let start = 5 * SECOND;
+        let escalations: [bool; 4] =
+            core::array::from_fn(|i| state.count_ban(3, window, start + i as u64 * SECOND));
+        assert_eq!(escalations, [false, false, true, false]);
+        // The window lapsed: counting starts over.
+        assert!(!state.count_ban(3, window, start + 3 * SECOND + window + 1));
+        assert_eq!(state.banned, 1);
+    }
+
+    #[test]
+    fn a_ban_is_active_until_its_expiry() {
+        let ban = BanEntry::new(100, 50, 0, BAN_HOST);
+        assert!(ban.active_at(149));
+        assert!(!ban.active_at(150));
+        assert!(BanEntry::new(1, u64::MAX, 0, BAN_HOST).active_at(u64::MAX - 1));
     }
 }

@@ -1,14 +1,14 @@
 //! Bans in the kernel: checked for every packet that is neither allowlisted nor blocklisted
 //! (when any rule bans), made when a source keeps exceeding a banning rule, and escalated to the
-//! subnet when enough of a subnet's sources were banned. Mirrors `Model::banned`,
-//! `Model::exceeding_long_enough` and `Model::ban`.
+//! subnet when enough of a subnet's sources were banned. The decisions themselves
+//! (`BanEntry::active_at`, `TrackState::record_refusal`, `EscalationState::count_ban`) live in
+//! `firewall-common`, shared with the reference model; this module only finds the map entries.
 
 use firewall_common::{
     KernelConfig, Reason,
     prefix::highest_bit,
     rules::{
-        BAN_HOST, BAN_SUBNET, BanEntry, BanKey, EXCEED_GAP_NS, EscalationState, RuleConfig,
-        TrackKey, TrackState,
+        BAN_HOST, BAN_SUBNET, BanEntry, BanKey, EscalationState, RuleConfig, TrackKey, TrackState,
     },
 };
 
@@ -20,7 +20,7 @@ fn active(key: &TrackKey, now_ns: u64) -> bool {
     // SAFETY: pointer from a successful lookup; a concurrent update gives an old or new expiry,
     // both valid u64 values.
     BANS.get_ptr(BanKey::of(key))
-        .is_some_and(|ban| unsafe { (*ban).expires_ns } > now_ns)
+        .is_some_and(|ban| unsafe { (*ban).active_at(now_ns) })
 }
 
 /// `Reason::Banned` / `Reason::SubnetBanned` if the source is banned, else `Reason::Default`.
@@ -79,19 +79,9 @@ pub fn check(source: Source, config: &KernelConfig, now_ns: u64) -> Reason {
 /// Plain reads and writes: two CPUs racing here can only shift the moment of the ban by a packet.
 #[inline(always)]
 pub fn exceeding_long_enough(state: *mut TrackState, config: &RuleConfig, now_ns: u64) -> bool {
-    // SAFETY: `state` is a valid map value pointer (see `ratelimit::state`).
-    unsafe {
-        if (*state).exceed_since == 0 || now_ns.wrapping_sub((*state).last_exceed) > EXCEED_GAP_NS {
-            (*state).exceed_since = now_ns;
-        }
-        (*state).last_exceed = now_ns;
-        if now_ns.wrapping_sub((*state).exceed_since) >= config.ban_after_ns {
-            (*state).exceed_since = 0;
-            true
-        } else {
-            false
-        }
-    }
+    // SAFETY: `state` is a valid map value pointer (see `ratelimit::state`), aligned and live
+    // for the program's run.
+    unsafe { (*state).record_refusal(config.ban_after_ns, now_ns) }
 }
 
 /// Bans the source, and its subnet when enough of the subnet's sources were banned lately;
@@ -116,23 +106,9 @@ pub fn ban(
     let Some(state) = ESCALATION.get_ptr_mut(subnet) else {
         return false;
     };
-    // SAFETY: valid map value pointer from a successful lookup.
-    let escalate = unsafe {
-        if (*state).window_start == 0
-            || now_ns.wrapping_sub((*state).window_start) > config.ban_ttl_ns
-        {
-            (*state).banned = 0;
-            (*state).window_start = now_ns;
-        }
-        (*state).banned += 1;
-        if (*state).banned >= u64::from(config.escalate_after) {
-            (*state).banned = 0;
-            (*state).window_start = now_ns;
-            true
-        } else {
-            false
-        }
-    };
+    // SAFETY: valid map value pointer from a successful lookup, aligned and live for the
+    // program's run.
+    let escalate = unsafe { (*state).count_ban(config.escalate_after, config.ban_ttl_ns, now_ns) };
     if escalate {
         let entry = BanEntry::new(now_ns, config.subnet_ban_ttl_ns, rule, BAN_SUBNET);
         let _ = BANS.insert(BanKey::of(subnet), entry, 0);

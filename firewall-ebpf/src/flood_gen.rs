@@ -25,7 +25,10 @@
 //! run's bytes: the update reads the source and checksum the frame holds now, which is right
 //! either way.
 
-use firewall_common::map_names;
+use firewall_common::{
+    map_names,
+    packet::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP},
+};
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -55,11 +58,6 @@ const FLOOD_NET: u32 = 0xC612_0000;
 const FLOOD_HOST_BITS: u32 = 17;
 const FLOOD_HOST_MASK: u32 = (1 << FLOOD_HOST_BITS) - 1;
 
-const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86DD;
-const IPPROTO_UDP: u8 = 17;
-const IPPROTO_TCP: u8 = 6;
 /// IPv6 offsets: next header, bits 32..63 of the source, the UDP checksum, the UDP header's end.
 const V6_NEXT_HEADER: usize = ETH_HLEN + 6;
 const V6_SOURCE_BITS_32: usize = ETH_HLEN + 8 + 4;

@@ -19,8 +19,6 @@ use crate::{
     parse::{Packet, Source},
 };
 
-const TCP_SYN: u8 = 0x02;
-const TCP_ACK: u8 = 0x10;
 /// Compare-and-exchange attempts before a contended update counts as exceeding: only many
 /// CPUs hammering one source's bucket at once get there, and failing closed is right then.
 const CAS_ATTEMPTS: u32 = 8;
@@ -168,8 +166,7 @@ fn exceeded(packet: &Packet, len: u64, rule: u32, config: &KernelConfig, now_ns:
         ),
     };
     let is_syn = packet.protocol == IPPROTO_TCP
-        && packet.tcp_flags & TCP_SYN != 0
-        && packet.tcp_flags & TCP_ACK == 0;
+        && firewall_common::packet::opens_connection(packet.tcp_flags);
 
     let limits_source = (is_syn && rule_config.syn.is_limited())
         || rule_config.source_packets.is_limited()

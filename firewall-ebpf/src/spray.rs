@@ -15,6 +15,7 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
+use firewall_common::packet::{ETH_P_IP, ETH_P_IPV6};
 
 /// Slot 0: the program to run on the rewritten frame (set by the benchmark).
 #[map(name = "APIFW_SPRAY_TGT")]
@@ -29,8 +30,6 @@ static SPRAY_COUNTER: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "APIFW_SPRAY_CFG")]
 static SPRAY_SHIFT: Array<u64> = Array::with_max_entries(1, 0);
 
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86DD;
 /// Offsets of the source address in an untagged Ethernet frame.
 const V4_SOURCE: usize = 14 + 12;
 const V6_SOURCE: usize = 14 + 8;

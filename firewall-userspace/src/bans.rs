@@ -111,7 +111,7 @@ pub fn active<T: std::borrow::Borrow<MapData>>(
             action: "iteration",
             source: Box::new(source),
         })?;
-        if ban.expires_ns > now_ns {
+        if ban.active_at(now_ns) {
             rows.push(row(&key, &ban, now_ns));
         }
     }

@@ -207,7 +207,7 @@ pub fn parse_targets(targets: &[String]) -> Result<Vec<IpNet>, ApiError> {
         let text = target.trim();
         match text
             .parse::<IpNet>()
-            .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+            .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
         {
             Ok(net) => nets.push(net.trunc()),
             Err(_) => bad.push(format!("`{target}`")),

@@ -140,7 +140,7 @@ pub enum FirewallError {
         name: &'static str,
         /// The error.
         #[source]
-        source: crate::batch::BatchError,
+        source: batch::BatchError,
     },
     /// The RCU barrier failed.
     #[error(transparent)]

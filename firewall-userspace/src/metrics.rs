@@ -213,7 +213,7 @@ impl Collector for Exporter {
             let now = crate::bans::monotonic_ns().unwrap_or(0);
             let (mut hosts, mut subnets) = (0i64, 0i64);
             for (_, ban) in bans.iter().filter_map(Result::ok) {
-                if ban.expires_ns > now {
+                if ban.active_at(now) {
                     if ban.kind == BAN_SUBNET {
                         subnets += 1;
                     } else {

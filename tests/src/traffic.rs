@@ -292,8 +292,7 @@ pub fn url_encode(text: &str) -> String {
 }
 
 /// The daemon's default metrics address, inside its namespace.
-pub const METRICS_ADDR: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 9464);
+pub const METRICS_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9464);
 
 /// One sample of an exposition.
 #[derive(Clone, Debug, PartialEq)]

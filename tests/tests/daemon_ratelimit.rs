@@ -312,12 +312,9 @@ fn a_source_that_keeps_flooding_is_banned_in_the_kernel_and_the_ban_expires() {
     );
 
     // The ban expires (XDP ignores it from then on) and the daemon sweeps it from the map.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(10);
     while !bans(&dirs)["bans"].as_array().expect("bans").is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the ban was never swept"
-        );
+        assert!(Instant::now() < deadline, "the ban was never swept");
         std::thread::sleep(Duration::from_millis(200));
     }
     send_7002(&lab, FLOODER, 1, Duration::ZERO);

@@ -103,7 +103,7 @@ fn ensure_nightly() -> Result<()> {
     if cmd::succeeds(rustup().args(["run", "nightly", "rustc", "-V"])) {
         println!("setup: nightly ok");
     } else {
-        println!("setup: nightly missing, installing it");
+        println!("setup: nightly missing, installing it (about a minute, once)");
         cmd::run(rustup().args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
         println!("setup: nightly installed");
     }
@@ -113,7 +113,7 @@ fn ensure_nightly() -> Result<()> {
     if has_component(&installed, "rust-src") {
         println!("setup: rust-src ok");
     } else {
-        println!("setup: rust-src missing, installing it");
+        println!("setup: rust-src missing, installing it (about 30 s, once)");
         cmd::run(rustup().args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
         println!("setup: rust-src installed");
     }
@@ -142,12 +142,20 @@ fn ensure_bpf_linker() -> Result<()> {
             "setup: {} does not run (its libLLVM is probably gone), rebuilding it",
             path.display()
         ),
-        Err(_) => println!("setup: bpf-linker missing, building it against nightly's libLLVM"),
+        Err(_) => println!(
+            "setup: bpf-linker missing, building it from source against nightly's libLLVM \
+             (about 4 minutes on 2 CPUs, once)"
+        ),
     }
+    let started = std::time::Instant::now();
     install_bpf_linker()?;
     match which::which("bpf-linker") {
         Ok(path) => {
-            println!("setup: bpf-linker installed ({})", path.display());
+            println!(
+                "setup: bpf-linker installed ({}) in {} s",
+                path.display(),
+                started.elapsed().as_secs()
+            );
             Ok(())
         }
         Err(_) => bail!(
@@ -253,7 +261,10 @@ fn ensure_debian_packages(commands: &[(&str, &'static str)]) -> Result<Vec<&'sta
             packages.join(" ")
         );
     }
-    println!("setup: installing {}", packages.join(" "));
+    println!(
+        "setup: installing Debian packages {} with apt-get (1-3 minutes, once)",
+        packages.join(" ")
+    );
     cmd::run(
         Command::new("apt-get")
             .arg("update")

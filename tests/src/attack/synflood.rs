@@ -148,7 +148,7 @@ fn packet_socket(interface: &str) -> anyhow::Result<std::os::fd::OwnedFd> {
             libc::SOL_PACKET,
             libc::PACKET_QDISC_BYPASS,
             std::ptr::from_ref(&one).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
     if rc != 0 {
@@ -164,7 +164,7 @@ fn packet_socket(interface: &str) -> anyhow::Result<std::os::fd::OwnedFd> {
         libc::bind(
             fd,
             std::ptr::from_ref(&address).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            size_of::<libc::sockaddr_ll>() as libc::socklen_t,
         )
     };
     if rc != 0 {
