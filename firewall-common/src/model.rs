@@ -354,9 +354,7 @@ impl Model {
                 )
             }
         };
-        let is_syn = packet
-            .tcp_flags
-            .is_some_and(opens_connection);
+        let is_syn = packet.tcp_flags.is_some_and(opens_connection);
 
         // (bucket, which state, which field, cost, reason when exceeded), in charging order.
         let steps: [(Bucket, bool, usize, u64, Reason); 5] = [
