@@ -1,32 +1,30 @@
-//! apifw userspace: policy, map compilation, loading and attaching, statistics, the daemon and
-//! the CLI verbs. The `apifw` binary is a thin shell over [`cli`].
+//! apifw userspace, as a library in layers. Each layer uses only the layers below it (a test,
+//! `layers_point_down` in xtask, fails otherwise):
+//!
+//! | layer | what it does |
+//! | --- | --- |
+//! | [`daemon`] | the run loop, the control server and its request parser, `/metrics` |
+//! | [`engine`] | the firewall's behaviour: lists, bans, reloads, the 1 s tick, jails, views |
+//! | [`jails`] | access logs and abuse reports to bans |
+//! | [`control`] | the control API: request and answer types, and its client |
+//! | [`store`] | state file, audit log, instance lock |
+//! | [`dataplane`] | the kernel: loaded object, maps, batch syscalls, pins, attach, counters |
+//! | [`compile`] | a policy to the maps' content, without touching the kernel |
+//! | [`policy`] | the policy file: format, validation, feeds, jail settings |
+//! | [`paths`], [`errors`] | filesystem locations; error chains as one line |
+//!
+//! The `apifw` binary (`src/bin/apifw`) is the CLI: one file per verb, over this library.
 
-pub mod audit;
-pub mod bans;
-pub mod barrier;
-pub mod batch;
-pub mod cli;
 pub mod compile;
 pub mod control;
 pub mod daemon;
+pub mod dataplane;
 pub mod engine;
-pub mod events;
-pub mod feeds;
-pub mod firewall;
-pub mod interfaces;
+pub mod errors;
 pub mod jails;
-pub mod lock;
-pub mod metrics;
 pub mod paths;
-pub mod pins;
 pub mod policy;
-pub mod privileges;
-pub mod request;
-pub mod server;
-pub mod state;
-pub mod stats;
-pub mod tables;
-pub mod top;
+pub mod store;
 
-pub use firewall::{EBPF_OBJECT, Firewall, FirewallError};
+pub use dataplane::firewall::{EBPF_OBJECT, Firewall, FirewallError};
 pub use policy::{Loaded, Policy};

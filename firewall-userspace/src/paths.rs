@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/apifw";
 /// Default directory for the daemon's lock file (and, later, its control socket).
 pub const DEFAULT_RUN_DIR: &str = "/run/apifw";
+/// Where the audit log is kept unless the policy says otherwise.
+pub const DEFAULT_AUDIT_LOG: &str = "/var/log/apifw/audit.log";
 /// Version of the pinned map layout. Bump it whenever a pinned map's key, value or size
 /// semantics change.
 pub const LAYOUT_VERSION: u32 = 2;

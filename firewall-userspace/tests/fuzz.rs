@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use firewall_userspace::{
     Loaded,
     compile::Compiled,
-    feeds::{self, FeedFormat},
-    request,
+    daemon::request,
+    policy::feeds::{self, FeedFormat},
 };
 use hyper::Method;
 use ipnet::IpNet;

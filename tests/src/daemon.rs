@@ -7,8 +7,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub use firewall_userspace::dataplane::stats::Snapshot;
 use firewall_userspace::paths::PinLayout;
-pub use firewall_userspace::stats::Snapshot;
 
 use crate::netns::Netns;
 

@@ -16,7 +16,7 @@ use apifw_tests::{
     netns::{SERVER_ADDR, VethLab, connect_from},
 };
 use firewall_common::{Action, Reason};
-use firewall_userspace::stats::Snapshot;
+use firewall_userspace::dataplane::stats::Snapshot;
 use nix::sys::signal::Signal;
 
 const BLOCKED: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 66);

@@ -44,7 +44,7 @@ ban_ttl = "2s"
 "#;
 
 /// Waits until the counters stop moving (three equal readings 100 ms apart).
-fn quiet(dirs: &Dirs) -> firewall_userspace::stats::Snapshot {
+fn quiet(dirs: &Dirs) -> firewall_userspace::dataplane::stats::Snapshot {
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut last = dirs.stats();
     let mut unchanged = 0;

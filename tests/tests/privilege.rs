@@ -21,7 +21,7 @@ use apifw_tests::{
     traffic::{self, Receiver},
 };
 use firewall_common::{Action, Reason};
-use firewall_userspace::privileges::{self, Capability};
+use firewall_userspace::dataplane::privileges::{self, Capability};
 use nix::{
     sys::signal::Signal,
     unistd::{Gid, Uid},

@@ -384,8 +384,9 @@ max_tracked_sources = 65536
         std::thread::sleep(Duration::from_millis(50));
     }
     let after = dirs.stats();
-    let banned =
-        |s: &firewall_userspace::stats::Snapshot| s.get(Action::Drop, Reason::Banned).packets;
+    let banned = |s: &firewall_userspace::dataplane::stats::Snapshot| {
+        s.get(Action::Drop, Reason::Banned).packets
+    };
     assert_eq!(
         banned(&after) - banned(&before),
         10,

@@ -8,6 +8,8 @@ mod bench;
 mod cmd;
 mod demo;
 mod lab;
+#[cfg(test)]
+mod layers;
 mod package;
 mod root;
 mod setup;

@@ -4,7 +4,7 @@
 //! the same path as `apifw ban add`, so the ban is in the kernel's ban map, in the state file, in
 //! the audit log and in `apifw bans`. The engine never bans an allowlisted source.
 //!
-//! * [`config`]: the policy section;
+//! * [`crate::policy::jails`]: the policy section (validated with the rest of the policy);
 //! * [`parse`]: access-log lines to requests, and the client address behind trusted proxies;
 //! * [`logfile`]: following a log across rotation;
 //! * [`tracker`]: windows, ban decisions, repeat offenders.
@@ -13,7 +13,6 @@
 //! file of its own beside the state file ([`JailsState`]): following a busy log changes it
 //! every second, which must not rewrite a state file holding a million imported entries.
 
-pub mod config;
 pub mod logfile;
 pub mod parse;
 pub mod tracker;
@@ -28,11 +27,13 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use self::{
-    config::{JailConfig, LogFormat},
     logfile::{Follower, Position},
     tracker::{BanDecision, Outcome, Tracker},
 };
-use crate::control::{JailBan, JailView, LastMatch};
+use crate::{
+    control::{JailBan, JailView, LastMatch},
+    policy::jails::{JailConfig, LogFormat},
+};
 
 /// Version of the jail state file.
 pub const JAILS_STATE_VERSION: u32 = 1;
@@ -303,7 +304,7 @@ impl Jails {
                 }
                 Err(err) => {
                     if !jail.read_error_logged {
-                        warn!(jail = jail.config.name, err = %crate::engine::chain(&err), "cannot follow the access log; retrying every second");
+                        warn!(jail = jail.config.name, err = %crate::errors::chain(&err), "cannot follow the access log; retrying every second");
                         jail.read_error_logged = true;
                     }
                     Vec::new()
@@ -515,86 +516,4 @@ impl Jails {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::io::Write as _;
-
-    use super::*;
-
-    #[test]
-    fn the_state_file_sits_beside_the_state_file() {
-        assert_eq!(
-            state_path(Path::new("/var/lib/apifw/apifw.state.json")),
-            Path::new("/var/lib/apifw/apifw.jails.json")
-        );
-        assert_eq!(
-            state_path(Path::new("/x/custom")),
-            Path::new("/x/custom.jails.json")
-        );
-    }
-
-    #[test]
-    fn a_log_jail_bans_after_max_retry_and_resumes_after_a_restart() {
-        let dir = std::env::temp_dir().join(format!("apifw-jails-mod-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("dir");
-        let log = dir.join("access.log");
-        let policy = crate::policy::Loaded::from_str(
-            &dir.join("p.toml"),
-            "[[jail]]\nname = \"web\"\nlog = \"access.log\"\nmax_retry = 3\n\
-             [[jail]]\nname = \"app\"\nmax_retry = 4\n",
-        )
-        .unwrap_or_else(|err| panic!("{err}"))
-        .policy;
-        let line = |ip: &str, status: u16| {
-            format!(
-                "{ip} - - [01/Jan/2025:00:00:00 +0000] \"POST /login HTTP/1.1\" {status} 0 \"-\" \"t\"\n"
-            )
-        };
-        let append = |text: &str| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&log)
-                .and_then(|mut file| file.write_all(text.as_bytes()))
-                .expect("append");
-        };
-        let mut jails = Jails::new(&policy.jails, &JailsState::default());
-        append(&(line("198.51.100.7", 401) + &line("198.51.100.7", 200) + "garbage\n"));
-        append(&line("198.51.100.7", 403));
-        assert!(jails.poll(100).is_empty());
-        let state = jails.state();
-        // A restart: the next line is the third failure, and nothing is read twice.
-        let mut jails = Jails::new(&policy.jails, &state);
-        append(&line("198.51.100.7", 401));
-        let bans = jails.poll(101);
-        assert_eq!(bans.len(), 1, "{bans:?}");
-        assert_eq!(bans[0].decision.count, 3);
-        assert_eq!(bans[0].jail, "web");
-        assert_eq!(
-            bans[0].comment(),
-            "jail web: 3 matches within 600s (ban #1)"
-        );
-        jails.banned(&bans[0]);
-        let view = &jails.views(101)[0];
-        assert_eq!((view.lines, view.matches, view.bans), (1, 1, 1));
-        assert_eq!(view.current_bans.len(), 1);
-
-        // Reports go to the jail without a log unless they name one.
-        let source: IpAddr = "203.0.113.9".parse().expect("ip");
-        let (counted, ban) = jails
-            .report(None, source, 3, "bad token", 102)
-            .expect("counted");
-        assert_eq!(counted.jail, "app");
-        assert_eq!(counted.outcome, Outcome::Counted { count: 3 });
-        assert!(ban.is_none());
-        let (_, ban) = jails
-            .report(None, source, 1, "replayed JWT", 103)
-            .expect("counted");
-        assert_eq!(ban.map(|ban| ban.decision.count), Some(4));
-        assert_eq!(
-            jails.report(Some("nope"), source, 1, "x", 104),
-            Err(ReportError::UnknownJail("nope".into()))
-        );
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-}
+mod tests;

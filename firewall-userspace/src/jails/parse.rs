@@ -7,7 +7,7 @@ use std::{net::IpAddr, sync::LazyLock};
 use ipnet::IpNet;
 use regex::Regex;
 
-use super::config::{FieldMap, JailConfig, LogFormat};
+use crate::policy::jails::{FieldMap, JailConfig, LogFormat};
 
 /// What a jail needs of one logged request.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -251,7 +251,7 @@ fn preload_sources(
 /// (`Engine::write_bans`), for an hour.
 fn ban(firewall: &mut Firewall, policy: &Policy, source: Ipv4Addr) -> anyhow::Result<()> {
     use firewall_common::rules::{BAN_HOST, BanEntry};
-    use firewall_userspace::bans;
+    use firewall_userspace::dataplane::bans;
     let mut compiled =
         firewall_userspace::compile::Compiled::build(policy, &policy.allow, &policy.block, None)?;
     compiled.config.flags |= firewall_common::config::CONFIG_BANS;

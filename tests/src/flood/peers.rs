@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use anyhow::{Context as _, bail};
 use aya::programs::XdpMode;
 use firewall_common::{Action, program_names};
-use firewall_userspace::{Firewall, Policy, stats::Snapshot};
+use firewall_userspace::{Firewall, Policy, dataplane::stats::Snapshot};
 
 use super::lab::{FLOOD_NET, FLOOD_PORT, Lab, command, in_netns, in_netns_bpffs};
 use crate::{

@@ -1,0 +1,79 @@
+//! `apifw status`.
+
+use std::process::ExitCode;
+
+use crate::cli::{ControlArgs, failed, print};
+use firewall_userspace::control::Status;
+
+/// Arguments of `apifw status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Daemon and output.
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+/// Runs `apifw status`.
+pub fn execute(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    match args.control.client()?.get::<Status>("/status") {
+        Ok(status) => {
+            print(args.control.json, &status, |status| {
+                let mut out = format!(
+                    "apifw {} (pid {}), up {}s\npolicy {} version {} (generation {}){}\n",
+                    status.version,
+                    status.pid,
+                    status.uptime_secs,
+                    status.policy_file.display(),
+                    status.policy_version,
+                    status.active_generation,
+                    if status.adopted {
+                        ", adopted pinned maps at start"
+                    } else {
+                        ""
+                    }
+                );
+                for interface in &status.interfaces {
+                    out.push_str(&format!(
+                        "interface {} ({})\n",
+                        interface.name, interface.mode
+                    ));
+                }
+                out.push_str(&format!(
+                    "block entries {} ({} runtime), allow entries {} ({} runtime)\n",
+                    status.block_entries,
+                    status.runtime_block,
+                    status.allow_entries,
+                    status.runtime_allow
+                ));
+                for map in &status.maps {
+                    out.push_str(&format!(
+                        "map {:<20} {:>9} / {:<9} ({:.1}%)\n",
+                        map.map,
+                        map.entries,
+                        map.capacity,
+                        100.0 * map.entries as f64 / map.capacity.max(1) as f64
+                    ));
+                }
+                out.push_str(&format!(
+                    "reloads {} ok, {} failed{}\n",
+                    status.reloads,
+                    status.failed_reloads,
+                    status
+                        .last_reload_error
+                        .as_ref()
+                        .map(|err| format!(" (last: {err})"))
+                        .unwrap_or_default()
+                ));
+                if !status.audit_log.as_os_str().is_empty() {
+                    out.push_str(&format!("audit log {}\n", status.audit_log.display()));
+                }
+                if !status.state_file.as_os_str().is_empty() {
+                    out.push_str(&format!("state file {}\n", status.state_file.display()));
+                }
+                out
+            });
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(err) => Ok(failed(&err)),
+    }
+}

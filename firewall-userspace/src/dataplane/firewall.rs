@@ -1,0 +1,860 @@
+//! The loaded firewall: the eBPF object, its maps filled from a policy, and its attachments.
+//!
+//! This file is over 600 lines: the loaded object, its map writes and its attachments are still
+//! one type; they split when the engine gets its dataplane trait (issue #14, next stage).
+
+use std::path::{Path, PathBuf};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray},
+    programs::{
+        ProgramError, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
+};
+use firewall_common::{
+    Counter, KernelConfig, generation,
+    map_names::{
+        self, ACTIVE, CONFIG, RULE_MATCH, RULE_STATS, RULES, SOURCES, STATS, SUBNETS, V4_PREFIXES,
+        V4_SUMMARY, V6_PREFIXES, V6_SUMMARY,
+    },
+    prefix::{V4_SUMMARY_ENTRIES, V4Summary, V6Summary, V6SummaryKey, v4_summary_index},
+    program_names,
+    rules::{MAX_RULES, RuleConfig, rule_index},
+};
+use tracing::{debug, info, warn};
+
+use crate::{
+    compile::tables::{CapacityError, PrefixTables},
+    compile::{Compiled, diff_array, diff_hash},
+    dataplane::barrier::RcuBarrier,
+    dataplane::batch,
+    dataplane::privileges,
+    dataplane::stats::{self, Snapshot},
+    paths::PinLayout,
+    policy::{Policy, XdpModeSetting},
+};
+
+/// The eBPF object built by `build.rs` from the firewall-ebpf crate.
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/firewall-ebpf"));
+
+/// Why the firewall could not be loaded, filled, attached or pinned.
+#[derive(Debug, thiserror::Error)]
+pub enum FirewallError {
+    /// The object or its maps could not be loaded (often: a missing capability, which
+    /// [`privileges::missing_for`] then names).
+    #[error("loading the eBPF object failed")]
+    Load(#[source] Box<aya::EbpfError>),
+    /// The kernel refused an operation and this process lacks capabilities the daemon needs:
+    /// the error names them, rather than leaving the operator with a bare `EPERM`.
+    #[error("{}", privileges::describe(missing))]
+    MissingCapabilities {
+        /// The required capabilities this process lacks.
+        missing: Vec<privileges::Capability>,
+        /// What the kernel refused.
+        #[source]
+        source: Box<FirewallError>,
+    },
+    /// A program is missing from the object or could not be loaded or attached.
+    #[error("program `{name}`: {action} failed")]
+    Program {
+        /// Program name.
+        name: &'static str,
+        /// What was attempted.
+        action: &'static str,
+        /// The error.
+        #[source]
+        source: Box<ProgramError>,
+    },
+    /// The object lacks a map the userspace expects (object and binary out of sync).
+    #[error("map `{0}` is missing from the eBPF object")]
+    MissingMap(&'static str),
+    /// A map operation failed.
+    #[error("map `{name}`: {action} failed")]
+    Map {
+        /// Map name.
+        name: &'static str,
+        /// What was attempted.
+        action: &'static str,
+        /// The error.
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
+    /// The lists do not fit the maps.
+    #[error(transparent)]
+    Capacity(#[from] CapacityError),
+    /// Attaching to an interface failed.
+    #[error("cannot attach to interface `{interface}` in {mode} mode: {reason}")]
+    Attach {
+        /// Interface name.
+        interface: String,
+        /// Mode tried.
+        mode: &'static str,
+        /// A readable cause.
+        reason: String,
+        /// The interface already carries an XDP program.
+        busy: bool,
+        /// The error.
+        #[source]
+        source: Box<ProgramError>,
+    },
+    /// The kernel attached through netlink (no bpf_link), so the attachment cannot be pinned.
+    #[error(
+        "the XDP attachment on `{interface}` is not a bpf_link and cannot be pinned (kernel older than 5.9?)"
+    )]
+    NotPinnable {
+        /// Interface name.
+        interface: String,
+    },
+    /// Pinning failed.
+    #[error("cannot pin {}", path.display())]
+    Pin {
+        /// Pin path.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: Box<aya::pin::PinError>,
+    },
+    /// A pin directory could not be created.
+    #[error("cannot create {}", path.display())]
+    PinDir {
+        /// The directory.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A pinned link of a previous daemon could not be taken over.
+    #[error("cannot adopt the pinned XDP link on `{interface}`: {action} failed: {reason}")]
+    Adopt {
+        /// Interface name.
+        interface: String,
+        /// What was attempted.
+        action: &'static str,
+        /// The cause.
+        reason: String,
+    },
+    /// A batch map write failed.
+    #[error("map `{name}`: writing failed")]
+    Batch {
+        /// Map name.
+        name: &'static str,
+        /// The error.
+        #[source]
+        source: batch::BatchError,
+    },
+    /// The RCU barrier failed.
+    #[error(transparent)]
+    Barrier(#[from] crate::dataplane::barrier::BarrierError),
+    /// Reading the counters failed.
+    #[error(transparent)]
+    Stats(#[from] stats::StatsError),
+}
+
+/// An XDP attachment, pinned so that enforcement does not depend on the daemon's file
+/// descriptors.
+pub struct Attachment {
+    /// The interface.
+    pub interface: String,
+    /// The mode the kernel accepted; `None` for a link adopted from a previous daemon (the
+    /// kernel keeps the mode it was created with).
+    pub mode: Option<XdpMode>,
+    /// Where the link is pinned.
+    pub pin: PathBuf,
+    link: FdLink,
+}
+
+impl Attachment {
+    /// The mode as a word.
+    pub fn mode_name(&self) -> &'static str {
+        self.mode.map_or("adopted", mode_name)
+    }
+
+    /// Unpins the link and drops it, which detaches the program from the interface.
+    pub fn detach(self) -> std::io::Result<()> {
+        std::fs::remove_file(&self.pin)?;
+        drop(self.link);
+        Ok(())
+    }
+}
+
+/// Whether the maps were found pinned (and reused) or created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapOrigin {
+    /// Created empty (and pinned, for a pinned firewall).
+    Created,
+    /// Reused from the pins of a previous daemon, with their bans, counters and state.
+    Adopted,
+}
+
+/// The loaded firewall.
+pub struct Firewall {
+    ebpf: Ebpf,
+    /// The generation the program reads.
+    active: u32,
+    /// What each generation holds, when known (`None` after adopting maps or after a failed
+    /// write: the next write of that generation rewrites it completely).
+    held: [Option<Compiled>; generation::COUNT as usize],
+    test_clock_ns: u64,
+    barrier: RcuBarrier,
+    origin: MapOrigin,
+}
+
+fn map_err(
+    name: &'static str,
+    action: &'static str,
+) -> impl FnOnce(aya::maps::MapError) -> FirewallError {
+    move |source| FirewallError::Map {
+        name,
+        action,
+        source: Box::new(source),
+    }
+}
+
+/// The capacity the policy gives the map `name`, for maps sized by `[limits]`. Maps holding
+/// two policy generations get room for both.
+pub fn max_entries(policy: &Policy, name: &str) -> Option<u32> {
+    let limits = policy.limits;
+    let twice = |n: u32| n.saturating_mul(generation::COUNT);
+    Some(match name {
+        V4_PREFIXES => twice(limits.max_v4_prefixes),
+        V6_PREFIXES | V6_SUMMARY => twice(limits.max_v6_prefixes),
+        SOURCES | map_names::CANDIDATES => limits.max_tracked_sources,
+        SUBNETS | map_names::ESCALATION => limits.max_tracked_subnets,
+        map_names::BANS => limits.max_bans,
+        _ => return None,
+    })
+}
+
+/// The loader with the policy's map sizes.
+fn loader<'a>(policy: &Policy) -> EbpfLoader<'a> {
+    let mut loader = EbpfLoader::new();
+    for name in map_names::ALL {
+        if let Some(entries) = max_entries(policy, name) {
+            loader.map_max_entries(name, entries);
+        }
+    }
+    loader
+}
+
+impl Firewall {
+    /// Loads the object with map sizes from `policy` into fresh, unpinned maps, loads the
+    /// firewall program and installs the policy (rules in file order). Nothing is attached.
+    pub fn load(policy: &Policy) -> Result<Self, FirewallError> {
+        Self::load_unexplained(policy).map_err(explain)
+    }
+
+    fn load_unexplained(policy: &Policy) -> Result<Self, FirewallError> {
+        let compiled = Compiled::build(policy, &policy.allow, &policy.block, None)?;
+        let ebpf = loader(policy)
+            .load(EBPF_OBJECT)
+            .map_err(|err| FirewallError::Load(Box::new(err)))?;
+        let mut firewall = Self::new(ebpf, MapOrigin::Created)?;
+        firewall.install(compiled)?;
+        Ok(firewall)
+    }
+
+    /// Loads the object with every map pinned under `layout`: maps already pinned there (by a
+    /// previous daemon of the same layout, see [`crate::dataplane::pins::inspect`]) are reused with
+    /// their content, missing ones are created and pinned. Nothing is installed or attached.
+    pub fn load_pinned(policy: &Policy, layout: &PinLayout) -> Result<Self, FirewallError> {
+        Self::load_pinned_unexplained(policy, layout).map_err(explain)
+    }
+
+    fn load_pinned_unexplained(policy: &Policy, layout: &PinLayout) -> Result<Self, FirewallError> {
+        let maps_dir = layout.maps_dir();
+        std::fs::create_dir_all(&maps_dir).map_err(|source| FirewallError::PinDir {
+            path: maps_dir.clone(),
+            source,
+        })?;
+        let adopted = map_names::ALL.iter().all(|name| layout.map(name).exists());
+        let paths: Vec<(&'static str, PathBuf)> = map_names::ALL
+            .iter()
+            .map(|name| (*name, layout.map(name)))
+            .collect();
+        let mut loader = loader(policy);
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let ebpf = loader
+            .load(EBPF_OBJECT)
+            .map_err(|err| FirewallError::Load(Box::new(err)))?;
+        let origin = if adopted {
+            MapOrigin::Adopted
+        } else {
+            MapOrigin::Created
+        };
+        Self::new(ebpf, origin)
+    }
+
+    fn new(ebpf: Ebpf, origin: MapOrigin) -> Result<Self, FirewallError> {
+        let mut firewall = Self {
+            ebpf,
+            active: 0,
+            held: match origin {
+                MapOrigin::Created => [Some(Compiled::default()), Some(Compiled::default())],
+                MapOrigin::Adopted => [None, None],
+            },
+            test_clock_ns: 0,
+            barrier: RcuBarrier::new()?,
+            origin,
+        };
+        firewall.active = firewall.read_active()?;
+        firewall.load_program(program_names::FIREWALL)?;
+        Ok(firewall)
+    }
+
+    /// Whether the maps were created or adopted.
+    pub fn origin(&self) -> MapOrigin {
+        self.origin
+    }
+
+    /// The generation the program currently reads.
+    pub fn active_generation(&self) -> u32 {
+        self.active
+    }
+
+    fn read_active(&mut self) -> Result<u32, FirewallError> {
+        let array: Array<_, u32> =
+            Array::try_from(self.map_mut(ACTIVE)?).map_err(map_err(ACTIVE, "open"))?;
+        Ok(array.get(&0, 0).map_err(map_err(ACTIVE, "read"))? % generation::COUNT)
+    }
+
+    /// Installs `compiled` atomically: writes it into the inactive generation (only what
+    /// differs from what that generation holds), makes that generation active, and waits until
+    /// no packet can still be using the old one, which then stays as it is until it is the target
+    /// of the next install. A failure before the flip leaves the running policy untouched.
+    pub fn install(&mut self, compiled: Compiled) -> Result<(), FirewallError> {
+        let next = generation::other(self.active);
+        let index = next as usize % self.held.len();
+        let held = self.held[index].take();
+        self.write_generation(next, held.as_ref(), &compiled)?;
+        let mut active: Array<_, u32> =
+            Array::try_from(self.map_mut(ACTIVE)?).map_err(map_err(ACTIVE, "open"))?;
+        active.set(0, next, 0).map_err(map_err(ACTIVE, "write"))?;
+        self.active = next;
+        self.held[index] = Some(compiled);
+        // The next install writes the generation that was active until now: no packet may
+        // still be reading it by then.
+        self.barrier.wait()?;
+        Ok(())
+    }
+
+    /// The compiled policy the active generation holds, when known.
+    pub fn installed(&self) -> Option<&Compiled> {
+        self.held[self.active as usize % self.held.len()].as_ref()
+    }
+
+    /// Makes generation `generation` hold `new`, given that it holds `old` (`None`: unknown,
+    /// so everything of that generation is rewritten).
+    fn write_generation(
+        &mut self,
+        generation: u32,
+        old: Option<&Compiled>,
+        new: &Compiled,
+    ) -> Result<(), FirewallError> {
+        let mut config = new.config;
+        config.generation = generation;
+        config.test_clock_ns = self.test_clock_ns;
+        let mut configs: Array<_, KernelConfig> =
+            Array::try_from(self.map_mut(CONFIG)?).map_err(map_err(CONFIG, "open"))?;
+        configs
+            .set(generation, config, 0)
+            .map_err(map_err(CONFIG, "write"))?;
+
+        let mut rules: Array<_, RuleConfig> =
+            Array::try_from(self.map_mut(RULES)?).map_err(map_err(RULES, "open"))?;
+        for slot in 0..MAX_RULES {
+            let value = new.rules.get(&slot).copied().unwrap_or_default();
+            let before = old.map(|old| old.rules.get(&slot).copied().unwrap_or_default());
+            if before != Some(value) {
+                rules
+                    .set(rule_index(generation, slot), value, 0)
+                    .map_err(map_err(RULES, "write"))?;
+            }
+        }
+
+        let summary_changes: Vec<(u32, V4Summary)> = match old {
+            Some(old) => diff_array(&old.tables.v4_summary, &new.tables.v4_summary),
+            None => (0..V4_SUMMARY_ENTRIES)
+                .map(|top| {
+                    (
+                        top,
+                        new.tables.v4_summary.get(&top).copied().unwrap_or_default(),
+                    )
+                })
+                .collect(),
+        };
+        let mut summary: Array<_, V4Summary> =
+            Array::try_from(self.map_mut(V4_SUMMARY)?).map_err(map_err(V4_SUMMARY, "open"))?;
+        for (top, value) in summary_changes {
+            summary
+                .set(v4_summary_index(generation, top), value, 0)
+                .map_err(map_err(V4_SUMMARY, "write"))?;
+        }
+
+        self.write_hash(
+            RULE_MATCH,
+            generation,
+            old.map(|old| &old.matches),
+            &new.matches,
+            |key, generation| key.in_generation(generation),
+            |key| u32::from(key.generation),
+        )?;
+        self.write_hash(
+            V4_PREFIXES,
+            generation,
+            old.map(|old| &old.tables.v4_prefixes),
+            &new.tables.v4_prefixes,
+            |key, generation| key.in_generation(generation),
+            |key| u32::from(key.generation),
+        )?;
+        self.write_hash(
+            V6_PREFIXES,
+            generation,
+            old.map(|old| &old.tables.v6_prefixes),
+            &new.tables.v6_prefixes,
+            |key, generation| key.in_generation(generation),
+            |key| u32::from(key.generation),
+        )?;
+        let summaries =
+            |tables: &PrefixTables| -> std::collections::HashMap<V6SummaryKey, V6Summary> {
+                tables
+                    .v6_summary
+                    .iter()
+                    .map(|(top, value)| {
+                        (
+                            V6SummaryKey {
+                                generation: 0,
+                                top: *top,
+                            },
+                            *value,
+                        )
+                    })
+                    .collect()
+            };
+        self.write_hash(
+            V6_SUMMARY,
+            generation,
+            old.map(|old| summaries(&old.tables)).as_ref(),
+            &summaries(&new.tables),
+            |mut key, generation| {
+                key.generation = generation;
+                key
+            },
+            |key| key.generation,
+        )?;
+        debug!(
+            generation,
+            full = old.is_none(),
+            v4_hashed = new.tables.v4_prefixes.len(),
+            v6_hashed = new.tables.v6_prefixes.len(),
+            "policy generation written"
+        );
+        Ok(())
+    }
+
+    /// Makes the generation-`generation` entries of the hash `name` equal `new` (keys stored
+    /// generation-less in userspace), given they equal `old` (`None`: unknown, so every entry of
+    /// that generation is deleted first).
+    fn write_hash<K, V, S>(
+        &mut self,
+        name: &'static str,
+        generation: u32,
+        old: Option<&std::collections::HashMap<K, V, S>>,
+        new: &std::collections::HashMap<K, V, S>,
+        with_generation: impl Fn(K, u32) -> K,
+        generation_of: impl Fn(&K) -> u32,
+    ) -> Result<(), FirewallError>
+    where
+        K: aya::Pod + Eq + std::hash::Hash,
+        V: aya::Pod + PartialEq,
+        S: std::hash::BuildHasher,
+    {
+        let map = self.map_mut(name)?;
+        let (upserts, deletes) = match old {
+            Some(old) => {
+                let diff = diff_hash(old, new);
+                let deletes: Vec<K> = diff
+                    .deletes
+                    .into_iter()
+                    .map(|key| with_generation(key, generation))
+                    .collect();
+                (diff.upserts, deletes)
+            }
+            None => {
+                let hash: HashMap<&MapData, K, V> =
+                    HashMap::try_from(&*map).map_err(map_err(name, "open"))?;
+                let mut stale = Vec::new();
+                for key in hash.keys() {
+                    let key = key.map_err(map_err(name, "iterate"))?;
+                    if generation_of(&key) == generation {
+                        stale.push(key);
+                    }
+                }
+                (new.iter().map(|(k, v)| (*k, *v)).collect(), stale)
+            }
+        };
+        let data = map_data(map).ok_or(FirewallError::MissingMap(name))?;
+        let batch_err = |source| FirewallError::Batch { name, source };
+        batch::delete(data, &deletes).map_err(batch_err)?;
+        let (keys, values): (Vec<K>, Vec<V>) = upserts
+            .into_iter()
+            .map(|(key, value)| (with_generation(key, generation), value))
+            .unzip();
+        batch::update(data, &keys, &values).map_err(batch_err)?;
+        Ok(())
+    }
+
+    /// Test hook: makes the program read `now_ns` as its clock (0: the real clock again), so
+    /// that verdict tests can replay the reference model's virtual time.
+    pub fn set_test_clock(&mut self, now_ns: u64) -> Result<(), FirewallError> {
+        self.test_clock_ns = now_ns;
+        let active = self.active;
+        let mut configs: Array<_, KernelConfig> =
+            Array::try_from(self.map_mut(CONFIG)?).map_err(map_err(CONFIG, "open"))?;
+        let mut config = configs.get(&active, 0).map_err(map_err(CONFIG, "read"))?;
+        config.test_clock_ns = now_ns;
+        configs
+            .set(active, config, 0)
+            .map_err(map_err(CONFIG, "write"))
+    }
+
+    /// Loads the program `name` into the kernel (the firewall, or the empty baseline).
+    pub fn load_program(&mut self, name: &'static str) -> Result<&mut Xdp, FirewallError> {
+        let program = self.program_mut(name)?;
+        if program.fd().is_err() {
+            program.load().map_err(|source| FirewallError::Program {
+                name,
+                action: "load",
+                source: Box::new(source),
+            })?;
+        }
+        Ok(program)
+    }
+
+    /// The program `name`, for attaching or `TestRun`.
+    pub fn program_mut(&mut self, name: &'static str) -> Result<&mut Xdp, FirewallError> {
+        let missing = |source| FirewallError::Program {
+            name,
+            action: "lookup",
+            source: Box::new(source),
+        };
+        self.ebpf
+            .program_mut(name)
+            .ok_or(missing(ProgramError::NotLoaded))?
+            .try_into()
+            .map_err(missing)
+    }
+
+    /// The map `name` (one of `firewall_common::map_names`), for tests and benchmarks that
+    /// inspect or preload kernel state.
+    pub fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, FirewallError> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or(FirewallError::MissingMap(name))
+    }
+
+    /// The map `name`, read-only.
+    pub fn map(&self, name: &'static str) -> Result<&aya::maps::Map, FirewallError> {
+        self.ebpf.map(name).ok_or(FirewallError::MissingMap(name))
+    }
+
+    /// Attaches the firewall to `interface`, pins the link at `pin` and returns it.
+    ///
+    /// `auto` tries native mode and falls back to generic (skb) mode only when the driver cannot
+    /// do native XDP; an interface that already carries an XDP program is an error in any mode.
+    pub fn attach(
+        &mut self,
+        interface: &str,
+        setting: XdpModeSetting,
+        pin: &Path,
+    ) -> Result<Attachment, FirewallError> {
+        self.attach_unexplained(interface, setting, pin)
+            .map_err(explain)
+    }
+
+    fn attach_unexplained(
+        &mut self,
+        interface: &str,
+        setting: XdpModeSetting,
+        pin: &Path,
+    ) -> Result<Attachment, FirewallError> {
+        let program = self.load_program(program_names::FIREWALL)?;
+        let modes: &[XdpMode] = match setting {
+            XdpModeSetting::Auto => &[XdpMode::Driver, XdpMode::Skb],
+            XdpModeSetting::Native => &[XdpMode::Driver],
+            XdpModeSetting::Skb => &[XdpMode::Skb],
+        };
+        let mut last_error = None;
+        for (i, mode) in modes.iter().enumerate() {
+            match program.attach(interface, *mode) {
+                Ok(id) => {
+                    let link = program
+                        .take_link(id)
+                        .map_err(|source| FirewallError::Program {
+                            name: program_names::FIREWALL,
+                            action: "take link",
+                            source: Box::new(source),
+                        })?;
+                    let link = FdLink::try_from(link).map_err(|_| FirewallError::NotPinnable {
+                        interface: interface.to_owned(),
+                    })?;
+                    let link = link.pin(pin).map_err(|source| FirewallError::Pin {
+                        path: pin.to_owned(),
+                        source: Box::new(source),
+                    })?;
+                    info!(interface, mode = mode_name(*mode), "attached");
+                    return Ok(Attachment {
+                        interface: interface.to_owned(),
+                        mode: Some(*mode),
+                        pin: pin.to_owned(),
+                        link: FdLink::from(link),
+                    });
+                }
+                Err(source) => {
+                    let reason = explain_attach_error(interface, &source);
+                    let fallback = i + 1 < modes.len() && !is_busy(&source);
+                    if fallback {
+                        warn!(interface, %reason, "native XDP unavailable, falling back to skb mode");
+                    }
+                    last_error = Some(FirewallError::Attach {
+                        interface: interface.to_owned(),
+                        mode: mode_name(*mode),
+                        reason,
+                        busy: matches!(os_error(&source), Some(libc::EBUSY | libc::EEXIST)),
+                        source: Box::new(source),
+                    });
+                    if !fallback {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(last_error.unwrap_or(FirewallError::MissingMap("none")))
+    }
+
+    /// Takes over the XDP link a previous daemon pinned at `from` on `interface`: the kernel
+    /// swaps this firewall's program into the live link atomically (`bpf_link_update`), so the
+    /// interface is never without a filter. The link ends up pinned at `to`.
+    pub fn adopt(
+        &mut self,
+        interface: &str,
+        from: &Path,
+        to: &Path,
+    ) -> Result<Attachment, FirewallError> {
+        let adopt_err = |action: &'static str, reason: String| FirewallError::Adopt {
+            interface: interface.to_owned(),
+            action,
+            reason,
+        };
+        let pinned = PinnedLink::from_pin(from)
+            .map_err(|err| adopt_err("open pinned link", err.to_string()))?;
+        let link = XdpLink::try_from(FdLink::from(pinned))
+            .map_err(|err| adopt_err("open pinned link", err.to_string()))?;
+        let program = self.load_program(program_names::FIREWALL)?;
+        let id = program
+            .attach_to_link(link)
+            .map_err(|err| adopt_err("replace the program in the link", err.to_string()))?;
+        let link = program
+            .take_link(id)
+            .map_err(|err| adopt_err("take link", err.to_string()))?;
+        let mut link =
+            FdLink::try_from(link).map_err(|err| adopt_err("take link", err.to_string()))?;
+        if from != to {
+            link = FdLink::from(link.pin(to).map_err(|source| FirewallError::Pin {
+                path: to.to_owned(),
+                source: Box::new(source),
+            })?);
+            let _ = std::fs::remove_file(from);
+        }
+        info!(
+            interface,
+            "adopted the pinned XDP link; program replaced in place"
+        );
+        Ok(Attachment {
+            interface: interface.to_owned(),
+            mode: None,
+            pin: to.to_owned(),
+            link,
+        })
+    }
+
+    /// Removes expired bans from the kernel map; returns them.
+    pub fn sweep_bans(
+        &mut self,
+    ) -> Result<
+        Vec<(ipnet::IpNet, firewall_common::rules::BanEntry)>,
+        crate::dataplane::bans::BanError,
+    > {
+        let now = crate::dataplane::bans::monotonic_ns()?;
+        let mut bans = self.bans_mut()?;
+        crate::dataplane::bans::sweep(&mut bans, now)
+    }
+
+    /// The kernel's ban map.
+    pub fn bans_mut(
+        &mut self,
+    ) -> Result<
+        HashMap<&mut MapData, firewall_common::rules::BanKey, firewall_common::rules::BanEntry>,
+        crate::dataplane::bans::BanError,
+    > {
+        let map_err = |source| crate::dataplane::bans::BanError::Map {
+            action: "open",
+            source: Box::new(source),
+        };
+        let map = self
+            .ebpf
+            .map_mut(map_names::BANS)
+            .ok_or(aya::maps::MapError::InvalidName {
+                name: map_names::BANS.to_owned(),
+            })
+            .map_err(map_err)?;
+        HashMap::try_from(map).map_err(map_err)
+    }
+
+    /// Pins every map under `layout` (for a firewall from [`Firewall::load`]).
+    pub fn pin_maps(&self, layout: &PinLayout) -> Result<(), FirewallError> {
+        for dir in [layout.maps_dir(), layout.links_dir()] {
+            std::fs::create_dir_all(&dir).map_err(|source| FirewallError::PinDir {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        for name in map_names::ALL {
+            let map = self.ebpf.map(name).ok_or(FirewallError::MissingMap(name))?;
+            let path = layout.map(name);
+            map.pin(&path).map_err(|source| FirewallError::Pin {
+                path,
+                source: Box::new(source),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Counts packets arriving on `ifindex` in counter slot `slot` (1.. for protected
+    /// interfaces). Interfaces with an ifindex beyond the map count in slot 0.
+    pub fn set_interface_slot(&mut self, ifindex: u32, slot: u32) -> Result<(), FirewallError> {
+        let mut slots: Array<_, u32> = Array::try_from(self.map_mut(map_names::IFACES)?)
+            .map_err(map_err(map_names::IFACES, "open"))?;
+        if ifindex < slots.len() {
+            slots
+                .set(ifindex, slot, 0)
+                .map_err(map_err(map_names::IFACES, "write"))?;
+        }
+        Ok(())
+    }
+
+    /// The drop-event counters (emitted, suppressed, lost), summed over CPUs.
+    pub fn event_counts(&self) -> Result<crate::dataplane::events::EventCounts, FirewallError> {
+        use firewall_common::events::{EVENTS_EMITTED, EVENTS_LOST, EVENTS_SUPPRESSED};
+        let name = map_names::EVENT_STATS;
+        let map = self.ebpf.map(name).ok_or(FirewallError::MissingMap(name))?;
+        let counts: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(map).map_err(map_err(name, "open"))?;
+        let sum = |index: u32| -> Result<u64, FirewallError> {
+            Ok(counts
+                .get(&index, 0)
+                .map_err(map_err(name, "read"))?
+                .iter()
+                .copied()
+                .fold(0u64, u64::wrapping_add))
+        };
+        Ok(crate::dataplane::events::EventCounts {
+            emitted: sum(EVENTS_EMITTED)?,
+            suppressed: sum(EVENTS_SUPPRESSED)?,
+            lost: sum(EVENTS_LOST)?,
+        })
+    }
+
+    /// Takes the program's aya-log ring buffer, for a task that forwards its records to the
+    /// `log` facade (and so to tracing). The program only logs when the policy enables it.
+    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        aya_log::EbpfLogger::init(&mut self.ebpf).ok()
+    }
+
+    /// Takes the drop-event ring buffer out of the firewall, for a reader task.
+    pub fn take_events(&mut self) -> Option<aya::maps::RingBuf<MapData>> {
+        self.ebpf
+            .take_map(map_names::EVENTS)
+            .and_then(|map| aya::maps::RingBuf::try_from(map).ok())
+    }
+
+    /// The counters, summed over CPUs.
+    pub fn stats(&self) -> Result<Snapshot, FirewallError> {
+        let open = |name: &'static str| -> Result<PerCpuArray<&MapData, Counter>, FirewallError> {
+            let map = self.ebpf.map(name).ok_or(FirewallError::MissingMap(name))?;
+            PerCpuArray::try_from(map).map_err(map_err(name, "open"))
+        };
+        Ok(stats::snapshot(&open(STATS)?, &open(RULE_STATS)?)?)
+    }
+}
+
+/// The map data behind any kind of map this program has.
+fn map_data(map: &mut aya::maps::Map) -> Option<&mut MapData> {
+    use aya::maps::Map;
+    match map {
+        Map::Array(data)
+        | Map::HashMap(data)
+        | Map::LruHashMap(data)
+        | Map::PerCpuArray(data)
+        | Map::PerCpuHashMap(data) => Some(data),
+        _ => None,
+    }
+}
+
+fn mode_name(mode: XdpMode) -> &'static str {
+    match mode {
+        XdpMode::Default => "default",
+        XdpMode::Skb => "skb",
+        XdpMode::Driver => "native",
+        XdpMode::Hardware => "offload",
+    }
+}
+
+fn os_error(err: &ProgramError) -> Option<i32> {
+    match err {
+        ProgramError::SyscallError(syscall) => syscall.io_error.raw_os_error(),
+        _ => None,
+    }
+}
+
+fn is_busy(err: &ProgramError) -> bool {
+    matches!(os_error(err), Some(libc::EBUSY | libc::EEXIST))
+        || matches!(err, ProgramError::UnknownInterface { .. })
+}
+
+fn explain_attach_error(interface: &str, err: &ProgramError) -> String {
+    match (err, os_error(err)) {
+        (ProgramError::UnknownInterface { .. }, _) => {
+            format!("no interface `{interface}` in this network namespace")
+        }
+        (_, Some(libc::EBUSY | libc::EEXIST)) => format!(
+            "`{interface}` already has an XDP program attached (another apifw daemon, or another \
+             XDP program: see `ip link show {interface}`)"
+        ),
+        (_, Some(libc::EPERM | libc::EACCES)) => {
+            "permission denied (needs CAP_NET_ADMIN and CAP_BPF)".into()
+        }
+        (_, Some(libc::EOPNOTSUPP)) => "the driver does not support this XDP mode".into(),
+        _ => err.to_string(),
+    }
+}
+
+/// `err` unchanged, unless it is the kernel refusing permission while this process lacks some
+/// of the required capabilities: then an error naming them, with `err` as its source.
+fn explain(err: FirewallError) -> FirewallError {
+    if matches!(err, FirewallError::MissingCapabilities { .. }) {
+        return err;
+    }
+    match privileges::missing_for(&err) {
+        Some(missing) => FirewallError::MissingCapabilities {
+            missing,
+            source: Box::new(err),
+        },
+        None => err,
+    }
+}

@@ -1,0 +1,137 @@
+//! What a daemon finds pinned from its predecessor, and whether it can take it over.
+//!
+//! A daemon that died (`kill -9`, a crash, an upgrade) leaves its maps and XDP links pinned, so
+//! enforcement continues. The next daemon adopts them when their layout is the one it would
+//! create itself (same layout version, map types, key and value sizes and capacities);
+//! otherwise it replaces the maps (bans, rate-limit state and counters start over) while still
+//! swapping its program into the live links without a gap.
+
+use std::path::PathBuf;
+
+use aya::maps::MapData;
+use firewall_common::map_names;
+
+use crate::{dataplane::firewall, paths::PinLayout, policy::Policy};
+
+/// Why pinned maps cannot be adopted.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Incompatible {
+    /// Some maps are pinned, others are missing.
+    #[error("map {name} is missing from {}", dir.display())]
+    Missing {
+        /// The missing map.
+        name: &'static str,
+        /// The maps directory.
+        dir: PathBuf,
+    },
+    /// A pinned map has another shape than this build would create.
+    #[error(
+        "pinned map {name} has {found}, this build needs {expected} (a different apifw version or \
+         changed `[limits]`)"
+    )]
+    Shape {
+        /// The map.
+        name: &'static str,
+        /// What is pinned.
+        found: String,
+        /// What this build creates.
+        expected: String,
+    },
+    /// The pinned map cannot be read.
+    #[error("pinned map {name} cannot be opened: {reason}")]
+    Unreadable {
+        /// The map.
+        name: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The object of this build cannot be parsed (a build problem).
+    #[error("the embedded eBPF object cannot be parsed: {0}")]
+    Object(String),
+}
+
+/// What is pinned under a layout.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pinned {
+    /// Nothing: a fresh start.
+    Nothing,
+    /// Maps this build can adopt.
+    Adoptable,
+    /// Maps this build must replace, and why.
+    Incompatible(Incompatible),
+}
+
+fn shape(map_type: u32, key: u32, value: u32, max_entries: u32) -> String {
+    format!("type {map_type}, key {key} B, value {value} B, {max_entries} entries")
+}
+
+/// Inspects the maps pinned under `layout` against what `policy` would create.
+pub fn inspect(policy: &Policy, layout: &PinLayout) -> Pinned {
+    let present: Vec<&'static str> = map_names::ALL
+        .iter()
+        .copied()
+        .filter(|name| layout.map(name).exists())
+        .collect();
+    if present.is_empty() {
+        return Pinned::Nothing;
+    }
+    match check(policy, layout) {
+        Ok(()) => Pinned::Adoptable,
+        Err(reason) => Pinned::Incompatible(reason),
+    }
+}
+
+fn check(policy: &Policy, layout: &PinLayout) -> Result<(), Incompatible> {
+    let object = aya_obj::Object::parse(firewall::EBPF_OBJECT)
+        .map_err(|err| Incompatible::Object(err.to_string()))?;
+    for name in map_names::ALL {
+        let path = layout.map(name);
+        if !path.exists() {
+            return Err(Incompatible::Missing {
+                name,
+                dir: layout.maps_dir(),
+            });
+        }
+        let definition = object
+            .maps
+            .get(name)
+            .ok_or_else(|| Incompatible::Object(format!("no map {name}")))?;
+        let expected = shape(
+            definition.map_type(),
+            definition.key_size(),
+            definition.value_size(),
+            firewall::max_entries(policy, name).unwrap_or(definition.max_entries()),
+        );
+        let unreadable = |err: aya::maps::MapError| Incompatible::Unreadable {
+            name,
+            reason: err.to_string(),
+        };
+        let info = MapData::from_pin(&path)
+            .and_then(|map| map.info())
+            .map_err(unreadable)?;
+        let map_type = info.map_type().map_err(unreadable)? as u32;
+        let found = shape(
+            map_type,
+            info.key_size(),
+            info.value_size(),
+            info.max_entries(),
+        );
+        if found != expected {
+            return Err(Incompatible::Shape {
+                name,
+                found,
+                expected,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Removes the pinned maps under `layout` (not the links: they keep the old program, and its
+/// maps, running until the new program replaces it).
+pub fn remove_maps(layout: &PinLayout) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(layout.maps_dir()) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,29 @@
+//! What the engine publishes for the daemon's `/metrics` endpoint, which reads it at scrape time
+//! without taking the engine's lock.
+
+use std::collections::HashMap;
+
+/// Daemon-side values the endpoint exports.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// Interface name of each counter slot.
+    pub interfaces: HashMap<u32, String>,
+    /// Rule name of each rule slot.
+    pub rules: HashMap<u32, String>,
+    /// Entries per list (`block`, `allow`).
+    pub lists: Vec<(&'static str, u64)>,
+    /// (map, entries, capacity) of maps whose fill the engine knows.
+    pub fill: Vec<(&'static str, u64, u64)>,
+    /// Capacity of maps counted at scrape time.
+    pub capacity: HashMap<&'static str, u64>,
+    /// Policy version.
+    pub policy_version: u64,
+    /// Successful reloads.
+    pub reloads: u64,
+    /// Failed reloads.
+    pub reload_failures: u64,
+    /// Control requests by (verb, result).
+    pub requests: HashMap<(String, &'static str), u64>,
+    /// Per jail: name, counters, bans in force.
+    pub jails: Vec<(String, crate::jails::JailCounters, u64)>,
+}
