@@ -27,4 +27,8 @@ pub mod policy;
 pub mod store;
 
 pub use dataplane::firewall::{EBPF_OBJECT, Firewall, FirewallError};
+
+/// Whether this build has the test hooks (`test-hooks` feature) that the kernel tests use; the
+/// shipped binary must not, and says so in `apifw --version` when it does.
+pub const TEST_HOOKS: bool = cfg!(feature = "test-hooks");
 pub use policy::{Loaded, Policy};

@@ -174,6 +174,11 @@ pub fn verify(deb: &Path) -> Result<()> {
         version.contains(VERSION),
         "the packaged binary says {version:?}, not version {VERSION}"
     );
+    ensure!(
+        !version.contains("test hooks"),
+        "the packaged binary was built with the `test-hooks` feature ({version:?}): cargo unified \
+         the tests crate's features into it; build `-p firewall-userspace` on its own"
+    );
     fs::remove_dir_all(&unpacked)?;
     install_cycle(deb)?;
     println!(

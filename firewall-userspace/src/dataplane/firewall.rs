@@ -319,7 +319,7 @@ impl Firewall {
 
     fn read_active(&mut self) -> Result<u32, FirewallError> {
         let array: Array<_, u32> =
-            Array::try_from(self.map_mut(ACTIVE)?).map_err(map_err(ACTIVE, "open"))?;
+            Array::try_from(self.kernel_map_mut(ACTIVE)?).map_err(map_err(ACTIVE, "open"))?;
         Ok(array.get(&0, 0).map_err(map_err(ACTIVE, "read"))? % generation::COUNT)
     }
 
@@ -333,7 +333,7 @@ impl Firewall {
         let held = self.held[index].take();
         self.write_generation(next, held.as_ref(), &compiled)?;
         let mut active: Array<_, u32> =
-            Array::try_from(self.map_mut(ACTIVE)?).map_err(map_err(ACTIVE, "open"))?;
+            Array::try_from(self.kernel_map_mut(ACTIVE)?).map_err(map_err(ACTIVE, "open"))?;
         active.set(0, next, 0).map_err(map_err(ACTIVE, "write"))?;
         self.active = next;
         self.held[index] = Some(compiled);
@@ -360,13 +360,13 @@ impl Firewall {
         config.generation = generation;
         config.test_clock_ns = self.test_clock_ns;
         let mut configs: Array<_, KernelConfig> =
-            Array::try_from(self.map_mut(CONFIG)?).map_err(map_err(CONFIG, "open"))?;
+            Array::try_from(self.kernel_map_mut(CONFIG)?).map_err(map_err(CONFIG, "open"))?;
         configs
             .set(generation, config, 0)
             .map_err(map_err(CONFIG, "write"))?;
 
         let mut rules: Array<_, RuleConfig> =
-            Array::try_from(self.map_mut(RULES)?).map_err(map_err(RULES, "open"))?;
+            Array::try_from(self.kernel_map_mut(RULES)?).map_err(map_err(RULES, "open"))?;
         for slot in 0..MAX_RULES {
             let value = new.rules.get(&slot).copied().unwrap_or_default();
             let before = old.map(|old| old.rules.get(&slot).copied().unwrap_or_default());
@@ -388,8 +388,8 @@ impl Firewall {
                 })
                 .collect(),
         };
-        let mut summary: Array<_, V4Summary> =
-            Array::try_from(self.map_mut(V4_SUMMARY)?).map_err(map_err(V4_SUMMARY, "open"))?;
+        let mut summary: Array<_, V4Summary> = Array::try_from(self.kernel_map_mut(V4_SUMMARY)?)
+            .map_err(map_err(V4_SUMMARY, "open"))?;
         for (top, value) in summary_changes {
             summary
                 .set(v4_summary_index(generation, top), value, 0)
@@ -474,7 +474,7 @@ impl Firewall {
         V: aya::Pod + PartialEq,
         S: std::hash::BuildHasher,
     {
-        let map = self.map_mut(name)?;
+        let map = self.kernel_map_mut(name)?;
         let (upserts, deletes) = match old {
             Some(old) => {
                 let diff = diff_hash(old, new);
@@ -510,12 +510,14 @@ impl Firewall {
     }
 
     /// Test hook: makes the program read `now_ns` as its clock (0: the real clock again), so
-    /// that verdict tests can replay the reference model's virtual time.
+    /// that verdict tests can replay the reference model's virtual time. Only with the
+    /// `test-hooks` feature, which the shipped binary is built without.
+    #[cfg(feature = "test-hooks")]
     pub fn set_test_clock(&mut self, now_ns: u64) -> Result<(), FirewallError> {
         self.test_clock_ns = now_ns;
         let active = self.active;
         let mut configs: Array<_, KernelConfig> =
-            Array::try_from(self.map_mut(CONFIG)?).map_err(map_err(CONFIG, "open"))?;
+            Array::try_from(self.kernel_map_mut(CONFIG)?).map_err(map_err(CONFIG, "open"))?;
         let mut config = configs.get(&active, 0).map_err(map_err(CONFIG, "read"))?;
         config.test_clock_ns = now_ns;
         configs
@@ -550,9 +552,15 @@ impl Firewall {
             .map_err(missing)
     }
 
-    /// The map `name` (one of `firewall_common::map_names`), for tests and benchmarks that
-    /// inspect or preload kernel state.
+    /// Test hook: the map `name` (one of `firewall_common::map_names`), writable, for tests and
+    /// benchmarks that preload or inspect kernel state. Only with the `test-hooks` feature.
+    #[cfg(feature = "test-hooks")]
     pub fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, FirewallError> {
+        self.kernel_map_mut(name)
+    }
+
+    /// The map `name`, writable: for the firewall's own writes.
+    fn kernel_map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, FirewallError> {
         self.ebpf
             .map_mut(name)
             .ok_or(FirewallError::MissingMap(name))
@@ -738,7 +746,7 @@ impl Firewall {
     /// Counts packets arriving on `ifindex` in counter slot `slot` (1.. for protected
     /// interfaces). Interfaces with an ifindex beyond the map count in slot 0.
     pub fn set_interface_slot(&mut self, ifindex: u32, slot: u32) -> Result<(), FirewallError> {
-        let mut slots: Array<_, u32> = Array::try_from(self.map_mut(map_names::IFACES)?)
+        let mut slots: Array<_, u32> = Array::try_from(self.kernel_map_mut(map_names::IFACES)?)
             .map_err(map_err(map_names::IFACES, "open"))?;
         if ifindex < slots.len() {
             slots

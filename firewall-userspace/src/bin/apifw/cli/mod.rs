@@ -21,6 +21,16 @@ use std::path::PathBuf;
 
 use clap::{CommandFactory as _, Parser, Subcommand};
 
+/// `apifw --version`: a build with the test hooks says so, and `cargo xtask package` refuses it.
+const VERSION: &str = if firewall_userspace::TEST_HOOKS {
+    concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (built with test hooks: not for production)"
+    )
+} else {
+    env!("CARGO_PKG_VERSION")
+};
+
 /// The binary's name, as completions and man pages call it.
 pub const BIN_NAME: &str = "apifw";
 
@@ -34,7 +44,7 @@ pub fn command() -> clap::Command {
 #[derive(Debug, Parser)]
 #[command(
     name = "apifw",
-    version,
+    version = VERSION,
     about = "An XDP firewall for API hosts: the daemon (`apifw run`) and its command line"
 )]
 pub struct Cli {
