@@ -1,8 +1,5 @@
 //! `apifw run`: load or adopt, fill, pin, attach, serve the control API, and keep bans and
 //! runtime entries current until SIGINT/SIGTERM. SIGHUP reloads.
-//!
-//! Slightly over 600 lines: start-up (lock, adoption, attach, readiness), the run loop and
-//! interface following; the interface follower moves out with the engine split (issue #14).
 
 pub mod metrics;
 pub mod request;
@@ -26,7 +23,7 @@ use crate::{
     daemon::metrics::Exporter,
     daemon::server::Access,
     dataplane::events,
-    dataplane::firewall::{Attachment, Firewall, FirewallError},
+    dataplane::firewall::{Firewall, FirewallError},
     dataplane::interfaces::{self, Change, InterfaceWatch},
     dataplane::pins::{self, Pinned},
     engine::{ApiError, Engine, EngineParts, Overrides, read_feeds},
@@ -133,98 +130,6 @@ pub struct RunOptions {
     pub replace: bool,
 }
 
-/// Pin directories of other layout versions under the pin root (`v<N>` with another N).
-fn other_layouts(layout: &PinLayout) -> Vec<PathBuf> {
-    let current = layout.versioned();
-    std::fs::read_dir(layout.root())
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .map(|entry| entry.path())
-                .filter(|path| {
-                    path != &current
-                        && path
-                            .file_name()
-                            .and_then(|name| name.to_str())
-                            .is_some_and(|name| {
-                                name.strip_prefix('v')
-                                    .is_some_and(|n| n.parse::<u32>().is_ok())
-                            })
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Removes an XDP program attached through netlink (not a bpf_link) from `interface`, for
-/// `--replace`.
-fn remove_foreign_program(interface: &str) -> bool {
-    // iproute2 speaks the netlink XDP attribute with every mode flag; the mode of the foreign
-    // program is unknown, so each is tried. A bpf_link owned by another process cannot be
-    // removed this way, and the retried attach then reports it.
-    let mut removed = false;
-    for mode in ["xdp", "xdpgeneric", "xdpdrv"] {
-        removed |= std::process::Command::new("ip")
-            .args(["link", "set", "dev", interface, mode, "off"])
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success());
-    }
-    removed
-}
-
-/// Attaches to (or adopts the link of) every configured interface, into `attachments` (which
-/// holds what was attached when an interface fails).
-fn attach_all(
-    firewall: &mut Firewall,
-    policy: &Policy,
-    layout: &PinLayout,
-    replace: bool,
-    attachments: &mut Vec<Attachment>,
-) -> Result<(), FirewallError> {
-    let old_layouts = other_layouts(layout);
-    for interface in &policy.interfaces {
-        let pin = layout.link(interface);
-        let old_pin = old_layouts
-            .iter()
-            .map(|dir| dir.join("links").join(interface))
-            .find(|path| path.exists());
-        let adopted = if pin.exists() {
-            Some(firewall.adopt(interface, &pin, &pin))
-        } else {
-            old_pin.map(|old| firewall.adopt(interface, &old, &pin))
-        };
-        match adopted {
-            Some(Ok(attachment)) => {
-                attachments.push(attachment);
-                continue;
-            }
-            Some(Err(err)) => {
-                // The pinned link is unusable (its interface went away and came back, say):
-                // drop it and attach anew.
-                warn!(interface, err = %crate::errors::chain(&err), "cannot adopt the pinned link; attaching anew");
-                let _ = std::fs::remove_file(&pin);
-            }
-            None => {}
-        }
-        let mut result = firewall.attach(interface, policy.xdp_mode, &pin);
-        if let Err(FirewallError::Attach { busy: true, .. }) = &result {
-            if replace {
-                warn!(
-                    interface,
-                    "--replace: removing the XDP program already attached"
-                );
-                remove_foreign_program(interface);
-                result = firewall.attach(interface, policy.xdp_mode, &pin);
-            } else if let Err(FirewallError::Attach { reason, .. }) = &mut result {
-                reason.push_str("; pass --replace to replace it");
-            }
-        }
-        attachments.push(result?);
-    }
-    Ok(())
-}
-
 /// Detaches pinned links of interfaces the policy no longer lists, and removes the pins of
 /// other layout versions once their links were adopted.
 fn tidy_pins(policy: &Policy, layout: &PinLayout) {
@@ -240,7 +145,7 @@ fn tidy_pins(policy: &Policy, layout: &PinLayout) {
             }
         }
     }
-    for dir in other_layouts(layout) {
+    for dir in pins::other_layouts(layout) {
         warn!(
             path = %dir.display(),
             current = LAYOUT_VERSION,
@@ -374,40 +279,14 @@ pub async fn run(mut policy: Policy, options: RunOptions) -> Result<(), DaemonEr
         policy_top: policy.events.top as usize,
     })
     .map_err(DaemonError::Install)?;
-    let mut attachments = Vec::new();
-    if let Err(err) = attach_all(
-        &mut engine.firewall,
-        &policy,
-        &layout,
-        options.replace,
-        &mut attachments,
-    ) {
-        teardown(attachments, &layout);
+    if let Err(err) = engine.attach_all(&layout, options.replace) {
+        engine.detach_all(&layout);
         return Err(err.into());
     }
-    engine.attachments = attachments;
     tidy_pins(&policy, &layout);
-    // Counter slots: one per protected interface, so that metrics carry the interface.
-    let mut slots = std::collections::HashMap::new();
-    let mut ifnames = std::collections::HashMap::new();
-    for (index, attachment) in engine.attachments.iter().enumerate() {
-        let slot = (index as u32 + 1).min(firewall_common::stats::INTERFACE_SLOTS - 1);
-        match nix::net::if_::if_nametoindex(attachment.interface.as_str()) {
-            Ok(ifindex) => {
-                if let Err(err) = engine.firewall.set_interface_slot(ifindex, slot) {
-                    warn!(interface = attachment.interface, err = %crate::errors::chain(&err), "cannot set the counter slot");
-                }
-                slots.insert(slot, attachment.interface.clone());
-                ifnames.insert(ifindex, attachment.interface.clone());
-            }
-            Err(err) => warn!(interface = attachment.interface, %err, "no ifindex"),
-        }
-    }
+    let slots = engine.assign_counter_slots();
     let mut exporter = Exporter::new(layout.clone());
-    exporter.shared = engine.shared.clone();
-    if let Ok(mut shared) = engine.shared.lock() {
-        shared.interfaces = slots;
-    }
+    exporter.shared = engine.shared();
     let metrics_server = match policy.metrics.address() {
         Ok(Some(address)) => match metrics::bind(address).await {
             Ok(listener) => {
@@ -424,15 +303,14 @@ pub async fn run(mut policy: Policy, options: RunOptions) -> Result<(), DaemonEr
         _ => None,
     };
     let log_forwarder = engine
-        .firewall
         .take_logger()
         .map(|logger| tokio::spawn(events::forward_logs(logger)));
-    let events_reader = engine.firewall.take_events().map(|ring| {
+    let events_reader = engine.take_events().map(|ring| {
         tokio::spawn(events::read(
             ring,
-            engine.top.clone(),
+            engine.top_tracker(),
             policy.events.log,
-            ifnames,
+            slots.by_ifindex.clone(),
         ))
     });
     let listener = bind_socket(
@@ -449,21 +327,15 @@ pub async fn run(mut policy: Policy, options: RunOptions) -> Result<(), DaemonEr
     // Which device each protected name is attached to, to notice removals and renames.
     let mut watch = InterfaceWatch::new(
         engine
-            .attachments
+            .attachments()
             .iter()
             .map(|a| (a.interface.clone(), interfaces::index_of(&a.interface))),
     );
-    let slot_of: std::collections::HashMap<String, u32> = engine
-        .shared
-        .lock()
-        .map(|shared| {
-            shared
-                .interfaces
-                .iter()
-                .map(|(slot, name)| (name.clone(), *slot))
-                .collect()
-        })
-        .unwrap_or_default();
+    let slot_of: std::collections::HashMap<String, u32> = slots
+        .by_slot
+        .iter()
+        .map(|(slot, name)| (name.clone(), *slot))
+        .collect();
     let mut attach_failures = std::collections::HashSet::new();
     let engine = Arc::new(Mutex::new(engine));
     let server = tokio::spawn(server::serve(listener, engine.clone(), Access { group }));
@@ -508,9 +380,7 @@ pub async fn run(mut policy: Policy, options: RunOptions) -> Result<(), DaemonEr
         task.abort();
     }
     let _ = std::fs::remove_file(socket_path(&policy.daemon.run_dir));
-    let mut engine = engine.lock().await;
-    let attachments = std::mem::take(&mut engine.attachments);
-    teardown(attachments, &layout);
+    engine.lock().await.detach_all(&layout);
     info!("detached and unpinned");
     Ok(())
 }
@@ -550,7 +420,7 @@ fn follow_interfaces(
                     "protected interface removed: nothing to filter there until a device with \
                      this name appears again, then apifw attaches to it"
                 );
-                drop_attachment(engine, &interface);
+                engine.detach(&interface);
                 watch.record(&interface, None);
             }
             Change::Renamed {
@@ -565,7 +435,7 @@ fn follow_interfaces(
                     "protected interface renamed: the policy protects interfaces by name, so \
                      apifw detaches from it and attaches to whichever device takes the name"
                 );
-                drop_attachment(engine, &interface);
+                engine.detach(&interface);
                 watch.record(&interface, None);
             }
             Change::Appeared { interface, ifindex } => {
@@ -573,12 +443,8 @@ fn follow_interfaces(
                     continue;
                 }
                 let pin = context.layout.link(&interface);
-                // A link pinned for the old device is stale now.
-                let _ = std::fs::remove_file(&pin);
-                match engine
-                    .firewall
-                    .attach(&interface, context.policy.xdp_mode, &pin)
-                {
+                let slot = context.slot_of.get(&interface).copied();
+                match engine.reattach(&interface, ifindex, context.policy.xdp_mode, &pin, slot) {
                     Ok(attachment) => {
                         info!(
                             interface,
@@ -586,12 +452,6 @@ fn follow_interfaces(
                             mode = attachment.mode_name(),
                             "protected interface is back: attached"
                         );
-                        if let Some(slot) = context.slot_of.get(&interface)
-                            && let Err(err) = engine.firewall.set_interface_slot(ifindex, *slot)
-                        {
-                            warn!(interface, err = %crate::errors::chain(&err), "cannot set the counter slot");
-                        }
-                        engine.attachments.push(attachment);
                         watch.record(&interface, Some(ifindex));
                         attach_failures.remove(&(interface, ifindex));
                     }
@@ -609,40 +469,6 @@ fn follow_interfaces(
             }
         }
     }
-}
-
-/// Unpins and drops the attachment of `interface`, if there is one.
-fn drop_attachment(engine: &mut Engine, interface: &str) {
-    if let Some(at) = engine
-        .attachments
-        .iter()
-        .position(|attachment| attachment.interface == interface)
-    {
-        let attachment = engine.attachments.swap_remove(at);
-        if let Err(err) = attachment.detach()
-            && err.kind() != std::io::ErrorKind::NotFound
-        {
-            error!(interface, %err, "cannot unpin the link of a vanished interface");
-        }
-    }
-}
-
-/// Detaches every attachment and removes the pins.
-fn teardown(attachments: Vec<Attachment>, layout: &PinLayout) {
-    for attachment in attachments {
-        let interface = attachment.interface.clone();
-        if let Err(err) = attachment.detach() {
-            error!(interface, %err, "cannot unpin XDP link");
-        }
-    }
-    let versioned = layout.versioned();
-    if let Err(err) = std::fs::remove_dir_all(&versioned)
-        && err.kind() != std::io::ErrorKind::NotFound
-    {
-        error!(path = %versioned.display(), %err, "cannot remove pins");
-    }
-    // The root is ours too when nothing else lives there.
-    let _ = std::fs::remove_dir(layout.root());
 }
 
 #[cfg(test)]

@@ -103,6 +103,23 @@ pub fn name_of(ifindex: u32) -> Option<String> {
     Some(String::from_utf8_lossy(&buf[..len]).into_owned())
 }
 
+/// Removes an XDP program attached through netlink (not a bpf_link) from `interface`, for
+/// `--replace`.
+pub fn remove_foreign_program(interface: &str) -> bool {
+    // iproute2 speaks the netlink XDP attribute with every mode flag; the mode of the foreign
+    // program is unknown, so each is tried. A bpf_link owned by another process cannot be
+    // removed this way, and the retried attach then reports it.
+    let mut removed = false;
+    for mode in ["xdp", "xdpgeneric", "xdpdrv"] {
+        removed |= std::process::Command::new("ip")
+            .args(["link", "set", "dev", interface, mode, "off"])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+    }
+    removed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

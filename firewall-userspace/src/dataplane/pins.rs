@@ -135,3 +135,26 @@ pub fn remove_maps(layout: &PinLayout) -> std::io::Result<()> {
         _ => Ok(()),
     }
 }
+
+/// Pin directories of other layout versions under the pin root (`v<N>` with another N).
+pub fn other_layouts(layout: &PinLayout) -> Vec<PathBuf> {
+    let current = layout.versioned();
+    std::fs::read_dir(layout.root())
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|entry| entry.path())
+                .filter(|path| {
+                    path != &current
+                        && path
+                            .file_name()
+                            .and_then(|name| name.to_str())
+                            .is_some_and(|name| {
+                                name.strip_prefix('v')
+                                    .is_some_and(|n| n.parse::<u32>().is_ok())
+                            })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}

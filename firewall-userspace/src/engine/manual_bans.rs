@@ -1,0 +1,159 @@
+//! Manual bans (`apifw ban`): written to the kernel's ban map and the state file together, and
+//! listed from the map.
+
+use super::*;
+
+impl Engine {
+    /// Writes manual bans into the kernel's ban map.
+    pub(super) fn write_bans(&mut self, records: &[BanRecord]) -> Result<(), ApiError> {
+        let now_unix = unix_now();
+        let now_ns = bans::monotonic_ns().map_err(|err| ApiError::internal(chain(&err)))?;
+        let mut map = self
+            .firewall
+            .bans_mut()
+            .map_err(|err| ApiError::internal(chain(&err)))?;
+        for record in records {
+            let ttl_ns = record.expires_at.saturating_sub(now_unix) * 1_000_000_000;
+            if ttl_ns == 0 {
+                continue;
+            }
+            let kind = if is_host(&record.cidr) {
+                BAN_HOST
+            } else {
+                BAN_SUBNET
+            };
+            let entry = BanEntry::new(now_ns, ttl_ns, MANUAL_BAN_RULE, kind);
+            map.insert(ban_key(&record.cidr), entry, 0)
+                .map_err(|err| ApiError {
+                    status: 507,
+                    message: format!(
+                        "cannot write the ban of {} into the kernel ({err}); the ban map may be \
+                     full: raise `limits.max_bans`",
+                        record.cidr
+                    ),
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Bans hosts or subnets for `ttl_secs`.
+    pub fn ban_add(
+        &mut self,
+        nets: Vec<IpNet>,
+        ttl_secs: u64,
+        comment: Option<String>,
+        actor: &str,
+    ) -> Result<Changed, ApiError> {
+        if ttl_secs == 0 {
+            return Err(ApiError::bad_request(
+                "a ban needs a TTL of at least 1 second",
+            ));
+        }
+        let now = unix_now();
+        let mut next = self.runtime.clone();
+        let mut changed = Changed::default();
+        let mut records = Vec::new();
+        for net in &nets {
+            let record = BanRecord {
+                cidr: *net,
+                expires_at: now.saturating_add(ttl_secs),
+                comment: comment.clone(),
+                added_at: now,
+                added_by: actor.to_owned(),
+            };
+            if next.upsert_ban(record.clone()) {
+                changed.added += 1;
+            } else {
+                changed.updated += 1;
+            }
+            records.push(record);
+        }
+        self.change_runtime(next)?;
+        self.write_bans(&records)?;
+        for net in &nets {
+            self.known_bans.insert(ban_key(net));
+        }
+        changed.policy_version = self.policy_version;
+        self.record(
+            actor,
+            "ban.add",
+            json!({"cidrs": nets.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                   "ttl_secs": ttl_secs, "comment": comment}),
+        );
+        Ok(changed)
+    }
+
+    /// Lifts bans (manual or automatic).
+    pub fn ban_del(&mut self, nets: Vec<IpNet>, actor: &str) -> Result<Changed, ApiError> {
+        let mut next = self.runtime.clone();
+        let mut changed = Changed::default();
+        let mut in_state = false;
+        for net in &nets {
+            in_state |= next.remove_ban(net).is_some();
+        }
+        if in_state {
+            self.change_runtime(next)?;
+        }
+        for net in nets.iter().filter(|net| is_host(net)) {
+            self.jails.lifted(net.addr());
+        }
+        let mut map = self
+            .firewall
+            .bans_mut()
+            .map_err(|err| ApiError::internal(chain(&err)))?;
+        for net in &nets {
+            let key = ban_key(net);
+            if map.remove(&key).is_ok() {
+                changed.removed += 1;
+                self.known_bans.remove(&key);
+            } else {
+                changed.not_found.push(net.to_string());
+            }
+        }
+        changed.policy_version = self.policy_version;
+        if changed.removed > 0 {
+            self.record(
+                actor,
+                "ban.del",
+                json!({"cidrs": nets.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                       "removed": changed.removed}),
+            );
+        }
+        Ok(changed)
+    }
+
+    /// The active bans, with the comments of manual ones.
+    pub fn bans(&mut self) -> Result<Vec<bans::BanRow>, ApiError> {
+        let now = bans::monotonic_ns().map_err(|err| ApiError::internal(chain(&err)))?;
+        let map = self
+            .firewall
+            .bans_mut()
+            .map_err(|err| ApiError::internal(chain(&err)))?;
+        let mut rows = bans::active(&map, now).map_err(|err| ApiError::internal(chain(&err)))?;
+        for row in &mut rows {
+            if row.rule == MANUAL_BAN_RULE
+                && let Some(record) = self.runtime.get_ban(&row.prefix)
+            {
+                row.reason = match &record.comment {
+                    // A jail's comment says everything ("jail web: 5 matches within 600s").
+                    Some(comment) if record.added_by.starts_with("jail ") => comment.clone(),
+                    Some(comment) => format!("manual ban by {}: {comment}", record.added_by),
+                    None => format!("manual ban by {}", record.added_by),
+                };
+            }
+        }
+        Ok(rows)
+    }
+
+    pub(super) fn kernel_ban_keys(&mut self) -> Result<HashSet<BanKey>, ApiError> {
+        let map = self
+            .firewall
+            .bans_mut()
+            .map_err(|err| ApiError::internal(chain(&err)))?;
+        let mut keys = HashSet::new();
+        for key in map.keys() {
+            keys.insert(key.map_err(|err| ApiError::internal(err.to_string()))?);
+        }
+        Ok(keys)
+    }
+}

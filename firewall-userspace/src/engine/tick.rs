@@ -1,0 +1,107 @@
+//! The daemon's one-second tick: expired runtime entries and bans are removed, new automatic
+//! bans are audited, jails read their logs.
+
+use super::*;
+
+impl Engine {
+    /// Once a second: sweeps expired kernel bans, notices automatic bans, expires runtime
+    /// entries. Everything it does is audited.
+    pub fn tick(&mut self) {
+        self.run_jails();
+        match self.firewall.sweep_bans() {
+            Ok(expired) => {
+                for (prefix, ban) in expired {
+                    info!(%prefix, rule = ban.rule, "ban expired");
+                    self.known_bans.remove(&ban_key(&prefix));
+                    self.record("daemon", "ban.expire", json!({"cidr": prefix.to_string()}));
+                }
+            }
+            Err(err) => error!(err = %chain(&err), "cannot sweep expired bans"),
+        }
+        if let Ok(now) = bans::monotonic_ns()
+            && let Ok(map) = self.firewall.bans_mut()
+            && let Ok(rows) = bans::active(&map, now)
+        {
+            let new: Vec<bans::BanRow> = rows
+                .into_iter()
+                .filter(|row| !self.known_bans.contains(&ban_key(&row.prefix)))
+                .collect();
+            for row in new {
+                self.known_bans.insert(ban_key(&row.prefix));
+                if row.rule != MANUAL_BAN_RULE {
+                    let rule = self
+                        .slots
+                        .iter()
+                        .find(|(_, slot)| **slot == row.rule)
+                        .map(|(name, _)| name.clone());
+                    self.record(
+                        "daemon",
+                        "ban.auto",
+                        json!({"cidr": row.prefix.to_string(), "kind": row.kind,
+                               "rule": rule, "ttl_secs": row.remaining_secs.round()}),
+                    );
+                }
+            }
+        }
+        // Nothing to do before the earliest expiry (kept current by every change), so an idle
+        // daemon does not scan a million imported entries every second.
+        let now = unix_now();
+        if self.next_expiry.is_none_or(|at| at > now) {
+            return;
+        }
+        let mut next = self.runtime.clone();
+        let expired = next.expire(now);
+        if expired.is_empty() {
+            self.next_expiry = self.runtime.next_expiry();
+            return;
+        }
+        let lists_changed =
+            !expired.block.is_empty() || !expired.allow.is_empty() || !expired.imports.is_empty();
+        let result = if lists_changed {
+            self.change_runtime(next)
+        } else {
+            next.save(&self.state_path)
+                .map(|()| {
+                    self.runtime = next;
+                    self.next_expiry = self.runtime.next_expiry();
+                })
+                .map_err(|err| ApiError::internal(chain(&err)))
+        };
+        match result {
+            Ok(()) => {
+                for kind in [ListKind::Block, ListKind::Allow] {
+                    let cidrs: Vec<String> = expired
+                        .list(kind)
+                        .iter()
+                        .map(|entry| entry.cidr.to_string())
+                        .collect();
+                    if !cidrs.is_empty() {
+                        info!(
+                            list = kind.as_str(),
+                            count = cidrs.len(),
+                            "runtime entries expired"
+                        );
+                        self.record(
+                            "daemon",
+                            &format!("{}.expire", kind.as_str()),
+                            json!({"cidrs": cidrs}),
+                        );
+                    }
+                }
+            }
+            Err(err) => error!(error = %err.message, "cannot expire runtime entries"),
+        }
+        for import in &expired.imports {
+            info!(
+                origin = import.origin,
+                count = import.cidrs.len(),
+                "import expired"
+            );
+            self.record(
+                "daemon",
+                &format!("{}.expire", import.list.as_str()),
+                json!({"import": import.origin, "count": import.cidrs.len()}),
+            );
+        }
+    }
+}

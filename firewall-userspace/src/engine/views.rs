@@ -1,0 +1,115 @@
+//! What the control API and the metrics read: counters, top offenders, status, map fill.
+
+use super::*;
+
+impl Engine {
+    /// `GET /v1/stats`.
+    pub fn stats(&self) -> Result<crate::control::StatsView, ApiError> {
+        let snapshot = self
+            .firewall
+            .stats()
+            .map_err(|err| ApiError::internal(chain(&err)))?;
+        let events = self
+            .firewall
+            .event_counts()
+            .map_err(|err| ApiError::internal(chain(&err)))?;
+        let shared = match self.shared.lock() {
+            Ok(shared) => shared,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        Ok(crate::control::StatsView {
+            snapshot,
+            events,
+            interfaces: shared
+                .interfaces
+                .iter()
+                .map(|(slot, name)| (*slot, name.clone()))
+                .collect(),
+            rules: shared
+                .rules
+                .iter()
+                .map(|(slot, name)| (*slot, name.clone()))
+                .collect(),
+        })
+    }
+
+    /// `GET /v1/top`.
+    pub fn top(&self) -> crate::dataplane::top::TopView {
+        let second = self.started.elapsed().as_secs();
+        match self.top.lock() {
+            Ok(top) => top.view(second),
+            Err(poisoned) => poisoned.into_inner().view(second),
+        }
+    }
+
+    /// Counts a control request for the metrics.
+    pub fn count_request(&self, verb: &str, result: &'static str) {
+        if let Ok(mut shared) = self.shared.lock() {
+            *shared
+                .requests
+                .entry((verb.to_owned(), result))
+                .or_insert(0) += 1;
+        }
+    }
+
+    /// `apifw status`.
+    pub fn status(&mut self) -> Status {
+        let maps = map_fill(&self.firewall, &self.policy);
+        Status {
+            version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+            policy_file: self.policy_path.clone(),
+            policy_version: self.policy_version,
+            active_generation: self.firewall.active_generation(),
+            adopted: self.firewall.origin() == MapOrigin::Adopted,
+            interfaces: self
+                .attachments
+                .iter()
+                .map(|attachment| InterfaceStatus {
+                    name: attachment.interface.clone(),
+                    mode: attachment.mode_name().into(),
+                })
+                .collect(),
+            maps,
+            block_entries: self.block_count(),
+            allow_entries: self.allow_count(),
+            runtime_block: self.runtime.len(ListKind::Block),
+            runtime_allow: self.runtime.len(ListKind::Allow),
+            reloads: self.reloads,
+            failed_reloads: self.failed_reloads,
+            last_reload_error: self.last_reload_error.clone(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            audit_log: self.policy.daemon.audit_log.clone(),
+            state_file: self.state_path.clone(),
+            pin_dir: self.policy.daemon.pin_dir.clone(),
+        }
+    }
+}
+
+/// Fill of the maps that can run full: entries of the installed policy per generation, and
+/// counted entries of the ban map.
+fn map_fill(firewall: &Firewall, policy: &Policy) -> Vec<MapFill> {
+    let mut fill = Vec::new();
+    if let Some(installed) = firewall.installed() {
+        fill.push(MapFill {
+            map: firewall_common::map_names::V4_PREFIXES.into(),
+            entries: installed.tables.v4_prefixes.len() as u64,
+            capacity: u64::from(policy.limits.max_v4_prefixes),
+        });
+        fill.push(MapFill {
+            map: firewall_common::map_names::V6_PREFIXES.into(),
+            entries: installed.tables.v6_prefixes.len() as u64,
+            capacity: u64::from(policy.limits.max_v6_prefixes),
+        });
+    }
+    if let Ok(map) = firewall.map(firewall_common::map_names::BANS)
+        && let Ok(bans) = aya::maps::HashMap::<_, BanKey, BanEntry>::try_from(map)
+    {
+        fill.push(MapFill {
+            map: firewall_common::map_names::BANS.into(),
+            entries: bans.keys().count() as u64,
+            capacity: u64::from(policy.limits.max_bans),
+        });
+    }
+    fill
+}
