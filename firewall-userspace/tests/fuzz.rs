@@ -17,6 +17,7 @@ use firewall_userspace::{
     Loaded,
     compile::Compiled,
     daemon::request,
+    engine::EngineError,
     policy::feeds::{self, FeedFormat},
 };
 use hyper::Method;
@@ -304,7 +305,10 @@ proptest! {
             }
             Ok(request::ControlRequest::Import { prefixes, .. }) => prop_assert!(!prefixes.is_empty()),
             Ok(_) => {}
-            Err(err) => prop_assert!(matches!(err.status, 400 | 404) && !err.message.is_empty()),
+            Err(err) => prop_assert!(
+                matches!(err, EngineError::Invalid(_) | EngineError::NotFound(_))
+                    && !err.to_string().is_empty()
+            ),
         }
     }
 }

@@ -26,7 +26,7 @@ use crate::{
     dataplane::firewall::{Firewall, FirewallError},
     dataplane::interfaces::{self, Change, InterfaceWatch},
     dataplane::pins::{self, Pinned},
-    engine::{ApiError, Engine, EngineParts, Overrides, read_feeds},
+    engine::{Engine, EngineError, EngineParts, Overrides, read_feeds},
     paths::{LAYOUT_VERSION, PinLayout},
     policy::Policy,
     store::audit::{AuditError, AuditLog},
@@ -57,7 +57,7 @@ pub enum DaemonError {
     Audit(#[from] AuditError),
     /// The policy could not be installed.
     #[error("cannot install the policy: {0}")]
-    Install(#[source] ApiError),
+    Install(#[source] EngineError),
     /// Stale pins could not be removed.
     #[error("cannot remove stale pins at {}", path.display())]
     Stale {

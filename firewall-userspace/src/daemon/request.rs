@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 
 use crate::{
     control::{API_PREFIX, BanAdd, Import, ListAdd, Report, Targets},
-    engine::{ApiError, EntryMeta, parse_targets},
+    engine::{EngineError, EntryMeta, parse_targets},
     policy::feeds,
     store::state::ListKind,
 };
@@ -75,20 +75,20 @@ pub const MAX_REPORT_REASON: usize = 512;
 
 /// Validates an abuse report: one address (a report is about a client, not a network), a
 /// reason, a weight of at least 1.
-fn report_request(report: Report) -> Result<ControlRequest, ApiError> {
+fn report_request(report: Report) -> Result<ControlRequest, EngineError> {
     let source = report.source.trim().parse().map_err(|_| {
-        ApiError::bad_request(format!(
+        EngineError::bad_request(format!(
             "report source `{}` is not an IP address (a report names one client)",
             report.source
         ))
     })?;
     if report.reason.trim().is_empty() || report.reason.len() > MAX_REPORT_REASON {
-        return Err(ApiError::bad_request(format!(
+        return Err(EngineError::bad_request(format!(
             "a report needs a reason of 1 to {MAX_REPORT_REASON} bytes"
         )));
     }
     if !(1..=MAX_REPORT_WEIGHT).contains(&report.weight) {
-        return Err(ApiError::bad_request(format!(
+        return Err(EngineError::bad_request(format!(
             "report weight {} is out of range 1..={MAX_REPORT_WEIGHT}",
             report.weight
         )));
@@ -106,12 +106,12 @@ fn report_request(report: Report) -> Result<ControlRequest, ApiError> {
 #[derive(Debug)]
 pub struct Parsed {
     pub verb: String,
-    pub request: Result<ControlRequest, ApiError>,
+    pub request: Result<ControlRequest, EngineError>,
 }
 
-fn body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+fn body<T: DeserializeOwned>(body: &[u8]) -> Result<T, EngineError> {
     serde_json::from_slice(body)
-        .map_err(|err| ApiError::bad_request(format!("invalid request body: {err}")))
+        .map_err(|err| EngineError::bad_request(format!("invalid request body: {err}")))
 }
 
 fn list_kind(name: &str) -> Option<ListKind> {
@@ -144,10 +144,9 @@ pub fn parse(method: &Method, path: &str, request_body: &[u8]) -> Parsed {
     let Some(route) = path.strip_prefix(API_PREFIX) else {
         return Parsed {
             verb: "unknown".to_owned(),
-            request: Err(ApiError {
-                status: 404,
-                message: format!("unknown path {path}: this daemon speaks the {API_PREFIX} API"),
-            }),
+            request: Err(EngineError::NotFound(format!(
+                "unknown path {path}: this daemon speaks the {API_PREFIX} API"
+            ))),
         };
     };
     let segments: Vec<&str> = route.trim_matches('/').split('/').collect();
@@ -201,17 +200,16 @@ pub fn parse(method: &Method, path: &str, request_body: &[u8]) -> Parsed {
         (&Method::POST, ["reload"]) => Ok(ControlRequest::Reload),
         (&Method::GET, ["jails"]) => Ok(ControlRequest::Jails),
         (&Method::POST, ["reports"]) => body::<Report>(request_body).and_then(report_request),
-        _ => Err(ApiError {
-            status: 404,
-            message: format!("no such request: {method} {path} (see docs/CONTROL-API.md)"),
-        }),
+        _ => Err(EngineError::NotFound(format!(
+            "no such request: {method} {path} (see docs/CONTROL-API.md)"
+        ))),
     };
     Parsed { verb, request }
 }
 
 /// An import: the file parsed in its format; bad lines refuse the whole import unless the
 /// caller asked to skip them.
-fn import_request(kind: ListKind, import: Import) -> Result<ControlRequest, ApiError> {
+fn import_request(kind: ListKind, import: Import) -> Result<ControlRequest, EngineError> {
     let parsed = feeds::parse(&import.content, import.format);
     let origin = std::path::Path::new(&import.origin);
     let bad: Vec<String> = parsed
@@ -221,7 +219,7 @@ fn import_request(kind: ListKind, import: Import) -> Result<ControlRequest, ApiE
         .collect();
     if !bad.is_empty() && !import.skip_bad_lines {
         let shown: Vec<String> = bad.iter().take(20).cloned().collect();
-        return Err(ApiError::bad_request(format!(
+        return Err(EngineError::bad_request(format!(
             "{} bad line(s) in {}; nothing was imported (pass --skip-bad-lines to import the \
              rest):\n{}",
             bad.len(),
@@ -230,7 +228,7 @@ fn import_request(kind: ListKind, import: Import) -> Result<ControlRequest, ApiE
         )));
     }
     if parsed.prefixes.is_empty() {
-        return Err(ApiError::bad_request(format!(
+        return Err(EngineError::bad_request(format!(
             "{} holds no addresses or CIDRs; nothing was imported",
             import.origin
         )));
@@ -282,7 +280,10 @@ mod tests {
             "/v1/bans/add",
             br#"{"cidrs": ["nope"], "ttl_secs": 1}"#,
         );
-        assert_eq!(bad.request.expect_err("invalid").status, 400);
+        assert!(matches!(
+            bad.request.expect_err("invalid"),
+            EngineError::Invalid(_)
+        ));
         let report = parse(
             &Method::POST,
             "/v1/reports",
@@ -305,9 +306,11 @@ mod tests {
             br#"{"source": "198.51.100.7", "reason": "x", "wieght": 2}"#,
         ] {
             let parsed = parse(&Method::POST, "/v1/reports", bad);
-            assert_eq!(
-                parsed.request.expect_err("invalid").status,
-                400,
+            assert!(
+                matches!(
+                    parsed.request.expect_err("invalid"),
+                    EngineError::Invalid(_)
+                ),
                 "{}",
                 String::from_utf8_lossy(bad)
             );
@@ -320,6 +323,9 @@ mod tests {
         );
         let unknown = parse(&Method::DELETE, "/v1/lists/../../etc", b"");
         assert_eq!(unknown.verb, "unknown");
-        assert_eq!(unknown.request.expect_err("no route").status, 404);
+        assert!(matches!(
+            unknown.request.expect_err("no route"),
+            EngineError::NotFound(_)
+        ));
     }
 }

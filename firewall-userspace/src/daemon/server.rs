@@ -19,7 +19,7 @@ use tracing::{debug, warn};
 use crate::{
     control::{Changed, ErrorBody},
     daemon::request::{self, ControlRequest, Parsed},
-    engine::{ApiError, Engine},
+    engine::{Engine, EngineError},
 };
 
 /// Largest request body: an import of a few million lines.
@@ -130,9 +130,24 @@ fn respond<T: Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> 
     response
 }
 
-fn error(err: ApiError) -> Response<Full<Bytes>> {
-    let status = StatusCode::from_u16(err.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    respond(status, &ErrorBody { error: err.message })
+/// The HTTP status of each way a request can fail.
+pub fn status_of(err: &EngineError) -> StatusCode {
+    match err {
+        EngineError::Invalid(_) => StatusCode::BAD_REQUEST,
+        EngineError::NotFound(_) => StatusCode::NOT_FOUND,
+        EngineError::Forbidden(_) => StatusCode::FORBIDDEN,
+        EngineError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
+        EngineError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn error(err: EngineError) -> Response<Full<Bytes>> {
+    respond(
+        status_of(&err),
+        &ErrorBody {
+            error: err.to_string(),
+        },
+    )
 }
 
 async fn handle(
@@ -144,25 +159,22 @@ async fn handle(
     if !allowed(&peer, access) {
         warn!(uid = peer.uid, "control request refused");
         engine.lock().await.count_request("any", "refused");
-        return error(ApiError {
-            status: 403,
-            message: format!(
-                "uid {} may not use the apifw control API: it is open to root{}",
-                peer.uid,
-                if access.group.is_some() {
-                    " and members of the policy's `daemon.control_group`"
-                } else {
-                    " only (set `daemon.control_group` in the policy to grant a group)"
-                }
-            ),
-        });
+        return error(EngineError::Forbidden(format!(
+            "uid {} may not use the apifw control API: it is open to root{}",
+            peer.uid,
+            if access.group.is_some() {
+                " and members of the policy's `daemon.control_group`"
+            } else {
+                " only (set `daemon.control_group` in the policy to grant a group)"
+            }
+        )));
     }
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(err) => {
-            return error(ApiError::bad_request(format!(
+            return error(EngineError::bad_request(format!(
                 "cannot read the request body (limit {MAX_BODY} bytes): {err}"
             )));
         }
@@ -171,7 +183,7 @@ async fn handle(
     let Parsed { verb, request } = request::parse(&method, &path, &body);
     let mut engine = engine.lock().await;
     let ok = |changed: Changed| respond(StatusCode::OK, &changed);
-    let result: Result<Response<Full<Bytes>>, ApiError> =
+    let result: Result<Response<Full<Bytes>>, EngineError> =
         request.and_then(|request| match request {
             ControlRequest::Status => Ok(respond(StatusCode::OK, &engine.status())),
             ControlRequest::Stats => engine.stats().map(|view| respond(StatusCode::OK, &view)),
@@ -217,4 +229,19 @@ async fn handle(
         });
     engine.count_request(&verb, if result.is_ok() { "ok" } else { "error" });
     result.unwrap_or_else(error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_of_failure_has_its_status() {
+        let status = |err| status_of(&err).as_u16();
+        assert_eq!(status(EngineError::Invalid("bad CIDR".into())), 400);
+        assert_eq!(status(EngineError::Forbidden("uid 1000".into())), 403);
+        assert_eq!(status(EngineError::NotFound("no route".into())), 404);
+        assert_eq!(status(EngineError::Failed("disk full".into())), 500);
+        assert_eq!(status(EngineError::Full("ban map full".into())), 507);
+    }
 }

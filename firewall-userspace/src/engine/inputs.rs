@@ -139,9 +139,9 @@ pub(super) fn is_host(net: &IpNet) -> bool {
 }
 
 /// Parses CIDRs or addresses given to the control API; all must be valid.
-pub fn parse_targets(targets: &[String]) -> Result<Vec<IpNet>, ApiError> {
+pub fn parse_targets(targets: &[String]) -> Result<Vec<IpNet>, EngineError> {
     if targets.is_empty() {
-        return Err(ApiError::bad_request("no addresses or CIDRs given"));
+        return Err(EngineError::bad_request("no addresses or CIDRs given"));
     }
     let mut nets = Vec::new();
     let mut bad = Vec::new();
@@ -156,7 +156,7 @@ pub fn parse_targets(targets: &[String]) -> Result<Vec<IpNet>, ApiError> {
         }
     }
     if !bad.is_empty() {
-        return Err(ApiError::bad_request(format!(
+        return Err(EngineError::bad_request(format!(
             "not an IP address or CIDR: {} (nothing was changed)",
             bad.join(", ")
         )));

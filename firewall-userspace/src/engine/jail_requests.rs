@@ -61,7 +61,7 @@ impl Engine {
                     made.push(request);
                 }
                 Err(err) => {
-                    error!(jail = request.jail, %source, error = %err.message, "jail ban failed");
+                    error!(jail = request.jail, %source, error = %err, "jail ban failed");
                     self.jails.refused(&request, false);
                 }
             }
@@ -97,11 +97,11 @@ impl Engine {
         weight: u32,
         jail: Option<&str>,
         actor: &str,
-    ) -> Result<ReportOutcome, ApiError> {
+    ) -> Result<ReportOutcome, EngineError> {
         let (counted, ban) = self
             .jails
             .report(jail, source, weight, reason, unix_now())
-            .map_err(|err| ApiError::bad_request(err.to_string()))?;
+            .map_err(|err| EngineError::bad_request(err.to_string()))?;
         info!(jail = counted.jail, %source, weight, reason, actor, "abuse report");
         let allowlisted = self.allowlisted(source);
         let mut outcome = ReportOutcome {

@@ -32,7 +32,7 @@ impl Engine {
         policy: &Policy,
         feeds: &Feeds,
         runtime: &RuntimeState,
-    ) -> Result<(Compiled, Vec<u32>), ApiError> {
+    ) -> Result<(Compiled, Vec<u32>), EngineError> {
         let mut allow: Vec<IpNet> = policy.allow.clone();
         allow.extend(feeds.allow.iter().flat_map(|f| f.prefixes.iter().copied()));
         allow.extend(runtime.cidrs(ListKind::Allow));
@@ -40,11 +40,8 @@ impl Engine {
         block.extend(feeds.block.iter().flat_map(|f| f.prefixes.iter().copied()));
         block.extend(runtime.cidrs(ListKind::Block));
         let slots = assign_slots(&self.slots, &policy.rules);
-        let mut compiled =
-            Compiled::build(policy, &allow, &block, Some(&slots)).map_err(|err| ApiError {
-                status: 507,
-                message: format!("{err}; nothing was changed"),
-            })?;
+        let mut compiled = Compiled::build(policy, &allow, &block, Some(&slots))
+            .map_err(|err| EngineError::Full(format!("{err}; nothing was changed")))?;
         // Manual bans need the ban check on, and their subnet lengths probed.
         for ban in runtime.bans() {
             compiled.config.flags |= CONFIG_BANS;
@@ -61,7 +58,7 @@ impl Engine {
     }
 
     /// Validates, persists and installs `next` as the runtime state.
-    pub(super) fn change_runtime(&mut self, next: RuntimeState) -> Result<(), ApiError> {
+    pub(super) fn change_runtime(&mut self, next: RuntimeState) -> Result<(), EngineError> {
         let started = Instant::now();
         let (compiled, slots) = self.compile(&self.policy, &self.feeds, &next)?;
         let compiled_at = started.elapsed();
@@ -93,7 +90,7 @@ impl Engine {
                 if installed.is_ok() {
                     self.reinstall_current();
                 }
-                return Err(ApiError::internal(format!(
+                return Err(EngineError::internal(format!(
                     "{}; nothing was changed",
                     chain(&err)
                 )));
@@ -103,7 +100,7 @@ impl Engine {
                 if let Err(restore) = self.runtime.save(&self.state_path) {
                     error!(err = %chain(&restore), "cannot restore the previous state file");
                 }
-                return Err(ApiError::internal(format!(
+                return Err(EngineError::internal(format!(
                     "{}; the previous policy stays in force",
                     chain(&err)
                 )));
@@ -124,10 +121,10 @@ impl Engine {
             .and_then(|(compiled, _)| {
                 self.firewall
                     .install(compiled)
-                    .map_err(|err| ApiError::internal(chain(&err)))
+                    .map_err(|err| EngineError::internal(chain(&err)))
             });
         if let Err(err) = restored {
-            error!(error = %err.message, "cannot reinstall the previous policy");
+            error!(error = %err, "cannot reinstall the previous policy");
         }
     }
 
@@ -139,10 +136,10 @@ impl Engine {
         meta: EntryMeta,
         actor: &str,
         (action, extra): (&str, serde_json::Value),
-    ) -> Result<Changed, ApiError> {
+    ) -> Result<Changed, EngineError> {
         let EntryMeta { ttl_secs, comment } = meta;
         if ttl_secs == Some(0) {
-            return Err(ApiError::bad_request("--ttl must be at least 1 second"));
+            return Err(EngineError::bad_request("--ttl must be at least 1 second"));
         }
         let now = unix_now();
         let mut next = self.runtime.clone();
@@ -191,9 +188,9 @@ impl Engine {
         meta: EntryMeta,
         actor: &str,
         detail: serde_json::Value,
-    ) -> Result<Changed, ApiError> {
+    ) -> Result<Changed, EngineError> {
         if meta.ttl_secs == Some(0) {
-            return Err(ApiError::bad_request("--ttl must be at least 1 second"));
+            return Err(EngineError::bad_request("--ttl must be at least 1 second"));
         }
         let now = unix_now();
         let count = nets.len();
@@ -230,7 +227,7 @@ impl Engine {
         kind: ListKind,
         nets: Vec<IpNet>,
         actor: &str,
-    ) -> Result<Changed, ApiError> {
+    ) -> Result<Changed, EngineError> {
         let mut next = self.runtime.clone();
         let mut changed = Changed::default();
         for net in &nets {

@@ -5,13 +5,13 @@ use super::*;
 
 impl Engine {
     /// Writes manual bans into the kernel's ban map.
-    pub(super) fn write_bans(&mut self, records: &[BanRecord]) -> Result<(), ApiError> {
+    pub(super) fn write_bans(&mut self, records: &[BanRecord]) -> Result<(), EngineError> {
         let now_unix = unix_now();
-        let now_ns = bans::monotonic_ns().map_err(|err| ApiError::internal(chain(&err)))?;
+        let now_ns = bans::monotonic_ns().map_err(|err| EngineError::internal(chain(&err)))?;
         let mut map = self
             .firewall
             .bans_mut()
-            .map_err(|err| ApiError::internal(chain(&err)))?;
+            .map_err(|err| EngineError::internal(chain(&err)))?;
         for record in records {
             let ttl_ns = record.expires_at.saturating_sub(now_unix) * 1_000_000_000;
             if ttl_ns == 0 {
@@ -23,15 +23,13 @@ impl Engine {
                 BAN_SUBNET
             };
             let entry = BanEntry::new(now_ns, ttl_ns, MANUAL_BAN_RULE, kind);
-            map.insert(ban_key(&record.cidr), entry, 0)
-                .map_err(|err| ApiError {
-                    status: 507,
-                    message: format!(
-                        "cannot write the ban of {} into the kernel ({err}); the ban map may be \
+            map.insert(ban_key(&record.cidr), entry, 0).map_err(|err| {
+                EngineError::Full(format!(
+                    "cannot write the ban of {} into the kernel ({err}); the ban map may be \
                      full: raise `limits.max_bans`",
-                        record.cidr
-                    ),
-                })?;
+                    record.cidr
+                ))
+            })?;
         }
         Ok(())
     }
@@ -43,9 +41,9 @@ impl Engine {
         ttl_secs: u64,
         comment: Option<String>,
         actor: &str,
-    ) -> Result<Changed, ApiError> {
+    ) -> Result<Changed, EngineError> {
         if ttl_secs == 0 {
-            return Err(ApiError::bad_request(
+            return Err(EngineError::bad_request(
                 "a ban needs a TTL of at least 1 second",
             ));
         }
@@ -84,7 +82,7 @@ impl Engine {
     }
 
     /// Lifts bans (manual or automatic).
-    pub fn ban_del(&mut self, nets: Vec<IpNet>, actor: &str) -> Result<Changed, ApiError> {
+    pub fn ban_del(&mut self, nets: Vec<IpNet>, actor: &str) -> Result<Changed, EngineError> {
         let mut next = self.runtime.clone();
         let mut changed = Changed::default();
         let mut in_state = false;
@@ -100,7 +98,7 @@ impl Engine {
         let mut map = self
             .firewall
             .bans_mut()
-            .map_err(|err| ApiError::internal(chain(&err)))?;
+            .map_err(|err| EngineError::internal(chain(&err)))?;
         for net in &nets {
             let key = ban_key(net);
             if map.remove(&key).is_ok() {
@@ -123,13 +121,13 @@ impl Engine {
     }
 
     /// The active bans, with the comments of manual ones.
-    pub fn bans(&mut self) -> Result<Vec<bans::BanRow>, ApiError> {
-        let now = bans::monotonic_ns().map_err(|err| ApiError::internal(chain(&err)))?;
+    pub fn bans(&mut self) -> Result<Vec<bans::BanRow>, EngineError> {
+        let now = bans::monotonic_ns().map_err(|err| EngineError::internal(chain(&err)))?;
         let map = self
             .firewall
             .bans_mut()
-            .map_err(|err| ApiError::internal(chain(&err)))?;
-        let mut rows = bans::active(&map, now).map_err(|err| ApiError::internal(chain(&err)))?;
+            .map_err(|err| EngineError::internal(chain(&err)))?;
+        let mut rows = bans::active(&map, now).map_err(|err| EngineError::internal(chain(&err)))?;
         for row in &mut rows {
             if row.rule == MANUAL_BAN_RULE
                 && let Some(record) = self.runtime.get_ban(&row.prefix)
@@ -145,14 +143,14 @@ impl Engine {
         Ok(rows)
     }
 
-    pub(super) fn kernel_ban_keys(&mut self) -> Result<HashSet<BanKey>, ApiError> {
+    pub(super) fn kernel_ban_keys(&mut self) -> Result<HashSet<BanKey>, EngineError> {
         let map = self
             .firewall
             .bans_mut()
-            .map_err(|err| ApiError::internal(chain(&err)))?;
+            .map_err(|err| EngineError::internal(chain(&err)))?;
         let mut keys = HashSet::new();
         for key in map.keys() {
-            keys.insert(key.map_err(|err| ApiError::internal(err.to_string()))?);
+            keys.insert(key.map_err(|err| EngineError::internal(err.to_string()))?);
         }
         Ok(keys)
     }

@@ -36,7 +36,7 @@ mod tick;
 mod views;
 
 pub use attachments::CounterSlots;
-pub use error::ApiError;
+pub use error::EngineError;
 use inputs::is_host;
 pub use inputs::{EntryMeta, Feeds, LoadedFeed, Overrides, ban_key, parse_targets, read_feeds};
 pub use shared::Shared;
@@ -113,7 +113,7 @@ pub struct EngineParts {
 impl Engine {
     /// Installs the policy, feeds and runtime state into `parts.firewall` and restores manual
     /// bans. Nothing is attached yet.
-    pub fn new(parts: EngineParts) -> Result<Self, ApiError> {
+    pub fn new(parts: EngineParts) -> Result<Self, EngineError> {
         let jails_path = jails::state_path(&parts.state_path);
         // A jail state that cannot be read costs positions and histories, never enforcement:
         // the jails start over (logs from their end) and say so.
@@ -150,7 +150,7 @@ impl Engine {
         engine
             .firewall
             .install(compiled)
-            .map_err(|err| ApiError::internal(chain(&err)))?;
+            .map_err(|err| EngineError::internal(chain(&err)))?;
         engine.commit_slots(&slots);
         engine.policy_version = 1;
         engine.publish();

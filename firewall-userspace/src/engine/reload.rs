@@ -6,7 +6,7 @@ use super::*;
 impl Engine {
     /// Re-reads the policy file, its feeds and the state file and swaps them in atomically.
     /// Anything invalid rejects the whole reload and changes nothing.
-    pub fn reload(&mut self, actor: &str) -> Result<Changed, ApiError> {
+    pub fn reload(&mut self, actor: &str) -> Result<Changed, EngineError> {
         match self.try_reload() {
             Ok(changed) => {
                 self.reloads += 1;
@@ -25,18 +25,18 @@ impl Engine {
             }
             Err(err) => {
                 self.failed_reloads += 1;
-                self.last_reload_error = Some(err.message.clone());
+                self.last_reload_error = Some(err.to_string());
                 self.publish();
-                self.record(actor, "reload.failed", json!({"error": err.message}));
-                warn!(error = %err.message, "reload rejected; the running policy is unchanged");
+                self.record(actor, "reload.failed", json!({"error": err.to_string()}));
+                warn!(error = %err, "reload rejected; the running policy is unchanged");
                 Err(err)
             }
         }
     }
 
-    pub(super) fn try_reload(&mut self) -> Result<Changed, ApiError> {
+    pub(super) fn try_reload(&mut self) -> Result<Changed, EngineError> {
         let loaded = Loaded::from_file(&self.policy_path).map_err(|err| {
-            ApiError::bad_request(format!(
+            EngineError::bad_request(format!(
                 "the policy is invalid, nothing was changed:\n{}",
                 chain(&err)
             ))
@@ -47,7 +47,7 @@ impl Engine {
         let mut policy = loaded.policy;
         self.overrides.apply(&mut policy);
         if policy.limits != self.policy.limits {
-            return Err(ApiError::bad_request(
+            return Err(EngineError::bad_request(
                 "`[limits]` changed: they size the kernel maps, so they take effect on restart \
                  only; nothing was changed",
             ));
@@ -59,12 +59,12 @@ impl Engine {
         }
         policy.daemon = self.policy.daemon.clone();
         let feeds = read_feeds(&policy)
-            .map_err(|err| ApiError::bad_request(format!("{err}\nnothing was changed")))?;
+            .map_err(|err| EngineError::bad_request(format!("{err}\nnothing was changed")))?;
         let runtime = RuntimeState::load(&self.state_path)
-            .map_err(|err| ApiError::bad_request(chain(&err)))?;
+            .map_err(|err| EngineError::bad_request(chain(&err)))?;
         let (compiled, slots) = self.compile(&policy, &feeds, &runtime)?;
         self.firewall.install(compiled).map_err(|err| {
-            ApiError::internal(format!(
+            EngineError::internal(format!(
                 "{}; the previous policy stays in force",
                 chain(&err)
             ))

@@ -65,7 +65,7 @@ impl Engine {
                     self.runtime = next;
                     self.next_expiry = self.runtime.next_expiry();
                 })
-                .map_err(|err| ApiError::internal(chain(&err)))
+                .map_err(|err| EngineError::internal(chain(&err)))
         };
         match result {
             Ok(()) => {
@@ -89,7 +89,7 @@ impl Engine {
                     }
                 }
             }
-            Err(err) => error!(error = %err.message, "cannot expire runtime entries"),
+            Err(err) => error!(error = %err, "cannot expire runtime entries"),
         }
         for import in &expired.imports {
             info!(

@@ -4,15 +4,15 @@ use super::*;
 
 impl Engine {
     /// `GET /v1/stats`.
-    pub fn stats(&self) -> Result<crate::control::StatsView, ApiError> {
+    pub fn stats(&self) -> Result<crate::control::StatsView, EngineError> {
         let snapshot = self
             .firewall
             .stats()
-            .map_err(|err| ApiError::internal(chain(&err)))?;
+            .map_err(|err| EngineError::internal(chain(&err)))?;
         let events = self
             .firewall
             .event_counts()
-            .map_err(|err| ApiError::internal(chain(&err)))?;
+            .map_err(|err| EngineError::internal(chain(&err)))?;
         let shared = match self.shared.lock() {
             Ok(shared) => shared,
             Err(poisoned) => poisoned.into_inner(),
