@@ -274,7 +274,8 @@ pub async fn run(mut policy: Policy, options: RunOptions) -> Result<(), DaemonEr
         feeds,
         runtime,
         state_path,
-        firewall,
+        dataplane: Box::new(firewall),
+        clock: Arc::new(crate::engine::SystemClock),
         audit,
         policy_top: policy.events.top as usize,
     })

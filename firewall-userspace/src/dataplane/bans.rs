@@ -119,6 +119,17 @@ pub fn active<T: std::borrow::Borrow<MapData>>(
     Ok(rows)
 }
 
+/// The active bans among `entries` (a ban map's content), soonest expiry first.
+pub fn active_of(entries: &[(BanKey, BanEntry)], now_ns: u64) -> Vec<BanRow> {
+    let mut rows: Vec<BanRow> = entries
+        .iter()
+        .filter(|(_, ban)| ban.active_at(now_ns))
+        .map(|(key, ban)| row(key, ban, now_ns))
+        .collect();
+    rows.sort_by(|a, b| a.remaining_secs.total_cmp(&b.remaining_secs));
+    rows
+}
+
 /// Removes the bans that expired by `now_ns`; returns what was removed.
 pub fn sweep<T: std::borrow::BorrowMut<MapData>>(
     map: &mut HashMap<T, BanKey, BanEntry>,

@@ -45,9 +45,9 @@ impl Engine {
                 .map(|dir| dir.join("links").join(interface))
                 .find(|path| path.exists());
             let adopted = if pin.exists() {
-                Some(self.firewall.adopt(interface, &pin, &pin))
+                Some(self.dataplane.adopt(interface, &pin, &pin))
             } else {
-                old_pin.map(|old| self.firewall.adopt(interface, &old, &pin))
+                old_pin.map(|old| self.dataplane.adopt(interface, &old, &pin))
             };
             match adopted {
                 Some(Ok(attachment)) => {
@@ -62,7 +62,7 @@ impl Engine {
                 }
                 None => {}
             }
-            let mut result = self.firewall.attach(interface, mode, &pin);
+            let mut result = self.dataplane.attach(interface, mode, &pin);
             if let Err(FirewallError::Attach { busy: true, .. }) = &result {
                 if replace {
                     warn!(
@@ -70,7 +70,7 @@ impl Engine {
                         "--replace: removing the XDP program already attached"
                     );
                     remove_foreign_program(interface);
-                    result = self.firewall.attach(interface, mode, &pin);
+                    result = self.dataplane.attach(interface, mode, &pin);
                 } else if let Err(FirewallError::Attach { reason, .. }) = &mut result {
                     reason.push_str("; pass --replace to replace it");
                 }
@@ -89,7 +89,7 @@ impl Engine {
             let slot = (index as u32 + 1).min(firewall_common::stats::INTERFACE_SLOTS - 1);
             match nix::net::if_::if_nametoindex(attachment.interface.as_str()) {
                 Ok(ifindex) => {
-                    if let Err(err) = self.firewall.set_interface_slot(ifindex, slot) {
+                    if let Err(err) = self.dataplane.set_interface_slot(ifindex, slot) {
                         warn!(interface = attachment.interface, err = %chain(&err), "cannot set the counter slot");
                     }
                     slots.by_slot.insert(slot, attachment.interface.clone());
@@ -118,9 +118,9 @@ impl Engine {
     ) -> Result<&Attachment, FirewallError> {
         // A link pinned for the old device is stale now.
         let _ = std::fs::remove_file(pin);
-        let attachment = self.firewall.attach(interface, mode, pin)?;
+        let attachment = self.dataplane.attach(interface, mode, pin)?;
         if let Some(slot) = slot
-            && let Err(err) = self.firewall.set_interface_slot(ifindex, slot)
+            && let Err(err) = self.dataplane.set_interface_slot(ifindex, slot)
         {
             warn!(interface, err = %chain(&err), "cannot set the counter slot");
         }

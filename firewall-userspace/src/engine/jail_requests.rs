@@ -27,7 +27,7 @@ impl Engine {
         if self.jails.is_empty() {
             return;
         }
-        let requests = self.jails.poll(unix_now());
+        let requests = self.jails.poll(self.clock.unix_secs());
         self.carry_out(requests);
         self.save_jails();
     }
@@ -81,7 +81,7 @@ impl Engine {
     }
 
     pub(super) fn publish_jails(&self) {
-        let counters = self.jails.counters(unix_now());
+        let counters = self.jails.counters(self.clock.unix_secs());
         match self.shared.lock() {
             Ok(mut shared) => shared.jails = counters,
             Err(poisoned) => poisoned.into_inner().jails = counters,
@@ -100,7 +100,7 @@ impl Engine {
     ) -> Result<ReportOutcome, EngineError> {
         let (counted, ban) = self
             .jails
-            .report(jail, source, weight, reason, unix_now())
+            .report(jail, source, weight, reason, self.clock.unix_secs())
             .map_err(|err| EngineError::bad_request(err.to_string()))?;
         info!(jail = counted.jail, %source, weight, reason, actor, "abuse report");
         let allowlisted = self.allowlisted(source);
@@ -132,6 +132,6 @@ impl Engine {
 
     /// `GET /v1/jails`.
     pub fn jails(&self) -> Vec<JailView> {
-        self.jails.views(unix_now())
+        self.jails.views(self.clock.unix_secs())
     }
 }

@@ -69,7 +69,7 @@ impl Engine {
         let state_path = self.state_path.clone();
         let (saved, installed) = std::thread::scope(|scope| {
             let saver = scope.spawn(|| next.save(&state_path));
-            let installed = self.firewall.install(compiled);
+            let installed = self.dataplane.install(compiled);
             let saved = saver.join().unwrap_or_else(|_| {
                 Err(crate::store::state::StateError::Write {
                     path: state_path.clone(),
@@ -119,7 +119,7 @@ impl Engine {
         let restored = self
             .compile(&self.policy, &self.feeds, &self.runtime)
             .and_then(|(compiled, _)| {
-                self.firewall
+                self.dataplane
                     .install(compiled)
                     .map_err(|err| EngineError::internal(chain(&err)))
             });
@@ -141,7 +141,7 @@ impl Engine {
         if ttl_secs == Some(0) {
             return Err(EngineError::bad_request("--ttl must be at least 1 second"));
         }
-        let now = unix_now();
+        let now = self.clock.unix_secs();
         let mut next = self.runtime.clone();
         let mut changed = Changed::default();
         for net in &nets {
@@ -192,7 +192,7 @@ impl Engine {
         if meta.ttl_secs == Some(0) {
             return Err(EngineError::bad_request("--ttl must be at least 1 second"));
         }
-        let now = unix_now();
+        let now = self.clock.unix_secs();
         let count = nets.len();
         let mut next = self.runtime.clone();
         let id = next.add_import(ImportRecord {
@@ -262,7 +262,7 @@ impl Engine {
 
     /// Every entry of a list, with where it comes from.
     pub fn list(&self, kind: ListKind) -> Vec<ListRow> {
-        let now = unix_now();
+        let now = self.clock.unix_secs();
         let (file, feeds) = match kind {
             ListKind::Block => (&self.policy.block, &self.feeds.block),
             ListKind::Allow => (&self.policy.allow, &self.feeds.allow),

@@ -6,11 +6,10 @@ use super::*;
 impl Engine {
     /// Writes manual bans into the kernel's ban map.
     pub(super) fn write_bans(&mut self, records: &[BanRecord]) -> Result<(), EngineError> {
-        let now_unix = unix_now();
-        let now_ns = bans::monotonic_ns().map_err(|err| EngineError::internal(chain(&err)))?;
-        let mut map = self
-            .firewall
-            .bans_mut()
+        let now_unix = self.clock.unix_secs();
+        let now_ns = self
+            .clock
+            .monotonic_ns()
             .map_err(|err| EngineError::internal(chain(&err)))?;
         for record in records {
             let ttl_ns = record.expires_at.saturating_sub(now_unix) * 1_000_000_000;
@@ -23,13 +22,16 @@ impl Engine {
                 BAN_SUBNET
             };
             let entry = BanEntry::new(now_ns, ttl_ns, MANUAL_BAN_RULE, kind);
-            map.insert(ban_key(&record.cidr), entry, 0).map_err(|err| {
-                EngineError::Full(format!(
-                    "cannot write the ban of {} into the kernel ({err}); the ban map may be \
-                     full: raise `limits.max_bans`",
-                    record.cidr
-                ))
-            })?;
+            self.dataplane
+                .insert_ban(ban_key(&record.cidr), entry)
+                .map_err(|err| {
+                    EngineError::Full(format!(
+                        "cannot write the ban of {} into the kernel ({}); the ban map may be \
+                         full: raise `limits.max_bans`",
+                        record.cidr,
+                        chain(&err)
+                    ))
+                })?;
         }
         Ok(())
     }
@@ -47,7 +49,7 @@ impl Engine {
                 "a ban needs a TTL of at least 1 second",
             ));
         }
-        let now = unix_now();
+        let now = self.clock.unix_secs();
         let mut next = self.runtime.clone();
         let mut changed = Changed::default();
         let mut records = Vec::new();
@@ -95,13 +97,13 @@ impl Engine {
         for net in nets.iter().filter(|net| is_host(net)) {
             self.jails.lifted(net.addr());
         }
-        let mut map = self
-            .firewall
-            .bans_mut()
-            .map_err(|err| EngineError::internal(chain(&err)))?;
         for net in &nets {
             let key = ban_key(net);
-            if map.remove(&key).is_ok() {
+            let removed = self
+                .dataplane
+                .remove_ban(&key)
+                .map_err(|err| EngineError::internal(chain(&err)))?;
+            if removed {
                 changed.removed += 1;
                 self.known_bans.remove(&key);
             } else {
@@ -122,12 +124,15 @@ impl Engine {
 
     /// The active bans, with the comments of manual ones.
     pub fn bans(&mut self) -> Result<Vec<bans::BanRow>, EngineError> {
-        let now = bans::monotonic_ns().map_err(|err| EngineError::internal(chain(&err)))?;
-        let map = self
-            .firewall
-            .bans_mut()
+        let now = self
+            .clock
+            .monotonic_ns()
             .map_err(|err| EngineError::internal(chain(&err)))?;
-        let mut rows = bans::active(&map, now).map_err(|err| EngineError::internal(chain(&err)))?;
+        let entries = self
+            .dataplane
+            .ban_entries()
+            .map_err(|err| EngineError::internal(chain(&err)))?;
+        let mut rows = bans::active_of(&entries, now);
         for row in &mut rows {
             if row.rule == MANUAL_BAN_RULE
                 && let Some(record) = self.runtime.get_ban(&row.prefix)
@@ -144,14 +149,12 @@ impl Engine {
     }
 
     pub(super) fn kernel_ban_keys(&mut self) -> Result<HashSet<BanKey>, EngineError> {
-        let map = self
-            .firewall
-            .bans_mut()
-            .map_err(|err| EngineError::internal(chain(&err)))?;
-        let mut keys = HashSet::new();
-        for key in map.keys() {
-            keys.insert(key.map_err(|err| EngineError::internal(err.to_string()))?);
-        }
-        Ok(keys)
+        Ok(self
+            .dataplane
+            .ban_entries()
+            .map_err(|err| EngineError::internal(chain(&err)))?
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect())
     }
 }

@@ -25,6 +25,7 @@ use serde_json::json;
 use tracing::{debug, error, info, warn};
 
 mod attachments;
+pub mod clock;
 mod error;
 mod inputs;
 mod jail_requests;
@@ -36,6 +37,7 @@ mod tick;
 mod views;
 
 pub use attachments::CounterSlots;
+pub use clock::{Clock, SystemClock};
 pub use error::EngineError;
 use inputs::is_host;
 pub use inputs::{EntryMeta, Feeds, LoadedFeed, Overrides, ban_key, parse_targets, read_feeds};
@@ -45,14 +47,14 @@ use crate::{
     compile::{Compiled, assign_slots},
     control::{Changed, InterfaceStatus, JailView, ListRow, MapFill, ReportOutcome, Status},
     dataplane::bans::{self, MANUAL_BAN_RULE},
-    dataplane::firewall::{Attachment, Firewall, MapOrigin},
     dataplane::top::TopTracker,
+    dataplane::{Dataplane, EventRing, ProgramLogger, firewall::Attachment},
     errors::chain,
     jails::{self, BanRequest, Jails, JailsState, tracker::Outcome},
     policy::feeds,
     policy::{Feed, Loaded, OnBadLine, Policy, XdpModeSetting},
     store::audit::{AuditLog, AuditRecord},
-    store::state::{BanRecord, ImportRecord, ListEntry, ListKind, RuntimeState, unix_now},
+    store::state::{BanRecord, ImportRecord, ListEntry, ListKind, RuntimeState},
 };
 
 /// The running daemon.
@@ -64,8 +66,10 @@ pub struct Engine {
     feeds: Feeds,
     runtime: RuntimeState,
     state_path: PathBuf,
-    /// The loaded firewall.
-    firewall: Firewall,
+    /// The kernel's tables (the loaded firewall, or an in-memory fake in unit tests).
+    dataplane: Box<dyn Dataplane>,
+    /// Where the engine reads the time.
+    clock: Arc<dyn Clock>,
     /// Interfaces the firewall is attached to.
     attachments: Vec<Attachment>,
     slots: HashMap<String, u32>,
@@ -102,8 +106,10 @@ pub struct EngineParts {
     pub runtime: RuntimeState,
     /// Where it is persisted.
     pub state_path: PathBuf,
-    /// The loaded (not yet filled) firewall.
-    pub firewall: Firewall,
+    /// The loaded (not yet filled) firewall, or an in-memory fake.
+    pub dataplane: Box<dyn Dataplane>,
+    /// The clock (the system's, or a test's).
+    pub clock: Arc<dyn Clock>,
     /// The audit log.
     pub audit: AuditLog,
     /// Offenders `apifw top` lists.
@@ -129,7 +135,8 @@ impl Engine {
             feeds: parts.feeds,
             runtime: parts.runtime,
             state_path: parts.state_path,
-            firewall: parts.firewall,
+            dataplane: parts.dataplane,
+            clock: parts.clock,
             attachments: Vec::new(),
             slots: HashMap::new(),
             audit: parts.audit,
@@ -148,7 +155,7 @@ impl Engine {
         engine.next_expiry = engine.runtime.next_expiry();
         let (compiled, slots) = engine.compile(&engine.policy, &engine.feeds, &engine.runtime)?;
         engine
-            .firewall
+            .dataplane
             .install(compiled)
             .map_err(|err| EngineError::internal(chain(&err)))?;
         engine.commit_slots(&slots);
@@ -158,7 +165,7 @@ impl Engine {
         let records: Vec<BanRecord> = engine.runtime.bans().cloned().collect();
         engine.write_bans(&records)?;
         engine.known_bans = engine.kernel_ban_keys().unwrap_or_default();
-        let adopted = engine.firewall.origin() == MapOrigin::Adopted;
+        let adopted = engine.dataplane.adopted();
         engine.record(
             "startup",
             "start",
@@ -188,7 +195,7 @@ impl Engine {
             ("allow", self.allow_count() as u64),
         ];
         let limits = self.policy.limits;
-        shared.fill = match self.firewall.installed() {
+        shared.fill = match self.dataplane.installed() {
             Some(installed) => vec![
                 (
                     firewall_common::map_names::V4_PREFIXES,
@@ -252,13 +259,13 @@ impl Engine {
     }
 
     /// The XDP program's log records (aya-log), once: the daemon forwards them to its log.
-    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
-        self.firewall.take_logger()
+    pub fn take_logger(&mut self) -> Option<ProgramLogger> {
+        self.dataplane.take_logger()
     }
 
     /// The ring buffer of drop events, once: the daemon reads it into [`Engine::top_tracker`].
-    pub fn take_events(&mut self) -> Option<aya::maps::RingBuf<aya::maps::MapData>> {
-        self.firewall.take_events()
+    pub fn take_events(&mut self) -> Option<EventRing> {
+        self.dataplane.take_events()
     }
 
     /// What the metrics endpoint exports, kept current by the engine.
@@ -276,3 +283,6 @@ impl Engine {
         &self.policy_path
     }
 }
+
+#[cfg(test)]
+mod tests;

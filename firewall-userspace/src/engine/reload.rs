@@ -63,7 +63,7 @@ impl Engine {
         let runtime = RuntimeState::load(&self.state_path)
             .map_err(|err| EngineError::bad_request(chain(&err)))?;
         let (compiled, slots) = self.compile(&policy, &feeds, &runtime)?;
-        self.firewall.install(compiled).map_err(|err| {
+        self.dataplane.install(compiled).map_err(|err| {
             EngineError::internal(format!(
                 "{}; the previous policy stays in force",
                 chain(&err)

@@ -8,7 +8,11 @@ impl Engine {
     /// entries. Everything it does is audited.
     pub fn tick(&mut self) {
         self.run_jails();
-        match self.firewall.sweep_bans() {
+        let swept = self
+            .clock
+            .monotonic_ns()
+            .and_then(|now| self.dataplane.remove_expired_bans(now));
+        match swept {
             Ok(expired) => {
                 for (prefix, ban) in expired {
                     info!(%prefix, rule = ban.rule, "ban expired");
@@ -18,10 +22,10 @@ impl Engine {
             }
             Err(err) => error!(err = %chain(&err), "cannot sweep expired bans"),
         }
-        if let Ok(now) = bans::monotonic_ns()
-            && let Ok(map) = self.firewall.bans_mut()
-            && let Ok(rows) = bans::active(&map, now)
+        if let Ok(now) = self.clock.monotonic_ns()
+            && let Ok(entries) = self.dataplane.ban_entries()
         {
+            let rows = bans::active_of(&entries, now);
             let new: Vec<bans::BanRow> = rows
                 .into_iter()
                 .filter(|row| !self.known_bans.contains(&ban_key(&row.prefix)))
@@ -45,7 +49,7 @@ impl Engine {
         }
         // Nothing to do before the earliest expiry (kept current by every change), so an idle
         // daemon does not scan a million imported entries every second.
-        let now = unix_now();
+        let now = self.clock.unix_secs();
         if self.next_expiry.is_none_or(|at| at > now) {
             return;
         }

@@ -6,11 +6,11 @@ impl Engine {
     /// `GET /v1/stats`.
     pub fn stats(&self) -> Result<crate::control::StatsView, EngineError> {
         let snapshot = self
-            .firewall
+            .dataplane
             .stats()
             .map_err(|err| EngineError::internal(chain(&err)))?;
         let events = self
-            .firewall
+            .dataplane
             .event_counts()
             .map_err(|err| EngineError::internal(chain(&err)))?;
         let shared = match self.shared.lock() {
@@ -54,14 +54,14 @@ impl Engine {
 
     /// `apifw status`.
     pub fn status(&mut self) -> Status {
-        let maps = map_fill(&self.firewall, &self.policy);
+        let maps = map_fill(self.dataplane.as_ref(), &self.policy);
         Status {
             version: env!("CARGO_PKG_VERSION").into(),
             pid: std::process::id(),
             policy_file: self.policy_path.clone(),
             policy_version: self.policy_version,
-            active_generation: self.firewall.active_generation(),
-            adopted: self.firewall.origin() == MapOrigin::Adopted,
+            active_generation: self.dataplane.active_generation(),
+            adopted: self.dataplane.adopted(),
             interfaces: self
                 .attachments
                 .iter()
@@ -88,9 +88,9 @@ impl Engine {
 
 /// Fill of the maps that can run full: entries of the installed policy per generation, and
 /// counted entries of the ban map.
-fn map_fill(firewall: &Firewall, policy: &Policy) -> Vec<MapFill> {
+fn map_fill(dataplane: &dyn Dataplane, policy: &Policy) -> Vec<MapFill> {
     let mut fill = Vec::new();
-    if let Some(installed) = firewall.installed() {
+    if let Some(installed) = dataplane.installed() {
         fill.push(MapFill {
             map: firewall_common::map_names::V4_PREFIXES.into(),
             entries: installed.tables.v4_prefixes.len() as u64,
@@ -102,12 +102,10 @@ fn map_fill(firewall: &Firewall, policy: &Policy) -> Vec<MapFill> {
             capacity: u64::from(policy.limits.max_v6_prefixes),
         });
     }
-    if let Ok(map) = firewall.map(firewall_common::map_names::BANS)
-        && let Ok(bans) = aya::maps::HashMap::<_, BanKey, BanEntry>::try_from(map)
-    {
+    if let Ok(bans) = dataplane.ban_entries() {
         fill.push(MapFill {
             map: firewall_common::map_names::BANS.into(),
-            entries: bans.keys().count() as u64,
+            entries: bans.len() as u64,
             capacity: u64::from(policy.limits.max_bans),
         });
     }
