@@ -11,6 +11,7 @@ pub mod plot;
 pub mod policies;
 pub mod report;
 pub mod sources;
+pub mod support;
 pub mod tally;
 pub mod traffic;
 pub mod xdpfilter;

@@ -715,15 +715,10 @@ fn which(program: &str) -> bool {
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
-/// Median of `values` (not empty).
-fn median(mut values: Vec<f64>) -> f64 {
-    crate::xdpfilter::median(&mut values)
-}
-
 /// Median, min and max.
 fn summary(values: &[f64]) -> (f64, f64, f64) {
     (
-        median(values.to_vec()),
+        crate::report::median(&mut values.to_vec()),
         values.iter().copied().fold(f64::MAX, f64::min),
         values.iter().copied().fold(f64::MIN, f64::max),
     )

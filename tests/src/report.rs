@@ -33,7 +33,7 @@ impl Spread {
     pub fn of(values: &[f64]) -> Self {
         let mut sorted = values.to_vec();
         Self {
-            median: crate::xdpfilter::median(&mut sorted),
+            median: median(&mut sorted),
             min: sorted.first().copied().unwrap_or(f64::NAN),
             max: sorted.last().copied().unwrap_or(f64::NAN),
         }
@@ -184,6 +184,17 @@ pub fn existing_date(report: &str, name: &str) -> Option<String> {
         .lines()
         .find_map(|line| line.strip_prefix(&prefix))
         .map(str::to_owned)
+}
+
+/// The median of `values` (sorted in place); the benchmarks' one definition of it.
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
 }
 
 #[cfg(test)]

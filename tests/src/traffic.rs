@@ -420,3 +420,17 @@ impl Exposition {
         value as u64
     }
 }
+
+/// One scrape of the daemon's `/metrics` in `netns`, as an ordinary client (no Accept header)
+/// makes it: HTTP 200 and the classic text format, parsed.
+pub fn scrape(netns: &Netns) -> Exposition {
+    let response = http_get(netns, METRICS_ADDR, "/metrics", &[])
+        .unwrap_or_else(|err| panic!("GET http://{METRICS_ADDR}/metrics: {err}"));
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert_eq!(
+        response.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8"),
+        "the classic text format for clients that do not ask for OpenMetrics"
+    );
+    Exposition::parse(&response.body)
+}

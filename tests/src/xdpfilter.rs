@@ -181,17 +181,6 @@ fn parse_prog_run(json: &str) -> anyhow::Result<(u64, f64)> {
     Ok((retval, duration))
 }
 
-/// The median of `values` (sorted in place); the benchmarks' one definition of it.
-pub fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    if values.len() % 2 == 1 {
-        values[mid]
-    } else {
-        (values[mid - 1] + values[mid]) / 2.0
-    }
-}
-
 fn summarise(frame: &str, program: &str, mut ns: Vec<f64>, mut ratios: Vec<f64>) -> Row {
     let min = |v: &[f64]| v.iter().copied().fold(f64::MAX, f64::min);
     let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
@@ -200,10 +189,10 @@ fn summarise(frame: &str, program: &str, mut ns: Vec<f64>, mut ratios: Vec<f64>)
         program: program.to_owned(),
         min: min(&ns),
         max: max(&ns),
-        median: median(&mut ns),
+        median: crate::report::median(&mut ns),
         ratio_min: min(&ratios),
         ratio_max: max(&ratios),
-        ratio: median(&mut ratios),
+        ratio: crate::report::median(&mut ratios),
     }
 }
 

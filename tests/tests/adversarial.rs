@@ -20,6 +20,7 @@ use std::{
 use apifw_tests::{
     adversarial::{Frame, Generator, Kind, MAX_LINEAR_FRAME},
     policies::RATE_LIMIT_RULES,
+    support::hex,
     tally::Tally,
 };
 use aya::{
@@ -98,15 +99,6 @@ fn seed() -> u64 {
     };
     eprintln!("adversarial: seed {seed:#x} (replay with APIFW_SEED={seed:#x})");
     seed
-}
-
-/// The first 160 bytes of `frame` in hex (what the parser reads), and how many more there are.
-fn hex(frame: &[u8]) -> String {
-    let shown: String = frame.iter().take(160).map(|b| format!("{b:02x}")).collect();
-    match frame.len().checked_sub(160) {
-        Some(more) if more > 0 => format!("{shown}… (+{more} bytes)"),
-        _ => shown,
-    }
 }
 
 /// What the kernel did with one frame.

@@ -12,9 +12,9 @@ use std::{
 
 use apifw_tests::{
     daemon::{Daemon, Dirs},
-    netns::{Netns, VethLab},
+    netns::VethLab,
     packets,
-    traffic::{Exposition, Flood, METRICS_ADDR, http_get, send},
+    traffic::{Flood, scrape, send},
 };
 use aya::{
     maps::PerCpuArray,
@@ -205,13 +205,6 @@ fn the_kernel_caps_events_exactly() {
     run(&mut firewall, &frame, REPEAT);
     assert_eq!(event_stats(&firewall), (emitted, 3 * repeat - emitted, 0));
     assert_eq!(drain(&mut ring, &want), 0);
-}
-
-fn scrape(netns: &Netns) -> Exposition {
-    let response = http_get(netns, METRICS_ADDR, "/metrics", &[])
-        .unwrap_or_else(|err| panic!("GET http://{METRICS_ADDR}/metrics: {err}"));
-    assert_eq!(response.status, 200, "{}", response.body);
-    Exposition::parse(&response.body)
 }
 
 const EVENTS: &str = "apifw_events_total";

@@ -10,26 +10,19 @@ use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
     process::Command,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use apifw_tests::{
     daemon::{Daemon, Dirs},
     netns::VethLab,
+    support::wait_for,
     traffic::{self, Receiver},
 };
 use firewall_common::{Action, Reason};
 
 const BLOCKED: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 const FRIEND: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 8);
-
-fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// The daemon's log without terminal colour codes.
 fn plain_log(daemon: &mut Daemon) -> String {

@@ -16,6 +16,7 @@ use std::{
 use apifw_tests::{
     daemon::{Daemon, Dirs, apifw_bin},
     netns::{Netns, SERVER_ADDR, VethLab, connect_from},
+    support::wait_for,
     traffic::{self, HttpResponse},
 };
 use firewall_common::{Action, Reason};
@@ -33,15 +34,6 @@ const HTTP_PORT: u16 = 8080;
 const GOOD_AUTH: &str = "Basic YWRtaW46c2VjcmV0";
 /// `admin:wrong`, base64.
 const BAD_AUTH: &str = "Basic YWRtaW46d3Jvbmc=";
-
-/// Waits until `done` holds, panicking with `what` after `secs` seconds.
-fn wait_for(secs: u64, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// A private nginx in `netns` listening on the lab's server address only; stopped on drop.
 struct Nginx {
@@ -92,9 +84,11 @@ impl Nginx {
             child,
             dir: dir.to_owned(),
         };
-        wait_for(10, "nginx to write its pid file", || {
-            nginx.dir.join("nginx.pid").exists()
-        });
+        wait_for(
+            "nginx to write its pid file",
+            Duration::from_secs(10),
+            || nginx.dir.join("nginx.pid").exists(),
+        );
         nginx
     }
 
@@ -242,14 +236,18 @@ fn brute_force_is_banned_in_xdp_and_the_ban_grows_across_a_restart() {
     // Three wrong passwords: counted one by one, the third bans.
     for attempt in 1..=3u64 {
         assert_eq!(status(&lab, ATTACKER, "/admin/", Some(BAD_AUTH)), 401);
-        wait_for(10, "the jail to count the failure", || {
-            jail(&dirs, "nginx-auth")["matches"] == attempt
-        });
+        wait_for(
+            "the jail to count the failure",
+            Duration::from_secs(10),
+            || jail(&dirs, "nginx-auth")["matches"] == attempt,
+        );
         if attempt < 3 {
             assert!(!banned(&dirs, ATTACKER), "banned before max_retry");
         }
     }
-    wait_for(10, "the ban", || banned(&dirs, ATTACKER));
+    wait_for("the ban", Duration::from_secs(10), || {
+        banned(&dirs, ATTACKER)
+    });
     let view = jail(&dirs, "nginx-auth");
     assert_eq!(view["bans"], 1, "{view}");
     assert_eq!(
@@ -280,15 +278,19 @@ fn brute_force_is_banned_in_xdp_and_the_ban_grows_across_a_restart() {
     for _ in 0..4 {
         assert_eq!(status(&lab, PARTNER, "/admin/", Some(BAD_AUTH)), 401);
     }
-    wait_for(10, "the partner's failures to be counted", || {
-        jail(&dirs, "nginx-auth")["matches"] == 7
-    });
+    wait_for(
+        "the partner's failures to be counted",
+        Duration::from_secs(10),
+        || jail(&dirs, "nginx-auth")["matches"] == 7,
+    );
     assert_eq!(jail(&dirs, "nginx-auth")["allowlisted"], 1);
     assert!(!banned(&dirs, PARTNER));
     assert_eq!(status(&lab, PARTNER, "/", None), 200);
 
     // The ban expires and the attacker is served again.
-    wait_for(20, "the ban to expire", || !banned(&dirs, ATTACKER));
+    wait_for("the ban to expire", Duration::from_secs(20), || {
+        !banned(&dirs, ATTACKER)
+    });
     assert_eq!(status(&lab, ATTACKER, "/", None), 200);
 
     // A restart keeps the offender history (and the log position): the second ban is twice as
@@ -299,7 +301,9 @@ fn brute_force_is_banned_in_xdp_and_the_ban_grows_across_a_restart() {
     for _ in 0..3 {
         assert_eq!(status(&lab, ATTACKER, "/admin/", Some(BAD_AUTH)), 401);
     }
-    wait_for(10, "the second ban", || banned(&dirs, ATTACKER));
+    wait_for("the second ban", Duration::from_secs(10), || {
+        banned(&dirs, ATTACKER)
+    });
     let view = jail(&dirs, "nginx-auth");
     assert_eq!(
         view["matches"], 3,
@@ -351,11 +355,13 @@ fn rotation_during_an_attack_loses_and_repeats_no_match() {
     std::fs::rename(&log, &renamed).expect("rename");
     attack(5);
     nginx.reopen_logs();
-    wait_for(10, "nginx to reopen its log", || log.exists());
+    wait_for("nginx to reopen its log", Duration::from_secs(10), || {
+        log.exists()
+    });
     attack(5);
     // copytruncate, with requests the jail has not read yet when the log is copied: they are
     // only in the copy, which the follower finds by its fingerprints.
-    wait_for(10, "the jail to catch up", || {
+    wait_for("the jail to catch up", Duration::from_secs(10), || {
         jail(&dirs, "nginx-auth")["matches"] == 20
     });
     attack(5);
@@ -540,9 +546,11 @@ fn fail2ban_action_bans_through_the_daemon() {
             .output()
             .expect("fail2ban-client")
     };
-    wait_for(30, "fail2ban to start the jail", || {
-        client(&["status", "apifw-test"]).status.success()
-    });
+    wait_for(
+        "fail2ban to start the jail",
+        Duration::from_secs(30),
+        || client(&["status", "apifw-test"]).status.success(),
+    );
 
     // fail2ban's own detection: two failures in its watched log ban through apifw.
     std::fs::write(
@@ -550,9 +558,11 @@ fn fail2ban_action_bans_through_the_daemon() {
         format!("auth failure from {ATTACKER}\nauth failure from {ATTACKER}\n"),
     )
     .expect("write watched log");
-    wait_for(30, "fail2ban's ban to reach apifw", || {
-        banned(&dirs, ATTACKER)
-    });
+    wait_for(
+        "fail2ban's ban to reach apifw",
+        Duration::from_secs(30),
+        || banned(&dirs, ATTACKER),
+    );
     let (ttl, comment) = ban_record(&dirs, ATTACKER);
     assert_eq!(ttl, 600, "fail2ban's bantime");
     assert_eq!(comment, "fail2ban apifw-test");
@@ -565,9 +575,11 @@ fn fail2ban_action_bans_through_the_daemon() {
         "{}",
         String::from_utf8_lossy(&unban.stderr)
     );
-    wait_for(15, "fail2ban's unban to reach apifw", || {
-        !banned(&dirs, ATTACKER)
-    });
+    wait_for(
+        "fail2ban's unban to reach apifw",
+        Duration::from_secs(15),
+        || !banned(&dirs, ATTACKER),
+    );
     // A manual ban through fail2ban too, then its unban after apifw already lifted it.
     let ban = client(&["set", "apifw-test", "banip", "198.51.100.77"]);
     assert!(
@@ -575,7 +587,7 @@ fn fail2ban_action_bans_through_the_daemon() {
         "{}",
         String::from_utf8_lossy(&ban.stderr)
     );
-    wait_for(15, "banip", || {
+    wait_for("banip", Duration::from_secs(15), || {
         banned(&dirs, Ipv4Addr::new(198, 51, 100, 77))
     });
     dirs.cli_json(&["ban", "del", "198.51.100.77"]);

@@ -17,7 +17,7 @@ use std::{
 use apifw_tests::{
     daemon::{Daemon, Dirs},
     netns::{Netns, VethLab},
-    traffic::{Exposition, METRICS_ADDR, Receiver, http_get, send, url_encode},
+    traffic::{Exposition, METRICS_ADDR, Receiver, http_get, scrape, send, url_encode},
 };
 use nix::sys::signal::Signal;
 
@@ -25,19 +25,6 @@ const PACKETS: &str = "apifw_packets_total";
 const BLOCKED: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
 const UNLISTED: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 77);
 const ALLOWED: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 20);
-
-/// One scrape of `/metrics` as an ordinary client (no Accept header) would make it.
-fn scrape(netns: &Netns) -> Exposition {
-    let response = http_get(netns, METRICS_ADDR, "/metrics", &[])
-        .unwrap_or_else(|err| panic!("GET http://{METRICS_ADDR}/metrics: {err}"));
-    assert_eq!(response.status, 200, "{}", response.body);
-    assert_eq!(
-        response.header("content-type"),
-        Some("text/plain; version=0.0.4; charset=utf-8"),
-        "the classic text format for clients that do not ask for OpenMetrics"
-    );
-    Exposition::parse(&response.body)
-}
 
 /// Scrapes until `done` holds (packets cross the veth asynchronously), for at most 20 s; returns
 /// the last scrape either way, for the caller's exact assertions.

@@ -7,6 +7,7 @@ use std::{
 };
 
 use apifw_tests::packets::{self, Case, DST_V4, DST_V6};
+use apifw_tests::support::hex;
 /// Reasons a policy without rate-limit rules can give.
 const LIST_REASONS: usize = 5;
 
@@ -209,10 +210,6 @@ fn expected_verdict(expect: Expect, class: Class, malformed: Action) -> Verdict 
         (Ip(..), Class::Blocked) => Verdict::new(Action::Drop, Reason::Blocklist),
         (Ip(..), Class::Default) => Verdict::new(Action::Pass, Reason::Default),
     }
-}
-
-fn hex(frame: &[u8]) -> String {
-    frame.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn check_parse(src: IpAddr, case: &Case, expect: Expect) {

@@ -18,6 +18,7 @@ use std::{
 use apifw_tests::{
     daemon::{Daemon, Dirs, apifw_bin, stderr_of},
     netns::VethLab,
+    support::wait_for,
     traffic::{self, Receiver},
 };
 use firewall_common::{Action, Reason};
@@ -150,18 +151,6 @@ fn send(lab: &VethLab, source: Ipv4Addr, count: usize) {
     std::thread::sleep(Duration::from_millis(300));
 }
 
-/// Waits (bounded, as a hang guard only) until `done` holds.
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not happen within 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn three_capabilities_and_no_root_uid_suffice_to_enforce_change_reload_and_take_over() {
     let lab = VethLab::new("prv", &[BLOCKED, OTHER]);
@@ -209,7 +198,7 @@ fn three_capabilities_and_no_root_uid_suffice_to_enforce_change_reload_and_take_
         Signal::SIGHUP,
     )
     .expect("SIGHUP");
-    wait_for("the SIGHUP reload", || {
+    wait_for("the SIGHUP reload", Duration::from_secs(30), || {
         dirs.cli_json(&["status"])["reloads"] == 1
     });
     assert_eq!(dirs.cli_json(&["status"])["failed_reloads"], 0);

@@ -6,6 +6,7 @@
 use std::{collections::HashMap, net::IpAddr};
 
 use apifw_tests::packets;
+use apifw_tests::support::hex;
 use aya::programs::{TestRun as _, TestRunOptions};
 /// Reasons a policy without rate-limit rules can give.
 const LIST_REASONS: usize = 5;
@@ -68,10 +69,6 @@ fn run(firewall: &mut Firewall, frame: &[u8]) -> Action {
         1 => Action::Drop,
         other => panic!("XDP returned {other} for {}", hex(frame)),
     }
-}
-
-fn hex(frame: &[u8]) -> String {
-    frame.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Expected counters: (action, reason) -> (packets, bytes).

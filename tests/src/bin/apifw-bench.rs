@@ -19,8 +19,9 @@ use anyhow::{Context as _, bail};
 use apifw_tests::{
     loadbench,
     packets::udp_frame,
-    plot, report,
-    xdpfilter::{self, median},
+    plot,
+    report::{self, median},
+    xdpfilter,
 };
 use aya::programs::{TestRun as _, TestRunOptions};
 use firewall_common::program_names;
