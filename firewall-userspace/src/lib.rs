@@ -25,6 +25,8 @@ pub mod jails;
 pub mod paths;
 pub mod policy;
 pub mod store;
+#[cfg(test)]
+mod test_dir;
 
 pub use dataplane::firewall::{EBPF_OBJECT, Firewall, FirewallError};
 

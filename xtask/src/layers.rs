@@ -8,7 +8,7 @@
 /// The library's layers, lowest first; a module may use any module of its own row or a row above
 /// this one in the list.
 pub const LAYERS: &[&[&str]] = &[
-    &["paths", "errors"],
+    &["paths", "errors", "test_dir"],
     &["policy"],
     &["compile"],
     &["dataplane"],

@@ -2,10 +2,7 @@
 //! ([`crate::dataplane::fake`]) and a clock the test moves. Each test checks what the kernel would
 //! hold (the installed tables, the ban map), the state file and the audit log.
 
-use std::{
-    path::PathBuf,
-    sync::atomic::{AtomicU64, Ordering},
-};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use firewall_common::prefix::{FLAG_ALLOW, FLAG_BLOCK};
 
@@ -13,6 +10,7 @@ use super::*;
 use crate::{
     dataplane::{bans::BanError, fake::FakeDataplane},
     store::state::RuntimeState,
+    test_dir::TempDir,
 };
 
 const SECOND_NS: u64 = 1_000_000_000;
@@ -67,47 +65,16 @@ impl Clock for TestClock {
     }
 }
 
-/// A directory of the test's own, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        static DIRS: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "apifw-engine-test-{}-{}-{name}",
-            std::process::id(),
-            DIRS.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create scratch dir");
-        Self(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
-    fn read(&self, name: &str) -> String {
-        std::fs::read_to_string(self.path(name)).unwrap_or_default()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// An engine over `kernel`, its policy, state file and audit log in `dir`.
-fn engine(dir: &Scratch, kernel: &FakeDataplane, clock: &Arc<TestClock>) -> Engine {
-    let policy_path = dir.path("apifw.toml");
+fn engine(dir: &TempDir, kernel: &FakeDataplane, clock: &Arc<TestClock>) -> Engine {
+    let policy_path = dir.join("apifw.toml");
     if !policy_path.exists() {
         std::fs::write(&policy_path, POLICY).expect("write policy");
     }
     let policy = Loaded::from_file(&policy_path)
         .expect("valid policy")
         .policy;
-    let state_path = dir.path("apifw.state.json");
+    let state_path = dir.join("apifw.state.json");
     let clock: Arc<dyn Clock> = Arc::clone(clock) as Arc<dyn Clock>;
     Engine::new(EngineParts {
         policy_path,
@@ -117,11 +84,16 @@ fn engine(dir: &Scratch, kernel: &FakeDataplane, clock: &Arc<TestClock>) -> Engi
         state_path,
         dataplane: Box::new(kernel.handle()),
         clock,
-        audit: AuditLog::open(&dir.path("audit.log")).expect("audit log"),
+        audit: AuditLog::open(&dir.join("audit.log")).expect("audit log"),
         policy_top: 10,
         policy,
     })
     .expect("engine starts")
+}
+
+/// The content of `name` in `dir`, empty when it does not exist.
+fn read(dir: &TempDir, name: &str) -> String {
+    std::fs::read_to_string(dir.join(name)).unwrap_or_default()
 }
 
 fn clock() -> Arc<TestClock> {
@@ -141,37 +113,43 @@ fn flags(kernel: &FakeDataplane, addr: &str) -> u32 {
     installed.tables.lookup(addr.parse().expect("address"))
 }
 
+/// `apifw block|allow add CIDR` as uid 0 would make it.
+fn add(
+    engine: &mut Engine,
+    kind: ListKind,
+    cidr: &str,
+    meta: EntryMeta,
+) -> Result<Changed, EngineError> {
+    let action = match kind {
+        ListKind::Block => "block.add",
+        ListKind::Allow => "allow.add",
+    };
+    engine.list_add(kind, vec![net(cidr)], meta, "uid 0", (action, json!({})))
+}
+
 fn no_meta() -> EntryMeta {
     EntryMeta::default()
 }
 
 #[test]
 fn a_runtime_block_reaches_the_kernel_the_state_file_and_the_audit_log_and_goes_again() {
-    let dir = Scratch::new("block");
+    let dir = TempDir::new("block");
     let kernel = FakeDataplane::new(4);
     let mut engine = engine(&dir, &kernel, &clock());
     assert_eq!(flags(&kernel, "198.51.100.7"), 0);
 
-    let changed = engine
-        .list_add(
-            ListKind::Block,
-            vec![net("198.51.100.7/32")],
-            no_meta(),
-            "uid 0",
-            ("block.add", json!({})),
-        )
-        .expect("added");
+    let changed = add(&mut engine, ListKind::Block, "198.51.100.7/32", no_meta()).expect("added");
     assert_eq!((changed.added, changed.policy_version), (1, 2));
     assert_eq!(flags(&kernel, "198.51.100.7"), FLAG_BLOCK);
-    assert!(dir.read("apifw.state.json").contains("198.51.100.7/32"));
-    assert!(dir.read("audit.log").contains("\"block.add\""));
+    assert!(read(&dir, "apifw.state.json").contains("198.51.100.7/32"));
+    assert!(read(&dir, "audit.log").contains("\"block.add\""));
 
     let removed = engine
         .list_del(ListKind::Block, vec![net("198.51.100.7/32")], "uid 0")
         .expect("removed");
     assert_eq!(removed.removed, 1);
     assert_eq!(flags(&kernel, "198.51.100.7"), 0);
-    assert!(!dir.read("apifw.state.json").contains("198.51.100.7/32"));
+    assert!(!read(&dir, "apifw.state.json").contains("198.51.100.7/32"));
     // The policy's own entries were untouched throughout.
     assert_eq!(flags(&kernel, "203.0.113.66"), FLAG_BLOCK);
     assert_eq!(flags(&kernel, "203.0.113.7") & FLAG_ALLOW, FLAG_ALLOW);
@@ -179,7 +157,7 @@ fn a_runtime_block_reaches_the_kernel_the_state_file_and_the_audit_log_and_goes_
 
 #[test]
 fn a_runtime_entry_with_a_ttl_expires_on_the_tick_after_its_time() {
-    let dir = Scratch::new("ttl");
+    let dir = TempDir::new("ttl");
     let kernel = FakeDataplane::new(4);
     let clock = clock();
     let mut engine = engine(&dir, &kernel, &clock);
@@ -187,15 +165,7 @@ fn a_runtime_entry_with_a_ttl_expires_on_the_tick_after_its_time() {
         ttl_secs: Some(60),
         comment: Some("for a minute".into()),
     };
-    engine
-        .list_add(
-            ListKind::Block,
-            vec![net("198.51.100.0/24")],
-            meta,
-            "uid 0",
-            ("block.add", json!({})),
-        )
-        .expect("added");
+    add(&mut engine, ListKind::Block, "198.51.100.0/24", meta).expect("added");
 
     clock.advance(59);
     engine.tick();
@@ -208,17 +178,17 @@ fn a_runtime_entry_with_a_ttl_expires_on_the_tick_after_its_time() {
         0,
         "not expired after its TTL"
     );
-    assert!(!dir.read("apifw.state.json").contains("198.51.100.0/24"));
+    assert!(!read(&dir, "apifw.state.json").contains("198.51.100.0/24"));
     assert!(
-        dir.read("audit.log").contains("expire"),
+        read(&dir, "audit.log").contains("expire"),
         "{}",
-        dir.read("audit.log")
+        read(&dir, "audit.log")
     );
 }
 
 #[test]
 fn a_manual_ban_is_in_the_ban_map_until_it_expires_and_a_full_map_is_an_error() {
-    let dir = Scratch::new("bans");
+    let dir = TempDir::new("bans");
     let kernel = FakeDataplane::new(4);
     let clock = clock();
     let mut engine = engine(&dir, &kernel, &clock);
@@ -251,18 +221,18 @@ fn a_manual_ban_is_in_the_ban_map_until_it_expires_and_a_full_map_is_an_error() 
         !kernel.tables().bans.contains_key(&key),
         "an expired ban stayed in the map"
     );
-    assert!(dir.read("audit.log").contains("\"ban.expire\""));
+    assert!(read(&dir, "audit.log").contains("\"ban.expire\""));
 }
 
 #[test]
 fn an_invalid_reload_changes_nothing_and_is_reported() {
-    let dir = Scratch::new("reload");
+    let dir = TempDir::new("reload");
     let kernel = FakeDataplane::new(4);
     let mut engine = engine(&dir, &kernel, &clock());
     let installs = kernel.tables().installs;
 
     std::fs::write(
-        dir.path("apifw.toml"),
+        dir.join("apifw.toml"),
         "[block]\ncidrs = [\"not a cidr\"]\n",
     )
     .expect("break the policy");
@@ -280,7 +250,7 @@ fn an_invalid_reload_changes_nothing_and_is_reported() {
 
     // Fixed: the reload goes through and the new list is enforced.
     std::fs::write(
-        dir.path("apifw.toml"),
+        dir.join("apifw.toml"),
         POLICY.replace("203.0.113.0/24", "198.18.0.0/15"),
     )
     .expect("fix the policy");
@@ -292,35 +262,21 @@ fn an_invalid_reload_changes_nothing_and_is_reported() {
 
 #[test]
 fn a_change_the_kernel_refuses_is_rolled_back_in_memory_and_on_disk() {
-    let dir = Scratch::new("rollback");
+    let dir = TempDir::new("rollback");
     let kernel = FakeDataplane::new(4);
     let mut engine = engine(&dir, &kernel, &clock());
-    engine
-        .list_add(
-            ListKind::Allow,
-            vec![net("192.0.2.10/32")],
-            no_meta(),
-            "uid 0",
-            ("allow.add", json!({})),
-        )
+    add(&mut engine, ListKind::Allow, "192.0.2.10/32", no_meta())
         .expect("a first change, so that the state file exists");
-    let state_before = dir.read("apifw.state.json");
+    let state_before = read(&dir, "apifw.state.json");
     assert!(state_before.contains("192.0.2.10/32"));
 
     kernel.tables().refuse_next_install = true;
-    let err = engine
-        .list_add(
-            ListKind::Block,
-            vec![net("198.51.100.7/32")],
-            no_meta(),
-            "uid 0",
-            ("block.add", json!({})),
-        )
+    let err = add(&mut engine, ListKind::Block, "198.51.100.7/32", no_meta())
         .expect_err("the kernel refused");
     assert!(matches!(err, EngineError::Failed(_)), "{err:?}");
     assert_eq!(flags(&kernel, "198.51.100.7"), 0);
     assert_eq!(
-        dir.read("apifw.state.json"),
+        read(&dir, "apifw.state.json"),
         state_before,
         "state file kept the change"
     );
@@ -334,20 +290,12 @@ fn a_change_the_kernel_refuses_is_rolled_back_in_memory_and_on_disk() {
 
 #[test]
 fn runtime_changes_survive_a_restart_through_the_state_file() {
-    let dir = Scratch::new("restart");
+    let dir = TempDir::new("restart");
     let clock = clock();
     {
         let kernel = FakeDataplane::new(4);
         let mut first = engine(&dir, &kernel, &clock);
-        first
-            .list_add(
-                ListKind::Allow,
-                vec![net("203.0.113.99/32")],
-                no_meta(),
-                "uid 0",
-                ("allow.add", json!({})),
-            )
-            .expect("allowed");
+        add(&mut first, ListKind::Allow, "203.0.113.99/32", no_meta()).expect("allowed");
         first
             .ban_add(vec![net("198.51.100.66/32")], 3600, None, "uid 0")
             .expect("banned");
@@ -366,7 +314,7 @@ fn runtime_changes_survive_a_restart_through_the_state_file() {
 
 #[test]
 fn a_jail_bans_a_reported_source_but_never_an_allowlisted_one() {
-    let dir = Scratch::new("jail");
+    let dir = TempDir::new("jail");
     let kernel = FakeDataplane::new(4);
     let mut engine = engine(&dir, &kernel, &clock());
     let abuser: IpAddr = "198.51.100.23".parse().expect("address");

@@ -1,37 +1,10 @@
 //! Unit tests of the parent module, in a file of their own to keep the module readable.
 
-use std::sync::atomic::{AtomicU32, Ordering};
-
 use serde_json::json;
 
 use super::*;
 
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "apifw-audit-{}-{name}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        Self(dir)
-    }
-
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use crate::test_dir::TempDir;
 
 fn at_ms(ms: u64, action: &str) -> AuditRecord {
     AuditRecord::at(
@@ -235,7 +208,7 @@ fn missing_log_is_recognisable() {
     let dir = TempDir::new("missing");
     let err = read(&dir.join("nope.log"), None).expect_err("missing");
     assert!(err.is_missing_log(), "{err:?}");
-    let err = read(&dir.0, None).expect_err("a directory");
+    let err = read(dir.path(), None).expect_err("a directory");
     assert!(!err.is_missing_log(), "{err:?}");
 }
 
