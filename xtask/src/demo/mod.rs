@@ -264,28 +264,32 @@ impl Daemon {
         let config = lab.work_dir().join("apifw.toml");
         fs::write(
             &config,
-            lab_policy(policy, &pin_dir, &run_dir, lab.work_dir())?,
+            lab_policy(policy, api_if, &pin_dir, &run_dir, lab.work_dir())?,
         )?;
 
-        println!("\ndemo: apifw check --config {DEMO_POLICY} (validates without loading)");
+        println!(
+            "\ndemo: apifw check --config {DEMO_POLICY} (validates without loading; the lab's copy \
+             names {api_if})"
+        );
         print!(
             "{}",
-            cmd::output(
-                Command::new(apifw)
+            indent(&cmd::output(
+                Command::new("nsenter")
+                    .arg(format!("--net=/run/netns/{api_ns}"))
+                    .arg(apifw)
                     .arg("check")
                     .arg("--config")
                     .arg(&config)
-            )?
+            )?)
         );
-        println!("demo: starting `apifw run` on {api_if}");
+        println!("demo: starting `apifw run --config` on {api_if}");
         // nsenter rather than `ip netns exec`: the latter remounts /sys, which hides bpffs.
         let mut run = Command::new("nsenter");
         run.arg(format!("--net=/run/netns/{api_ns}"))
             .arg(apifw)
             .arg("run")
             .arg("--config")
-            .arg(&config)
-            .args(["--interface", api_if]);
+            .arg(&config);
         let process = lab.spawn("apifw", run)?;
         let daemon = Self {
             process,
@@ -333,12 +337,25 @@ impl Daemon {
     }
 }
 
-/// The demo policy with a `[daemon]` table that keeps every file the daemon writes in the lab.
-fn lab_policy(policy: &str, pin_dir: &Path, run_dir: &Path, work_dir: &Path) -> Result<String> {
+/// The demo policy for the lab: protecting `interface`, with a `[daemon]` table that keeps every
+/// file the daemon writes in the lab.
+fn lab_policy(
+    policy: &str,
+    interface: &str,
+    pin_dir: &Path,
+    run_dir: &Path,
+    work_dir: &Path,
+) -> Result<String> {
     ensure!(
         !policy.lines().any(|line| line.trim() == "[daemon]"),
         "{DEMO_POLICY} must not have a [daemon] table: the demo adds one that keeps the daemon's \
          files inside the lab"
+    );
+    ensure!(
+        !policy
+            .lines()
+            .any(|line| line.trim_start().starts_with("interfaces")),
+        "{DEMO_POLICY} must not set `interfaces`: the demo names its lab's interface"
     );
     let quoted = |path: &Path| -> Result<String> {
         let text = path
@@ -347,8 +364,10 @@ fn lab_policy(policy: &str, pin_dir: &Path, run_dir: &Path, work_dir: &Path) -> 
         Ok(toml_string(text))
     };
     Ok(format!(
-        "{policy}\n# Added by `cargo xtask demo`: every file of the daemon lives in the lab.\n\
+        "# Added by `cargo xtask demo`: the lab's interface.\ninterfaces = [{}]\n\n{policy}\n\
+         # Added by `cargo xtask demo`: every file of the daemon lives in the lab.\n\
          [daemon]\npin_dir = {}\nrun_dir = {}\naudit_log = {}\nstate_file = {}\n",
+        toml_string(interface),
         quoted(pin_dir)?,
         quoted(run_dir)?,
         quoted(&work_dir.join("audit.log"))?,
@@ -608,12 +627,17 @@ mod tests {
             fs::read_to_string(workspace_root().join(DEMO_POLICY)).expect("the demo policy");
         let policy = lab_policy(
             &shipped,
+            "dapi1",
             Path::new("/sys/fs/bpf/apifw-demo-1"),
             Path::new("/tmp/apifw-demo-1/run"),
             Path::new("/tmp/apifw-demo-1"),
         )
         .expect("a policy without [daemon]");
         let parsed: toml::Table = toml::from_str(&policy).expect("valid TOML");
+        assert_eq!(
+            parsed["interfaces"].as_array().expect("interfaces"),
+            &[toml::Value::from("dapi1")]
+        );
         let daemon = parsed["daemon"].as_table().expect("[daemon]");
         for key in ["pin_dir", "run_dir", "audit_log", "state_file"] {
             let path = daemon[key].as_str().expect("a path");
@@ -625,6 +649,17 @@ mod tests {
         assert!(
             lab_policy(
                 "[daemon]\n",
+                "dapi1",
+                Path::new("/a"),
+                Path::new("/b"),
+                Path::new("/c")
+            )
+            .is_err()
+        );
+        assert!(
+            lab_policy(
+                "interfaces = [\"eth0\"]\n",
+                "dapi1",
                 Path::new("/a"),
                 Path::new("/b"),
                 Path::new("/c")

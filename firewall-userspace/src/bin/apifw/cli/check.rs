@@ -42,14 +42,39 @@ pub fn execute(args: CheckArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     println!(
-        "{}: ok ({} interfaces, {} allow and {} block entries, {} rate-limit rules{}, {} warnings)",
+        "{}: ok ({}, {} and {}, {}{}, {})",
         args.config.display(),
-        policy.interfaces.len(),
-        policy.allow.len(),
-        policy.block.len(),
-        policy.rules.len(),
+        counted(policy.interfaces.len(), "interface"),
+        counted(policy.allow.len(), "allow entry"),
+        counted(policy.block.len(), "block entry"),
+        counted(policy.rules.len(), "rate-limit rule"),
         if policy.dry_run { " in dry run" } else { "" },
-        loaded.warnings.len()
+        counted(loaded.warnings.len(), "warning")
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `1 interface`, `2 interfaces`, `0 block entries`.
+fn counted(count: usize, what: &str) -> String {
+    if count == 1 {
+        format!("1 {what}")
+    } else if let Some(stem) = what.strip_suffix('y') {
+        format!("{count} {stem}ies")
+    } else {
+        format!("{count} {what}s")
+    }
+}
+
+#[cfg(test)]
+mod counted_tests {
+    use super::counted;
+
+    #[test]
+    fn counts_read_as_english() {
+        assert_eq!(counted(1, "interface"), "1 interface");
+        assert_eq!(counted(0, "interface"), "0 interfaces");
+        assert_eq!(counted(2, "block entry"), "2 block entries");
+        assert_eq!(counted(1, "allow entry"), "1 allow entry");
+        assert_eq!(counted(3, "warning"), "3 warnings");
+    }
 }
