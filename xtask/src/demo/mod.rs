@@ -6,15 +6,17 @@
 //! ```text
 //!   client   198.51.100.10 ─┐
 //!   flooder  198.51.100.66 ─┤
-//!   partner  203.0.113.7   ─┤  br0 in `sw`  ├─ api  192.0.2.1 (HTTP :8080, XDP here)
-//!   attacker 203.0.113.66  ─┘                    also 198.51.100.1, 203.0.113.1 (gateway)
+//!   guesser  198.51.100.77 ─┤  br0 in `sw`  ├─ api  192.0.2.1 (HTTP :8080, nginx :8081, XDP here)
+//!   partner  203.0.113.7   ─┤                    also 198.51.100.1, 203.0.113.1 (gateway)
+//!   attacker 203.0.113.66  ─┘
 //! ```
 //!
 //! The policy (`examples/demo.toml`) blocks 203.0.113.0/24 but allows 203.0.113.7/32, and holds
 //! port 8080 to per-source limits that ban a source which keeps exceeding them. The demo shows,
 //! and checks, each thing an operator relies on: the lists, a flooder rate-limited and then banned
 //! while a polite client of the same network keeps getting HTTP 200, a runtime block and unblock
-//! on live traffic, the metrics and `apifw top` naming the flooder, and a clean stop. Every claim
+//! on live traffic, a jail banning a password guesser on a real nginx, the metrics and `apifw
+//! top` naming the flooder, and a clean stop. Every claim
 //! is checked against real answers and counters ([`claims`]); one that does not hold makes the
 //! demo exit non-zero, naming it.
 //!
@@ -23,6 +25,7 @@
 //! pointing into the lab.
 
 mod claims;
+mod nginx;
 mod traffic;
 
 use std::{
@@ -78,7 +81,13 @@ const ATTACKER: Host = Host {
     addr: "203.0.113.66",
     gateway: "203.0.113.1",
 };
-const HOSTS: [&Host; 4] = [&CLIENT, &FLOODER, &PARTNER, &ATTACKER];
+const GUESSER: Host = Host {
+    role: "guesser",
+    stem: "gss",
+    addr: "198.51.100.77",
+    gateway: "198.51.100.1",
+};
+const HOSTS: [&Host; 5] = [&CLIENT, &FLOODER, &PARTNER, &ATTACKER, &GUESSER];
 
 /// How long the flooder floods; the rule bans after 2 s of continuous refusal.
 const FLOOD_SECS: u32 = 6;
@@ -133,6 +142,7 @@ struct Hosts {
     flooder: String,
     partner: String,
     attacker: String,
+    guesser: String,
 }
 
 fn run_in_lab(lab: &mut Lab, name: &str, apifw: &Path, policy: &str) -> Result<()> {
@@ -157,6 +167,14 @@ fn run_in_lab(lab: &mut Lab, name: &str, apifw: &Path, policy: &str) -> Result<(
         Ok(traffic::curl(lab, &hosts.api, 1)? == Outcome::Status(200))
     })?;
 
+    println!(
+        "demo: starting nginx with a basic-auth admin page on {SERVICE_ADDR}:{} (its access log is \
+         the jail's)",
+        nginx::PORT
+    );
+    let work_dir = lab.work_dir().to_owned();
+    nginx::start(lab, &hosts.api, &work_dir)?;
+
     let mut claims = Claims::default();
     println!("demo: before apifw, every host reaches the API");
     for (host, ns) in [
@@ -164,6 +182,7 @@ fn run_in_lab(lab: &mut Lab, name: &str, apifw: &Path, policy: &str) -> Result<(
         (&FLOODER, &hosts.flooder),
         (&PARTNER, &hosts.partner),
         (&ATTACKER, &hosts.attacker),
+        (&GUESSER, &hosts.guesser),
     ] {
         let outcome = traffic::curl(lab, ns, 3)?;
         ensure!(
@@ -178,6 +197,7 @@ fn run_in_lab(lab: &mut Lab, name: &str, apifw: &Path, policy: &str) -> Result<(
     show_lists(lab, &daemon, &hosts, &mut claims)?;
     show_rate_limit(lab, &daemon, &hosts, &mut claims)?;
     show_runtime_block(lab, &daemon, &hosts, &mut claims)?;
+    show_jail(lab, &daemon, &hosts, &mut claims)?;
     show_metrics(lab, &hosts, &mut claims)?;
 
     println!("\ndemo: apifw stats");
@@ -221,7 +241,7 @@ fn build_topology(lab: &mut Lab, suffix: u32, api_if: &str) -> Result<Hosts> {
         lab.ip(&ns, &["route", "add", "default", "via", host.gateway])?;
         namespaces.push(ns);
     }
-    let [client, flooder, partner, attacker] = <[String; 4]>::try_from(namespaces)
+    let [client, flooder, partner, attacker, guesser] = <[String; 5]>::try_from(namespaces)
         .map_err(|_| anyhow::anyhow!("one namespace per host"))?;
     Ok(Hosts {
         api,
@@ -229,6 +249,7 @@ fn build_topology(lab: &mut Lab, suffix: u32, api_if: &str) -> Result<Hosts> {
         flooder,
         partner,
         attacker,
+        guesser,
     })
 }
 
@@ -563,9 +584,58 @@ fn show_runtime_block(
     Ok(())
 }
 
+/// A jail bans a client that keeps failing nginx's basic auth, in XDP.
+fn show_jail(lab: &Lab, daemon: &Daemon, hosts: &Hosts, claims: &mut Claims) -> Result<()> {
+    let url = nginx::admin_url();
+    println!(
+        "\ndemo: 4. jail: the guesser ({}) tries wrong passwords on {url}; the jail `nginx-auth` \
+         bans after 3 failures",
+        GUESSER.addr
+    );
+    let guesses: Vec<Outcome> = (1..=3)
+        .map(|n| {
+            let credentials = format!("demo:guess{n}");
+            traffic::curl_url(lab, &hosts.guesser, &url, Some(&credentials), 3)
+        })
+        .collect::<Result<_>>()?;
+    let guesser = format!("{}/32", GUESSER.addr);
+    let waited = Instant::now();
+    let banned = lab::wait_until(Duration::from_secs(10), "the jail's ban", || {
+        Ok(traffic::banned_prefixes(&daemon.cli(&["bans", "--json"])?)?.contains(&guesser))
+    })
+    .is_ok();
+    claims.check(
+        "nginx answers wrong passwords with 401, and the jail bans the guesser in XDP",
+        guesses.iter().all(|o| *o == Outcome::Status(401)) && banned,
+        format!(
+            "answers {}; {}",
+            traffic::list(&guesses),
+            if banned {
+                format!(
+                    "banned {:.1} s after the third failure",
+                    waited.elapsed().as_secs_f64()
+                )
+            } else {
+                "not banned within 10 s".to_owned()
+            }
+        ),
+    );
+    let right_password = Some(nginx::GOOD_CREDENTIALS);
+    let guesser_now = traffic::curl_url(lab, &hosts.guesser, &url, right_password, 2)?;
+    let client_now = traffic::curl_url(lab, &hosts.client, &url, right_password, 3)?;
+    claims.check(
+        "the banned guesser gets nothing even with the right password; the client logs in",
+        guesser_now == Outcome::Timeout && client_now == Outcome::Status(200),
+        format!("guesser: {guesser_now}, client: {client_now}"),
+    );
+    println!("demo: apifw jails");
+    print!("{}", indent(&daemon.cli(&["jails"])?));
+    Ok(())
+}
+
 /// A Prometheus scrape shows the drops.
 fn show_metrics(lab: &Lab, hosts: &Hosts, claims: &mut Claims) -> Result<()> {
-    println!("\ndemo: 4. metrics: curl http://127.0.0.1:9464/metrics (the drop counters)");
+    println!("\ndemo: 5. metrics: curl http://127.0.0.1:9464/metrics (the drop counters)");
     let scrape = lab.exec(
         &hosts.api,
         &[

@@ -39,21 +39,33 @@ impl fmt::Display for Outcome {
 /// One HTTP request to the API from `ns`, given up after `max_time_secs`.
 pub fn curl(lab: &Lab, ns: &str, max_time_secs: u32) -> Result<Outcome> {
     let url = format!("http://{SERVICE_ADDR}:{SERVICE_PORT}/");
+    curl_url(lab, ns, &url, None, max_time_secs)
+}
+
+/// One HTTP request to `url` from `ns`, with basic-auth `credentials` (`user:password`) if given.
+pub fn curl_url(
+    lab: &Lab,
+    ns: &str,
+    url: &str,
+    credentials: Option<&str>,
+    max_time_secs: u32,
+) -> Result<Outcome> {
     let max_time = max_time_secs.to_string();
-    let out = lab.exec(
-        ns,
-        &[
-            "curl",
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            &max_time,
-            &url,
-        ],
-    )?;
+    let mut argv = vec![
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        &max_time,
+    ];
+    if let Some(credentials) = credentials {
+        argv.extend(["-u", credentials]);
+    }
+    argv.push(url);
+    let out = lab.exec(ns, &argv)?;
     // curl dies with us on Ctrl-C; report the interrupt, not a bogus result.
     lab::check_interrupted()?;
     Ok(match out.status.code() {
