@@ -218,6 +218,19 @@ impl Daemon {
         child
     }
 
+    /// Like [`Daemon::spawn_wrapped`], without waiting for readiness, but as a guard that kills
+    /// the daemon when the test ends, panics included.
+    pub fn spawn_guarded(
+        netns: &Netns,
+        dirs: &Dirs,
+        interface: &str,
+        wrapper: &[std::ffi::OsString],
+    ) -> Self {
+        Self {
+            child: Some(Self::spawn_wrapped(netns, dirs, interface, wrapper)),
+        }
+    }
+
     /// Starts the daemon and waits until it answers on its control socket (it is then attached
     /// and enforcing).
     pub fn start(netns: &Netns, dirs: &Dirs, interface: &str) -> Self {

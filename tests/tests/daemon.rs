@@ -242,7 +242,8 @@ fn a_service_manager_hears_ready_once_the_daemon_answers_and_stopping_on_sigterm
         OsString::from("env"),
         OsString::from(format!("NOTIFY_SOCKET={}", socket_path.display())),
     ];
-    let mut daemon = Daemon::spawn_wrapped(&lab.server, &dirs, &lab.server_if, &env);
+    // A guard: a failed assertion below must not leave the daemon running.
+    let daemon = Daemon::spawn_guarded(&lab.server, &dirs, &lab.server_if, &env);
 
     let ready = receive();
     assert!(
@@ -258,20 +259,15 @@ fn a_service_manager_hears_ready_once_the_daemon_answers_and_stopping_on_sigterm
         String::from_utf8_lossy(&status.stderr)
     );
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("JSON");
-    assert_eq!(status["pid"], daemon.id(), "{status}");
+    assert_eq!(status["pid"], daemon.pid(), "{status}");
 
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(daemon.id() as i32),
-        Signal::SIGTERM,
-    )
-    .expect("SIGTERM");
+    let (exit, stderr) = daemon.stop(Signal::SIGTERM);
+    assert!(exit.success(), "exit {exit}: {stderr}");
     let stopping = receive();
     assert!(
         stopping.lines().any(|line| line == "STOPPING=1"),
         "notification after SIGTERM: {stopping:?}"
     );
-    let exit = daemon.wait().expect("wait");
-    assert!(exit.success(), "exit {exit}: {}", stderr_of(&mut daemon));
 }
 
 #[test]
