@@ -29,17 +29,53 @@ use firewall_userspace::{Firewall, Policy};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use rand::{Rng as _, SeedableRng as _, rngs::SmallRng};
 
+/// Measures apifw against its baselines and peers and writes the report (run through
+/// `cargo xtask bench -- ARGS`, which builds it and installs the peers first).
+#[derive(Debug, clap::Parser)]
+#[command(name = "apifw-bench")]
 struct Args {
+    /// The report to update.
+    #[arg(long, value_name = "FILE", default_value = "docs/BENCHMARKS.md")]
     out: PathBuf,
+    /// `BPF_PROG_TEST_RUN` repetitions per measurement.
+    #[arg(long, value_name = "N", default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1..))]
     repeat: u32,
+    /// Runs per figure (the report gives their median and spread).
+    #[arg(long, value_name = "N", default_value_t = 7, value_parser = at_least_one)]
     runs: usize,
-    /// Sections to measure (empty: all).
+    /// Sections to measure, comma-separated (default: all).
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
     only: Vec<String>,
-    /// Sections not to measure.
+    /// Sections not to measure, comma-separated.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
     skip: Vec<String>,
-    /// Smoke run: small sizes, report printed instead of written.
+    /// Smoke run: small sizes, the report printed instead of written.
+    #[arg(long)]
     quick: bool,
-    load: loadbench::Options,
+    /// Entries the control-plane (`load`) section loads.
+    #[arg(long = "load-entries", value_name = "N", default_value_t = loadbench::Options::default().entries)]
+    load_entries: usize,
+    /// Rounds of the `load` section.
+    #[arg(long = "load-runs", value_name = "N", default_value_t = loadbench::Options::default().runs, value_parser = at_least_one)]
+    load_runs: usize,
+    /// `APIFW_LOG` of the daemon in the `load` section.
+    #[arg(long = "load-log", value_name = "LEVEL", default_value = "info")]
+    load_log: String,
+    /// Older spelling of `--skip load`.
+    #[arg(long = "skip-load", hide = true)]
+    skip_load: bool,
+    /// Older spelling of `--only load`.
+    #[arg(long = "only-load", hide = true)]
+    only_load: bool,
+}
+
+/// A count that must be at least 1.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(err) => Err(err.to_string()),
+    }
 }
 
 impl Args {
@@ -51,44 +87,27 @@ impl Args {
             quick: self.quick,
         }
     }
-}
 
-fn parse_args() -> anyhow::Result<Args> {
-    let mut args = Args {
-        out: PathBuf::from("docs/BENCHMARKS.md"),
-        repeat: 1_000_000,
-        runs: 7,
-        only: Vec::new(),
-        skip: Vec::new(),
-        quick: false,
-        load: loadbench::Options::default(),
-    };
-    let mut iter = std::env::args().skip(1);
-    while let Some(arg) = iter.next() {
-        let mut value = || iter.next().with_context(|| format!("{arg} needs a value"));
-        match arg.as_str() {
-            "--out" => args.out = PathBuf::from(value()?),
-            "--repeat" => args.repeat = value()?.parse()?,
-            "--runs" => args.runs = value()?.parse()?,
-            "--only" => args.only.extend(value()?.split(',').map(str::to_owned)),
-            "--skip" => args.skip.extend(value()?.split(',').map(str::to_owned)),
-            "--quick" => args.quick = true,
-            // Older spellings.
-            "--skip-load" => args.skip.push("load".into()),
-            "--only-load" => args.only.push("load".into()),
-            "--load-entries" => args.load.entries = value()?.parse()?,
-            "--load-runs" => args.load.runs = value()?.parse()?,
-            "--load-log" => args.load.daemon_log = value()?,
-            other => bail!(
-                "unknown argument {other} (known: --out FILE, --repeat N, --runs N, --only LIST, \
-                 --skip LIST, --quick, --load-entries N, --load-runs N, --load-log LEVEL)"
-            ),
+    /// The `load` section's options.
+    fn load(&self) -> loadbench::Options {
+        loadbench::Options {
+            entries: self.load_entries,
+            runs: self.load_runs,
+            daemon_log: self.load_log.clone(),
         }
     }
-    if args.runs == 0 || args.repeat == 0 {
-        bail!("--runs and --repeat must be at least 1");
+}
+
+/// The command line, with the older `--skip-load`/`--only-load` folded into the lists.
+fn parse_args() -> Args {
+    let mut args = <Args as clap::Parser>::parse();
+    if args.skip_load {
+        args.skip.push("load".into());
     }
-    Ok(args)
+    if args.only_load {
+        args.only.push("load".into());
+    }
+    args
 }
 
 /// The benchmark's own entries and sources. The random lists never touch 203.0.0.0/16,
@@ -354,14 +373,14 @@ fn measure(
 type Measure = fn(&Args) -> anyhow::Result<String>;
 const SECTIONS: &[(&str, Measure)] = &[
     ("packet", |args| packet_report(args)),
-    ("load", |args| Ok(loadbench::run(&args.load)?.markdown()?)),
+    ("load", |args| Ok(loadbench::run(&args.load())?.markdown()?)),
     ("flood", |args| apifw_tests::flood::run(&args.common())),
     ("sources", |args| apifw_tests::sources::run(&args.common())),
     ("attack", |args| apifw_tests::attack::run(&args.common())),
 ];
 
 fn main() -> anyhow::Result<()> {
-    let args = parse_args()?;
+    let args = parse_args();
     for name in args.only.iter().chain(&args.skip) {
         if !SECTIONS.iter().any(|(known, _)| known == name) {
             let known: Vec<&str> = SECTIONS.iter().map(|(known, _)| *known).collect();
