@@ -6,7 +6,8 @@ pub mod daemon;
 pub mod flood;
 pub mod loadbench;
 pub mod netns;
-pub mod packets;
+/// The crafted frames, shared with the model's tests in `firewall-common`.
+pub use apifw_test_frames as packets;
 pub mod plot;
 pub mod policies;
 pub mod report;

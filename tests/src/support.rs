@@ -1,4 +1,5 @@
-//! Small helpers every kind of test uses: bounded waiting and showing frames.
+//! Small helpers every kind of test uses: bounded waiting, and showing frames (from
+//! `apifw-test-frames`).
 
 use std::time::{Duration, Instant};
 
@@ -15,23 +16,4 @@ pub fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// The first 160 bytes of `frame` in hex (what the parser reads), and how many more there are.
-pub fn hex(frame: &[u8]) -> String {
-    let shown: String = frame.iter().take(160).map(|b| format!("{b:02x}")).collect();
-    match frame.len().checked_sub(160) {
-        Some(more) if more > 0 => format!("{shown}… (+{more} bytes)"),
-        _ => shown,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hex_shows_short_frames_whole_and_cuts_long_ones() {
-        assert_eq!(hex(&[0x45, 0x00, 0xff]), "4500ff");
-        let long = vec![0u8; 170];
-        assert_eq!(hex(&long), format!("{}… (+10 bytes)", "00".repeat(160)));
-    }
-}
+pub use apifw_test_frames::hex;

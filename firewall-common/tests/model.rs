@@ -1,13 +1,12 @@
 //! Unit tests of the reference model (`firewall_common::model`) on the crafted frames of
-//! `apifw_tests::packets`: every case has an exact expected parse result and verdict.
+//! `apifw_test_frames`: every case has an exact expected parse result and verdict.
 
 use std::{
     collections::BTreeSet,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
-use apifw_tests::packets::{self, Case, DST_V4, DST_V6};
-use apifw_tests::support::hex;
+use apifw_test_frames::{self as packets, Case, DST_V4, DST_V6, hex};
 /// Reasons a policy without rate-limit rules can give.
 const LIST_REASONS: usize = 5;
 

@@ -1,9 +1,11 @@
-//! Frames for verdict tests, crafted with `etherparse`.
+//! Frames for apifw's verdict tests, crafted with `etherparse`: the reference model's tests
+//! (`firewall-common/tests/model.rs`) and the kernel's (`tests/`) run the same frames.
 //!
 //! - [`table`]: named frames covering every parse path of the reference model
 //!   (`firewall_common::model`), for each given source address.
 //! - [`random_frames`]: deterministic pseudo-random frames (valid, odd, corrupted and truncated).
 //! - [`truncations`]: every prefix of a frame that `BPF_PROG_TEST_RUN` accepts for XDP.
+//! - [`hex`]: a frame as test failures show it.
 //!
 //! Headers are built with `etherparse`; malformed frames are valid frames with a field set out of
 //! range or cut short. Only documentation addresses appear in [`table`].
@@ -1084,4 +1086,25 @@ fn random_ip_spec(rng: &mut SmallRng, near: &[IpNet]) -> Spec {
         }
     }
     spec
+}
+
+/// The first 160 bytes of `frame` in hex (what the parser reads), and how many more there are.
+pub fn hex(frame: &[u8]) -> String {
+    let shown: String = frame.iter().take(160).map(|b| format!("{b:02x}")).collect();
+    match frame.len().checked_sub(160) {
+        Some(more) if more > 0 => format!("{shown}… (+{more} bytes)"),
+        _ => shown,
+    }
+}
+
+#[cfg(test)]
+mod hex_tests {
+    use super::hex;
+
+    #[test]
+    fn hex_shows_short_frames_whole_and_cuts_long_ones() {
+        assert_eq!(hex(&[0x45, 0x00, 0xff]), "4500ff");
+        let long = vec![0u8; 170];
+        assert_eq!(hex(&long), format!("{}… (+10 bytes)", "00".repeat(160)));
+    }
 }
