@@ -79,44 +79,53 @@ pub fn prefix_of(key: &BanKey) -> IpNet {
     IpNet::new(addr, key.prefix_len).unwrap_or_else(|_| IpNet::from(addr))
 }
 
+/// How a ban's rule is named for people: `manual` for an operator's (or a jail's) ban, else the
+/// rule's name from `names` (rule slot → name), or `#N` when the name is unknown.
+pub fn rule_label(rule: u32, names: &std::collections::BTreeMap<u32, String>) -> String {
+    if rule == MANUAL_BAN_RULE {
+        return "manual".to_owned();
+    }
+    names
+        .get(&rule)
+        .cloned()
+        .unwrap_or_else(|| format!("#{rule}"))
+}
+
+/// Why a ban of `kind` made by `rule` exists, in words, naming the rule by `rule_label`.
+pub fn reason(rule: u32, kind: u32, rule_label: &str) -> String {
+    if rule == MANUAL_BAN_RULE {
+        "manual ban".to_owned()
+    } else if kind == BAN_SUBNET {
+        format!("too many sources of this subnet were banned under rule {rule_label}")
+    } else {
+        format!("kept exceeding the limits of rule {rule_label}")
+    }
+}
+
 fn row(key: &BanKey, ban: &BanEntry, now_ns: u64) -> BanRow {
     let subnet = ban.kind == BAN_SUBNET;
     BanRow {
         prefix: prefix_of(key),
         kind: if subnet { "subnet" } else { "host" }.to_owned(),
         rule: ban.rule,
-        reason: if ban.rule == MANUAL_BAN_RULE {
-            "manual ban".to_owned()
-        } else if subnet {
-            format!(
-                "too many sources of this subnet were banned under rule {}",
-                ban.rule
-            )
-        } else {
-            format!("kept exceeding the limits of rule {}", ban.rule)
-        },
+        reason: reason(ban.rule, ban.kind, &ban.rule.to_string()),
         remaining_secs: ban.expires_ns.saturating_sub(now_ns) as f64 / 1e9,
         age_secs: now_ns.saturating_sub(ban.banned_at_ns) as f64 / 1e9,
     }
 }
 
-/// The active bans of a ban map, soonest expiry first.
-pub fn active<T: std::borrow::Borrow<MapData>>(
+/// Every entry of a ban map, expired ones included.
+pub fn entries<T: std::borrow::Borrow<MapData>>(
     map: &HashMap<T, BanKey, BanEntry>,
-    now_ns: u64,
-) -> Result<Vec<BanRow>, BanError> {
-    let mut rows = Vec::new();
-    for item in map.iter() {
-        let (key, ban) = item.map_err(|source| BanError::Map {
-            action: "iteration",
-            source: Box::new(source),
-        })?;
-        if ban.active_at(now_ns) {
-            rows.push(row(&key, &ban, now_ns));
-        }
-    }
-    rows.sort_by(|a, b| a.remaining_secs.total_cmp(&b.remaining_secs));
-    Ok(rows)
+) -> Result<Vec<(BanKey, BanEntry)>, BanError> {
+    map.iter()
+        .map(|item| {
+            item.map_err(|source| BanError::Map {
+                action: "iteration",
+                source: Box::new(source),
+            })
+        })
+        .collect()
 }
 
 /// The active bans among `entries` (a ban map's content), soonest expiry first.
@@ -142,7 +151,7 @@ pub fn sweep<T: std::borrow::BorrowMut<MapData>>(
             source: Box::new(source),
         })?;
         if let Ok(ban) = map.get(&key, 0)
-            && ban.expires_ns <= now_ns
+            && !ban.active_at(now_ns)
         {
             expired.push((key, ban));
         }
@@ -170,5 +179,36 @@ pub fn read_pinned(layout: &PinLayout) -> Result<Vec<BanRow>, BanError> {
     let data = MapData::from_pin(&path).map_err(map_err)?;
     let map: HashMap<_, BanKey, BanEntry> =
         HashMap::try_from(Map::HashMap(data)).map_err(map_err)?;
-    active(&map, monotonic_ns()?)
+    Ok(active_of(&entries(&map)?, monotonic_ns()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use firewall_common::rules::BAN_HOST;
+
+    use super::*;
+
+    #[test]
+    fn manual_bans_show_no_sentinel_and_rules_show_their_names() {
+        let names = BTreeMap::from([(0, "api".to_owned())]);
+        assert_eq!(rule_label(MANUAL_BAN_RULE, &names), "manual");
+        assert_eq!(rule_label(0, &names), "api");
+        assert_eq!(rule_label(3, &names), "#3");
+        assert!(!rule_label(MANUAL_BAN_RULE, &BTreeMap::new()).contains("4294967295"));
+    }
+
+    #[test]
+    fn reasons_name_the_rule_and_the_kind() {
+        assert_eq!(reason(MANUAL_BAN_RULE, BAN_HOST, "manual"), "manual ban");
+        assert_eq!(
+            reason(0, BAN_HOST, "api"),
+            "kept exceeding the limits of rule api"
+        );
+        assert_eq!(
+            reason(0, BAN_SUBNET, "api"),
+            "too many sources of this subnet were banned under rule api"
+        );
+    }
 }

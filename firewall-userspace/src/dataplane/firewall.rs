@@ -691,18 +691,6 @@ impl Firewall {
         })
     }
 
-    /// Removes expired bans from the kernel map; returns them.
-    pub fn sweep_bans(
-        &mut self,
-    ) -> Result<
-        Vec<(ipnet::IpNet, firewall_common::rules::BanEntry)>,
-        crate::dataplane::bans::BanError,
-    > {
-        let now = crate::dataplane::bans::monotonic_ns()?;
-        let mut bans = self.bans_mut()?;
-        crate::dataplane::bans::sweep(&mut bans, now)
-    }
-
     /// The kernel's ban map.
     pub fn bans_mut(
         &mut self,
@@ -914,24 +902,18 @@ impl super::Dataplane for Firewall {
         )>,
         crate::dataplane::bans::BanError,
     > {
-        let map_err = |action| {
-            move |source| crate::dataplane::bans::BanError::Map {
-                action,
-                source: Box::new(source),
-            }
-        };
         let map = self
             .ebpf
             .map(map_names::BANS)
             .ok_or(aya::maps::MapError::InvalidName {
                 name: map_names::BANS.to_owned(),
             })
-            .map_err(map_err("open"))?;
-        let bans = HashMap::<_, firewall_common::rules::BanKey, firewall_common::rules::BanEntry>::try_from(map)
-            .map_err(map_err("open"))?;
-        bans.iter()
-            .map(|item| item.map_err(map_err("iteration")))
-            .collect()
+            .and_then(HashMap::try_from)
+            .map_err(|source| crate::dataplane::bans::BanError::Map {
+                action: "open",
+                source: Box::new(source),
+            })?;
+        crate::dataplane::bans::entries(&map)
     }
 
     fn remove_expired_bans(

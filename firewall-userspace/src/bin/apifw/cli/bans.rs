@@ -1,12 +1,10 @@
 //! `apifw bans [--json]`: the running daemon's active bans with their remaining time.
 
-use std::{collections::BTreeMap, path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode};
 
 use crate::cli::Locations;
-use firewall_userspace::{
-    dataplane::bans::{self, MANUAL_BAN_RULE},
-    paths::PinLayout,
-};
+use firewall_common::rules::{BAN_HOST, BAN_SUBNET};
+use firewall_userspace::{dataplane::bans, paths::PinLayout};
 
 /// Arguments of `apifw bans`.
 #[derive(Debug, clap::Args)]
@@ -39,14 +37,13 @@ pub fn execute(args: BansArgs) -> anyhow::Result<ExitCode> {
             "PREFIX", "KIND", "RULE", "REMAINING"
         );
         for row in rows {
-            let rule = rule_label(row.rule, &names);
-            let reason = if row.rule == MANUAL_BAN_RULE {
-                row.reason
-            } else if row.kind == "subnet" {
-                format!("too many of its sources were banned under rule {rule}")
+            let rule = bans::rule_label(row.rule, &names);
+            let kind = if row.kind == "subnet" {
+                BAN_SUBNET
             } else {
-                format!("kept exceeding the limits of rule {rule}")
+                BAN_HOST
             };
+            let reason = bans::reason(row.rule, kind, &rule);
             println!(
                 "{:<44} {:<7} {:<12} {:>9.1}s  {reason}",
                 row.prefix.to_string(),
@@ -57,30 +54,4 @@ pub fn execute(args: BansArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// How the RULE column names a ban's rule: `manual` for an operator's (or a jail's) ban, else the
-/// rule's name, or its number when the name is unknown.
-fn rule_label(rule: u32, names: &BTreeMap<u32, String>) -> String {
-    if rule == MANUAL_BAN_RULE {
-        return "manual".to_owned();
-    }
-    names
-        .get(&rule)
-        .cloned()
-        .unwrap_or_else(|| format!("#{rule}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn manual_bans_show_no_sentinel_and_rules_show_their_names() {
-        let names = BTreeMap::from([(0, "api".to_owned())]);
-        assert_eq!(rule_label(MANUAL_BAN_RULE, &names), "manual");
-        assert_eq!(rule_label(0, &names), "api");
-        assert_eq!(rule_label(3, &names), "#3");
-        assert!(!rule_label(MANUAL_BAN_RULE, &BTreeMap::new()).contains("4294967295"));
-    }
 }
