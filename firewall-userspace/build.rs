@@ -1,91 +1,9 @@
-//! Builds the XDP program (the `firewall-ebpf` crate) for `bpfel-unknown-none` with the nightly
-//! toolchain and bpf-linker, and leaves the object at `$OUT_DIR/firewall-ebpf` for
-//! `include_bytes_aligned!`. Run `cargo xtask setup` once to install what this needs.
-//!
-//! This follows aya-build's approach (a nested cargo with its own target directory, because
-//! cargo cannot express "the binary of another crate, for another target" as a dependency), but
-//! sets the code generation flags itself: aya-build 0.2 owns RUSTFLAGS and so cannot select the
-//! BPF instruction set. We need `-C target-cpu=v3` (kernel >= 5.1): 32-bit jumps and ALU, and
-//! the atomic instructions (fetch-and-add, compare-and-exchange) that shared state needs.
+//! Builds the XDP program (the `firewall-ebpf` crate) and leaves the object at
+//! `$OUT_DIR/firewall-ebpf` for `include_bytes_aligned!`; how, in `build_ebpf.rs`.
 
-use std::{
-    env,
-    path::{Path, PathBuf},
-    process::Command,
-};
-
-use anyhow::{Context as _, anyhow, bail};
-
-const EBPF_CRATE: &str = "firewall-ebpf";
-const BPF_TARGET: &str = "bpfel-unknown-none";
-
-/// Flags for the BPF build, separated as CARGO_ENCODED_RUSTFLAGS wants them.
-fn rustflags(host_arch: &str) -> String {
-    [
-        // aya-ebpf selects per-architecture definitions (pt_regs) by this cfg.
-        format!("--cfg=bpf_target_arch=\"{host_arch}\""),
-        "-Ctarget-cpu=v3".to_owned(),
-        // BTF lets the kernel and bpftool show the program's types and source lines.
-        "-Cdebuginfo=2".to_owned(),
-        "-Clink-arg=--btf".to_owned(),
-    ]
-    .join("\x1f")
-}
+#[path = "build_ebpf.rs"]
+mod build_ebpf;
 
 fn main() -> anyhow::Result<()> {
-    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
-    let ebpf_dir = manifest_dir
-        .parent()
-        .ok_or_else(|| anyhow!("{} has no parent", manifest_dir.display()))?
-        .join(EBPF_CRATE);
-    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
-    let host_arch = env::var("CARGO_CFG_TARGET_ARCH")?;
-
-    // The build-dependency on firewall-ebpf's (empty) library makes cargo rerun us when the
-    // crate or its dependencies change; this covers its binary and build script.
-    println!("cargo:rerun-if-changed={}", ebpf_dir.display());
-
-    // A target directory of our own: the outer cargo holds a lock on the workspace's.
-    let target_dir = out_dir.join("ebpf-target");
-    let mut cargo = Command::new("rustup");
-    cargo
-        .args([
-            "run",
-            "nightly",
-            "cargo",
-            "build",
-            "--package",
-            EBPF_CRATE,
-            "--bins",
-        ])
-        .args(["--release", "--target", BPF_TARGET, "-Z", "build-std=core"])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .current_dir(&ebpf_dir)
-        .env("CARGO_ENCODED_RUSTFLAGS", rustflags(&host_arch))
-        // Let rustup pick the nightly toolchain rather than the stable one running us.
-        .env_remove("RUSTC")
-        .env_remove("RUSTC_WORKSPACE_WRAPPER")
-        .env_remove("RUSTUP_TOOLCHAIN");
-    let output = cargo
-        .output()
-        .with_context(|| format!("cannot run {cargo:?}; is rustup installed?"))?;
-    if !output.status.success() {
-        for line in String::from_utf8_lossy(&output.stderr).lines() {
-            println!("cargo:warning={line}");
-        }
-        bail!(
-            "building the XDP program failed ({}); has `cargo xtask setup` been run?",
-            output.status
-        );
-    }
-
-    let object = target_dir.join(BPF_TARGET).join("release").join(EBPF_CRATE);
-    copy(&object, &out_dir.join(EBPF_CRATE))
-}
-
-fn copy(from: &Path, to: &Path) -> anyhow::Result<()> {
-    std::fs::copy(from, to)
-        .map(drop)
-        .with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))
+    build_ebpf::build("firewall-ebpf", "firewall-ebpf")
 }

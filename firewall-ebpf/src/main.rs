@@ -1,4 +1,6 @@
-//! The apifw XDP program: parse, decide from the allow/block prefix tables, count, act.
+//! The apifw XDP program: parse, decide from the allow/block prefix tables, count, act. The
+//! programs the tests and benchmarks measure it against live in their own crate (`test-ebpf`), so
+//! that `apifw run` loads and creates only what the firewall uses.
 //!
 //! The rules are those of `firewall_common::model`, which the verdict tests hold this program to.
 #![no_std]
@@ -9,11 +11,9 @@
 
 mod bans;
 mod events;
-mod flood_gen;
 mod parse;
 mod prefixes;
 mod ratelimit;
-mod spray;
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -33,7 +33,7 @@ use firewall_common::{
         BanEntry, BanKey, EscalationState, MAX_RULES, RULE_STATS_ENTRIES, RuleConfig, RuleKey,
         TrackKey, TrackState, rule_stats_index,
     },
-    stats::{IFINDEX_ENTRIES, STATS_ENTRIES, stats_index, stats_index_at},
+    stats::{IFINDEX_ENTRIES, STATS_ENTRIES, stats_index_at},
 };
 
 use crate::parse::{Malformed, Source};
@@ -134,37 +134,6 @@ pub fn apifw(ctx: XdpContext) -> u32 {
     }
 }
 
-/// Does nothing but pass: the floor benchmarks measure against.
-#[xdp]
-pub fn apifw_empty(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_PASS
-}
-
-/// Benchmark reference: the least work any source lookup needs (bounds checks to the IPv4
-/// source, one hash lookup of its /32, one counter update). "Close to one hash lookup" is
-/// measured against this.
-#[xdp]
-pub fn apifw_one_lookup(ctx: XdpContext) -> u32 {
-    let end = ctx.data_end();
-    let start = ctx.data();
-    if start + 34 > end {
-        return xdp_action::XDP_PASS;
-    }
-    // SAFETY: bytes 26..30 lie inside the frame, checked just above.
-    let source = u32::from_be_bytes(unsafe { *((start + 26) as *const [u8; 4]) });
-    // SAFETY: pointer from a successful lookup; the value is a plain u32.
-    let flags = V4_PREFIXES
-        .get_ptr(PrefixV4Key::new(source, 32))
-        .map_or(0, |flags| unsafe { *flags });
-    let verdict = if flags & FLAG_BLOCK != 0 {
-        Verdict::new(Action::Drop, Reason::Blocklist)
-    } else {
-        Verdict::new(Action::Pass, Reason::Default)
-    };
-    count(verdict, end - start);
-    verdict.action.xdp_code()
-}
-
 #[inline(always)]
 fn try_apifw(ctx: &XdpContext, config: &KernelConfig) -> Result<Verdict, Malformed> {
     let packet = match parse::parse(ctx)? {
@@ -206,11 +175,6 @@ fn try_apifw(ctx: &XdpContext, config: &KernelConfig) -> Result<Verdict, Malform
         );
     }
     Ok(Verdict::new(action, reason))
-}
-
-#[inline(always)]
-fn count(verdict: Verdict, len: usize) {
-    count_in(&STATS, stats_index(verdict.action, verdict.reason), len);
 }
 
 #[inline(always)]

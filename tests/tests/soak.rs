@@ -22,7 +22,7 @@ use std::{
 
 use apifw_tests::{
     daemon::{Daemon, Dirs},
-    flood::generator::Generator,
+    generator::Generator,
     netns::{SERVER_ADDR, VethLab},
     traffic,
 };

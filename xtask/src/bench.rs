@@ -1,4 +1,4 @@
-//! `cargo xtask bench`: builds the benchmark binary (`tests/src/bin/apifw-bench.rs`) and the
+//! `cargo xtask bench`: builds the benchmark binary (the `bench` crate, `apifw-bench`) and the
 //! `apifw` binary in release mode and runs the benchmark; it measures the XDP program against an
 //! empty one in the same run, times loading 1M CIDRs into the running daemon next to
 //! `ipset restore` and `nft -f`, and writes `docs/BENCHMARKS.md`.
@@ -25,8 +25,6 @@ pub fn run(args: &Args) -> Result<()> {
         "build",
         "--release",
         "-p",
-        "apifw-tests",
-        "--bin",
         "apifw-bench",
         "-p",
         "firewall-userspace",

@@ -9,14 +9,24 @@ use anyhow::{Context as _, Result};
 
 use crate::{cmd, root, setup, workspace_root};
 
-/// The XDP program crate. It cannot be built for the host together with the rest of the
-/// workspace: cargo unifies features, so `firewall-common/user` (wanted by userspace and tests)
-/// links `std` into it, whose panic handler then clashes with the program's own. It is linted
-/// for its real target instead, and its tests are the verdict tests in the `tests` crate, which
-/// run the compiled program in the kernel.
-const EBPF_CRATE: &str = "firewall-ebpf";
+/// The eBPF crates: the firewall and the test programs. Their programs cannot be built for the
+/// host together with the rest of the workspace: cargo unifies features, so
+/// `firewall-common/user` (wanted by userspace and tests) links `std` into them, whose panic
+/// handler then clashes with the programs' own. They are linted for their real target instead;
+/// the firewall's tests are the verdict tests in the `tests` crate, which run the compiled
+/// program in the kernel, and the test programs are exercised by the tests and benchmarks that
+/// load them.
+const EBPF_CRATES: [&str; 2] = ["firewall-ebpf", "apifw-test-ebpf"];
 
-/// Check-only build of [`EBPF_CRATE`] for the BPF target; no linking, so no bpf-linker needed.
+/// `--exclude` for each of [`EBPF_CRATES`].
+fn exclude_ebpf_crates() -> Vec<&'static str> {
+    EBPF_CRATES
+        .iter()
+        .flat_map(|name| ["--exclude", name])
+        .collect()
+}
+
+/// Check-only build of [`EBPF_CRATES`] for the BPF target; no linking, so no bpf-linker needed.
 const EBPF_TARGET: [&str; 4] = ["--target", "bpfel-unknown-none", "-Z", "build-std=core"];
 
 const DENY_WARNINGS: [&str; 3] = ["--", "-D", "warnings"];
@@ -38,23 +48,21 @@ pub fn run(args: &Args) -> Result<()> {
         .context("formatting check failed: run `cargo fmt --all`")?;
     cmd::run(
         cargo()
-            .args([
-                "clippy",
-                "--workspace",
-                "--exclude",
-                EBPF_CRATE,
-                "--all-targets",
-            ])
+            .args(["clippy", "--workspace"])
+            .args(exclude_ebpf_crates())
+            .arg("--all-targets")
             .args(DENY_WARNINGS),
     )
     .context("clippy found problems")?;
-    cmd::run(
-        cargo()
-            .args(["+nightly", "clippy", "-p", EBPF_CRATE])
-            .args(EBPF_TARGET)
-            .args(DENY_WARNINGS),
-    )
-    .context("clippy found problems in the XDP program")?;
+    for name in EBPF_CRATES {
+        cmd::run(
+            cargo()
+                .args(["+nightly", "clippy", "-p", name])
+                .args(EBPF_TARGET)
+                .args(DENY_WARNINGS),
+        )
+        .with_context(|| format!("clippy found problems in the eBPF crate {name}"))?;
+    }
 
     // The namespace tests run the real `apifw` binary; `cargo test` does not build the binaries
     // of other packages, so build it first and tell the tests where it is.
@@ -64,13 +72,9 @@ pub fn run(args: &Args) -> Result<()> {
 
     let mut test = cargo();
     test.env("APIFW_BIN", &apifw);
-    test.args([
-        "test",
-        "--workspace",
-        "--exclude",
-        EBPF_CRATE,
-        "--all-targets",
-    ]);
+    test.args(["test", "--workspace"])
+        .args(exclude_ebpf_crates())
+        .arg("--all-targets");
     if !args.harness_args.is_empty() {
         test.arg("--").args(&args.harness_args);
     }

@@ -525,9 +525,9 @@ impl Firewall {
             .map_err(map_err(CONFIG, "write"))
     }
 
-    /// Loads the program `name` into the kernel (the firewall, or the empty baseline).
-    pub fn load_program(&mut self, name: &'static str) -> Result<&mut Xdp, FirewallError> {
-        let program = self.program_mut(name)?;
+    /// Loads the program `name` into the kernel (once).
+    fn load_program(&mut self, name: &'static str) -> Result<&mut Xdp, FirewallError> {
+        let program = self.xdp_program(name)?;
         if program.fd().is_err() {
             program.load().map_err(|source| FirewallError::Program {
                 name,
@@ -538,8 +538,15 @@ impl Firewall {
         Ok(program)
     }
 
-    /// The program `name`, for attaching or `TestRun`.
+    /// Test hook: the loaded program `name` (the firewall), for `BPF_PROG_TEST_RUN` and for
+    /// the test programs that tail-call it. Only with the `test-hooks` feature.
+    #[cfg(feature = "test-hooks")]
     pub fn program_mut(&mut self, name: &'static str) -> Result<&mut Xdp, FirewallError> {
+        self.load_program(name)
+    }
+
+    /// The program `name` of the object, loaded or not.
+    fn xdp_program(&mut self, name: &'static str) -> Result<&mut Xdp, FirewallError> {
         let missing = |source| FirewallError::Program {
             name,
             action: "lookup",

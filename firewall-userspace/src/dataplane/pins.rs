@@ -158,3 +158,30 @@ pub fn other_layouts(layout: &PinLayout) -> Vec<PathBuf> {
         })
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use firewall_common::{map_names, program_names};
+
+    use crate::dataplane::firewall::EBPF_OBJECT;
+
+    /// Only the product in the product: the object `apifw run` loads holds the firewall and the
+    /// maps it pins (plus aya-log's and the data sections'), so the daemon creates nothing in
+    /// the kernel for tests or benchmarks. Their programs live in `test-ebpf`.
+    #[test]
+    fn the_product_object_holds_only_the_firewall_and_its_maps() {
+        let object = aya_obj::Object::parse(EBPF_OBJECT).expect("the embedded object parses");
+        let programs: Vec<&str> = object.programs.keys().map(String::as_str).collect();
+        assert_eq!(programs, [program_names::FIREWALL]);
+        let maps: BTreeSet<&str> = object
+            .maps
+            .keys()
+            .map(String::as_str)
+            // aya-log's ring and the object's data sections are not maps the daemon pins.
+            .filter(|name| !name.starts_with("AYA_") && !name.starts_with('.'))
+            .collect();
+        assert_eq!(maps, BTreeSet::from(map_names::ALL));
+    }
+}

@@ -2,7 +2,7 @@
 //! and the kernel memory the default map sizes take, with the state maps full and evicting.
 //!
 //! `BPF_PROG_TEST_RUN` repeats one frame, so the firewall would see one source. The sprayer
-//! (`program_names::SPRAY`, firewall-ebpf/src/spray.rs) rewrites the frame's source before every
+//! (`program_names::SPRAY`, test-ebpf/src/spray.rs) rewrites the frame's source before every
 //! run from a per-CPU counter through a bijective mixer and tail-calls the program in its
 //! one-slot program array: the firewall, or the empty program (the floor, paying the same
 //! rewrite and tail call). One test run with `repeat` = N thus offers N distinct sources, and the
@@ -22,19 +22,20 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use aya::{
-    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues, ProgramArray},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues},
     programs::{TestRun as _, TestRunOptions},
 };
 use firewall_common::{
     map_names,
     prefix::{PrefixV4Key, PrefixV6Key, V6Summary, V6SummaryKey},
-    program_names,
+    program_names::FIREWALL,
     rules::{BanEntry, BanKey, EscalationState, RuleKey, TrackKey, TrackState},
 };
 use firewall_userspace::{Firewall, Loaded};
 
 use crate::{
     packets::{DST_V4, DST_V6},
+    programs::{TestPrograms, map_names as test_maps, program_names},
     report::{BenchOptions, Spread},
 };
 
@@ -122,8 +123,6 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<String> {
     ] {
         // A fresh firewall per family, so the map fill below is this family's.
         let mut firewall = Firewall::load(&policy).context("load apifw (root needed)")?;
-        firewall.load_program(program_names::EMPTY)?;
-        firewall.load_program(program_names::SPRAY)?;
         let mut sprayer = Sprayer::new()?;
         for mode in MODES {
             let packets = sources;
@@ -135,8 +134,7 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<String> {
             for _ in 0..runs {
                 let floor =
                     sprayer.run(&mut firewall, program_names::EMPTY, mode, &frame, repeat)?;
-                let ns =
-                    sprayer.run(&mut firewall, program_names::FIREWALL, mode, &frame, repeat)?;
+                let ns = sprayer.run(&mut firewall, FIREWALL, mode, &frame, repeat)?;
                 sent_to_apifw += packets;
                 empty.push(floor);
                 apifw.push(ns);
@@ -239,6 +237,9 @@ fn tcp_ack_frame(src: IpAddr) -> Vec<u8> {
 
 /// Drives the sprayer's maps and remembers which sources were used.
 struct Sprayer {
+    /// The sprayer and the empty program (the test object alone: the sprayer reaches the
+    /// firewall by its program fd).
+    programs: TestPrograms,
     cpus: usize,
     /// The next source index no run has used yet (index 0 is the repeated mode's one source).
     next_index: u64,
@@ -252,6 +253,7 @@ impl Sprayer {
     fn new() -> anyhow::Result<Self> {
         let cpus = aya::util::nr_cpus().map_err(|(what, err)| anyhow::anyhow!("{what}: {err}"))?;
         Ok(Self {
+            programs: TestPrograms::load()?,
             cpus,
             next_index: 1,
             offered: 0,
@@ -268,14 +270,15 @@ impl Sprayer {
         frame: &[u8],
         repeat: u32,
     ) -> anyhow::Result<f64> {
-        let fd = firewall
-            .program_mut(target)?
-            .fd()?
-            .try_clone()
-            .context("clone program fd")?;
-        let mut slots = ProgramArray::try_from(firewall.map_mut(map_names::SPRAY_TARGET)?)?;
-        slots.set(0, &fd, 0)?;
-        let mut shift: Array<_, u64> = Array::try_from(firewall.map_mut(map_names::SPRAY_SHIFT)?)?;
+        let program = if target == FIREWALL {
+            firewall.program_mut(target)?
+        } else {
+            self.programs.program_mut(target)?
+        };
+        let fd = program.fd()?.try_clone().context("clone program fd")?;
+        self.programs.set_spray_target(&fd)?;
+        let mut shift: Array<_, u64> =
+            Array::try_from(self.programs.map_mut(test_maps::SPRAY_SHIFT)?)?;
         shift.set(0, mode.shift, 0)?;
         // Every CPU starts at this run's first fresh source: the run executes on one of them.
         let start = if mode.shift == 63 {
@@ -284,9 +287,10 @@ impl Sprayer {
             self.next_index << mode.shift
         };
         let mut counter: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(firewall.map_mut(map_names::SPRAY_COUNTER)?)?;
+            PerCpuArray::try_from(self.programs.map_mut(test_maps::SPRAY_COUNTER)?)?;
         counter.set(0, PerCpuValues::try_from(vec![start; self.cpus])?, 0)?;
-        let result = firewall
+        let result = self
+            .programs
             .program_mut(program_names::SPRAY)?
             .test_run(TestRunOptions {
                 data_in: Some(frame),
@@ -306,7 +310,7 @@ impl Sprayer {
         }
         // Exactly one CPU ran the whole run: its counter moved by `repeat`, no other moved.
         let counter: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(firewall.map_mut(map_names::SPRAY_COUNTER)?)?;
+            PerCpuArray::try_from(self.programs.map_mut(test_maps::SPRAY_COUNTER)?)?;
         let moved: Vec<u64> = counter
             .get(&0, 0)?
             .iter()
@@ -319,7 +323,7 @@ impl Sprayer {
         if mode.shift != 63 {
             let used = u64::from(repeat) >> mode.shift;
             self.next_index += used;
-            if target == program_names::FIREWALL {
+            if target == FIREWALL {
                 self.offered += used;
                 if mode.shift == 1 {
                     self.admitted += used;
@@ -421,7 +425,7 @@ fn markdown(
     writeln!(
         md,
         "Every packet from a different source, not one packet repeated. `BPF_PROG_TEST_RUN` repeats \
-         one frame, so a small XDP program (`{spray}`, firewall-ebpf/src/spray.rs) rewrites the \
+         one frame, so a small XDP program (`{spray}`, test-ebpf/src/spray.rs) rewrites the \
          frame's source before each run — a bijective mix of a per-CPU packet counter, so N runs \
          give N distinct addresses, each run of the benchmark continuing where the last one \
          stopped — and tail-calls either apifw or the empty program through a one-slot program \

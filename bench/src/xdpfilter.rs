@@ -16,11 +16,14 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use firewall_common::program_names;
 use firewall_userspace::{Firewall, Policy};
 use ipnet::IpNet;
 
-use crate::{netns::Netns, packets::udp_frame};
+use crate::{
+    netns::Netns,
+    packets::udp_frame,
+    programs::{TestPrograms, program_names},
+};
 
 /// The source both firewalls block; the bench's blocked /32.
 pub const BLOCKED: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 66);
@@ -226,8 +229,12 @@ pub fn compare(runs: usize, repeat: u32) -> anyhow::Result<Vec<Row>> {
         ..Policy::default()
     };
     let mut firewall = Firewall::load(&policy).context("load apifw (root needed)")?;
-    let empty_id = firewall.load_program(program_names::EMPTY)?.info()?.id();
-    let apifw_id = firewall.program_mut(program_names::FIREWALL)?.info()?.id();
+    let mut baselines = TestPrograms::load()?;
+    let empty_id = baselines.program_mut(program_names::EMPTY)?.info()?.id();
+    let apifw_id = firewall
+        .program_mut(firewall_common::program_names::FIREWALL)?
+        .info()?
+        .id();
     let filter = XdpFilter::load()?;
 
     let programs = [

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use apifw_tests::{
-    flood::generator::Generator,
+    generator::Generator,
     netns::{Netns, SERVER_ADDR, VethLab},
 };
 use etherparse::PacketBuilder;

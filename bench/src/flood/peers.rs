@@ -9,13 +9,14 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
 use aya::programs::XdpMode;
-use firewall_common::{Action, program_names};
-use firewall_userspace::{Firewall, Policy, dataplane::stats::Snapshot};
+use firewall_common::Action;
+use firewall_userspace::dataplane::stats::Snapshot;
 
 use super::lab::{FLOOD_NET, FLOOD_PORT, Lab, command, in_netns, in_netns_bpffs};
 use crate::{
     daemon::Dirs,
     loadbench::{BenchDaemon, apifw_binary},
+    programs::{TestPrograms, program_names},
 };
 
 /// Per-source rate of the rate-limiting cases, packets per second, and their burst.
@@ -245,15 +246,15 @@ impl Case {
     }
 }
 
-/// Loads the benchmark program `name` of apifw's eBPF object and attaches it in native mode to
-/// `interface` in `netns`; it stays attached as long as the returned object lives.
+/// Loads the test program `name` and attaches it in native mode to `interface` in `netns`; it
+/// stays attached as long as the returned object lives.
 pub(crate) fn attach_bench_program(
     name: &'static str,
     netns: &crate::netns::Netns,
     interface: &str,
-) -> anyhow::Result<Firewall> {
-    let mut firewall = Firewall::load(&Policy::default()).context("load the eBPF object")?;
-    let program = firewall.load_program(name)?;
+) -> anyhow::Result<TestPrograms> {
+    let mut programs = TestPrograms::load()?;
+    let program = programs.program_mut(name)?;
     // Attached by name from a thread inside the namespace: names and ifindexes resolve in the
     // caller's namespace.
     let path = netns.path();
@@ -272,7 +273,7 @@ pub(crate) fn attach_bench_program(
             .join()
             .map_err(|_| anyhow::anyhow!("the attaching thread panicked"))?
     })?;
-    Ok(firewall)
+    Ok(programs)
 }
 
 /// An installed case, removed on drop (before its lab).
@@ -280,7 +281,7 @@ pub enum Installed {
     /// The sink program, attached while its object lives.
     Sink(
         #[expect(dead_code, reason = "held, not read: dropping it detaches the sink")]
-        Box<Firewall>,
+        Box<TestPrograms>,
     ),
     Stack,
     /// Field order: the daemon stops before its directories are removed.

@@ -25,7 +25,7 @@ use std::{
 use anyhow::Context as _;
 
 use super::synflood::{Target, syn_frame};
-use crate::{flood::generator::Generator, netns::Netns};
+use crate::{generator::Generator, netns::Netns};
 
 /// How long each generator call floods before the stop flag is checked again.
 const CHUNK: Duration = Duration::from_millis(100);

@@ -25,10 +25,8 @@
 //! run's bytes: the update reads the source and checksum the frame holds now, which is right
 //! either way.
 
-use firewall_common::{
-    map_names,
-    packet::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP},
-};
+use apifw_test_ebpf::map_names;
+use firewall_common::packet::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP};
 
 use aya_ebpf::{
     bindings::xdp_action,

@@ -21,7 +21,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::netns::Netns;
+use crate::{netns::Netns, support::raise_priority};
 
 /// The target's address, the flood's destination.
 pub const TARGET_ADDR: &str = "192.0.2.1";
@@ -266,20 +266,6 @@ impl Lab {
         }
         Ok(())
     }
-}
-
-/// Gives thread `tid` (0: the calling thread) the highest nice level, so that on a shared
-/// machine whatever else runs on its CPU barely slows it (it still runs under the normal
-/// scheduler, so nothing else starves).
-pub fn raise_priority(tid: i32) -> anyhow::Result<()> {
-    let who = libc::id_t::try_from(tid).context("thread id")?;
-    // SAFETY: setpriority only reads its integer arguments.
-    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, who, -20) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("renice thread {tid}"));
-    }
-    Ok(())
 }
 
 /// Counters of the receiving end at one moment.

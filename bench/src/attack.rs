@@ -40,7 +40,7 @@ use self::{
 };
 use crate::{
     daemon::{Daemon, Dirs},
-    flood::generator::Generator,
+    generator::Generator,
     report::{BenchOptions, Spread, tool_version},
 };
 
@@ -292,7 +292,7 @@ enum Protection<'a> {
     },
     Floor(
         #[expect(dead_code, reason = "held, not read: dropping it detaches the program")]
-        Box<firewall_userspace::Firewall>,
+        Box<crate::programs::TestPrograms>,
     ),
 }
 
@@ -381,7 +381,7 @@ fn measure(setup: &Setup, row: Row) -> anyhow::Result<Sample> {
             }
         }
         Case::Floor => Protection::Floor(Box::new(crate::flood::peers::attach_bench_program(
-            firewall_common::program_names::FLOOD_RANGE_DROP,
+            crate::programs::program_names::FLOOD_RANGE_DROP,
             &lab.server,
             &lab.server_if,
         )?)),
@@ -639,7 +639,7 @@ fn markdown(
     )?;
     writeln!(
         md,
-        "- **floor: one-compare XDP drop**: `apifw_range_drop` (firewall-ebpf/src/flood_gen.rs) \
+        "- **floor: one-compare XDP drop**: `apifw_range_drop` (test-ebpf/src/flood_gen.rs) \
          in native mode: drops IPv4 frames from {ATTACK_RANGE} with one compare, no map, no \
          counter, passes the rest. No real filter costs less per frame, so this row is the best \
          any XDP filter could do in this lab; the gap between it and no flood is what the \

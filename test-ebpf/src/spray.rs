@@ -1,4 +1,4 @@
-//! Benchmark driver for the "many sources" benchmark (issue #6): one `BPF_PROG_TEST_RUN` with
+//! Benchmark driver for the "many sources" benchmark: one `BPF_PROG_TEST_RUN` with
 //! `repeat` = N must offer the firewall N *different* sources, not one packet N times, or the
 //! LRU state maps never fill and evict. `BPF_PROG_TEST_RUN` runs the same frame buffer `repeat`
 //! times, so this program rewrites the frame's source address before every run and then

@@ -19,7 +19,6 @@
 //! so rather than publishing it as the filter's limit, and the CPU time per packet (which does
 //! not depend on the rate) is then the comparable figure.
 
-pub mod generator;
 pub(crate) mod lab;
 pub(crate) mod peers;
 
@@ -28,11 +27,13 @@ use std::{fmt::Write as _, time::Duration};
 use anyhow::{Context as _, ensure};
 
 use self::{
-    generator::Generator,
     lab::Lab,
     peers::{Case, LIMIT_BURST, LIMIT_PER_SECOND},
 };
-use crate::report::{BenchOptions, Spread, tool_version};
+use crate::{
+    generator::Generator,
+    report::{BenchOptions, Spread, tool_version},
+};
 
 /// Share of the offered frames lost at the veth ring above which the generator outran the
 /// receiver.
@@ -271,7 +272,7 @@ fn markdown(rows: &[Row], timing: &Timing) -> Result<String, std::fmt::Error> {
          generator thread is pinned to the first CPU, the receiving veth's NAPI runs threaded, \
          pinned to the last one, so everything the receiver does (veth receive, XDP program, \
          GRO, netfilter, IP and UDP stack up to the drop) runs in that one kernel thread.\n",
-        firewall_common::program_names::FLOOD_GEN
+        crate::programs::program_names::FLOOD_GEN
     )?;
     writeln!(
         md,

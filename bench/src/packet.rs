@@ -1,115 +1,31 @@
-//! `cargo xtask bench`: per-packet cost of the XDP program with BPF_PROG_TEST_RUN, as ratios to
-//! an empty XDP program measured in the same run, written as Markdown.
-//!
-//! Every case is measured `--runs` times (default 5), interleaved with the empty program so that
-//! machine noise hits both alike; the median and the spread (min..max) are reported.
-//!
-//! Then the control-plane benchmark ([`apifw_tests::loadbench`]) times loading 1M CIDRs into the
-//! running daemon next to `ipset restore` and `nft -f`. `--only-load` runs just that one and
-//! `--skip-load` everything else; either keeps the other part of an existing report.
+//! The per-packet sections: apifw's cost per packet with `BPF_PROG_TEST_RUN`, as ratios to the
+//! empty and one-lookup baselines (`apifw_tests::programs`) measured in the same run, and to
+//! xdp-filter on the same frames.
+
+mod lists;
+mod measure;
 
 use std::{
     fmt::Write as _,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    path::PathBuf,
     time::Instant,
 };
 
-use anyhow::{Context as _, bail};
-use apifw_tests::{
-    loadbench,
-    packets::udp_frame,
-    plot,
-    report::{self, median},
-    xdpfilter,
-};
-use aya::programs::{TestRun as _, TestRunOptions};
-use firewall_common::program_names;
+use anyhow::Context as _;
 use firewall_userspace::{Firewall, Policy};
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use rand::{Rng as _, SeedableRng as _, rngs::SmallRng};
+use ipnet::{IpNet, Ipv4Net};
+use rand::{SeedableRng as _, rngs::SmallRng};
 
-/// Measures apifw against its baselines and peers and writes the report (run through
-/// `cargo xtask bench -- ARGS`, which builds it and installs the peers first).
-#[derive(Debug, clap::Parser)]
-#[command(name = "apifw-bench")]
-struct Args {
-    /// The report to update.
-    #[arg(long, value_name = "FILE", default_value = "docs/BENCHMARKS.md")]
-    out: PathBuf,
-    /// `BPF_PROG_TEST_RUN` repetitions per measurement.
-    #[arg(long, value_name = "N", default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1..))]
-    repeat: u32,
-    /// Runs per figure (the report gives their median and spread).
-    #[arg(long, value_name = "N", default_value_t = 7, value_parser = at_least_one)]
-    runs: usize,
-    /// Sections to measure, comma-separated (default: all).
-    #[arg(long, value_name = "LIST", value_delimiter = ',')]
-    only: Vec<String>,
-    /// Sections not to measure, comma-separated.
-    #[arg(long, value_name = "LIST", value_delimiter = ',')]
-    skip: Vec<String>,
-    /// Smoke run: small sizes, the report printed instead of written.
-    #[arg(long)]
-    quick: bool,
-    /// Entries the control-plane (`load`) section loads.
-    #[arg(long = "load-entries", value_name = "N", default_value_t = loadbench::Options::default().entries)]
-    load_entries: usize,
-    /// Rounds of the `load` section.
-    #[arg(long = "load-runs", value_name = "N", default_value_t = loadbench::Options::default().runs, value_parser = at_least_one)]
-    load_runs: usize,
-    /// `APIFW_LOG` of the daemon in the `load` section.
-    #[arg(long = "load-log", value_name = "LEVEL", default_value = "info")]
-    load_log: String,
-    /// Older spelling of `--skip load`.
-    #[arg(long = "skip-load", hide = true)]
-    skip_load: bool,
-    /// Older spelling of `--only load`.
-    #[arg(long = "only-load", hide = true)]
-    only_load: bool,
-}
-
-/// A count that must be at least 1.
-fn at_least_one(text: &str) -> Result<usize, String> {
-    match text.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".to_owned()),
-        Ok(n) => Ok(n),
-        Err(err) => Err(err.to_string()),
-    }
-}
-
-impl Args {
-    /// What every section module is told.
-    fn common(&self) -> report::BenchOptions {
-        report::BenchOptions {
-            runs: self.runs,
-            repeat: self.repeat,
-            quick: self.quick,
-        }
-    }
-
-    /// The `load` section's options.
-    fn load(&self) -> loadbench::Options {
-        loadbench::Options {
-            entries: self.load_entries,
-            runs: self.load_runs,
-            daemon_log: self.load_log.clone(),
-        }
-    }
-}
-
-/// The command line, with the older `--skip-load`/`--only-load` folded into the lists.
-fn parse_args() -> Args {
-    let mut args = <Args as clap::Parser>::parse();
-    if args.skip_load {
-        args.skip.push("load".into());
-    }
-    if args.only_load {
-        args.only.push("load".into());
-    }
-    args
-}
-
+use self::{
+    lists::{ban, blocklist, preload_sources},
+    measure::{Beside, Measurement, References, measure, met, table_row},
+};
+use crate::{
+    packets::udp_frame,
+    programs::program_names,
+    report::{BenchOptions, median},
+    sources, xdpfilter,
+};
 /// The benchmark's own entries and sources. The random lists never touch 203.0.0.0/16,
 /// 192.0.0.0/16, 2001:db8:fe00::/23 or 2001:db9::/32 except through these entries, so a case sees
 /// the same neighbourhood in every list (the random entries inside 2001:db8::/32 give its /32 all
@@ -180,285 +96,11 @@ const LIST_CASES: [(&str, IpAddr, u32); 9] = [
     ),
 ];
 
-/// The benchmark's own block entries; every list holds them.
-fn fixed_entries() -> Vec<IpNet> {
-    vec![
-        IpNet::V4(Ipv4Net::new_assert(BLOCKED_HOST, 32)),
-        IpNet::V4(Ipv4Net::new_assert(BLOCKED_NET, 24)),
-        IpNet::V6(Ipv6Net::new_assert(BLOCKED_V6_HOST, 128)),
-        IpNet::V6(Ipv6Net::new_assert(BLOCKED_V6_NET_MEMBER, 48).trunc()),
-    ]
-}
-
-/// One random prefix of the realistic mix, or `None` when it falls where the benchmark's own
-/// sources live: 85% IPv4 (70% /32, 25% /24, 5% /16) anywhere in the IPv4 space, 15% IPv6
-/// (30% /48, 20% /56, 35% /64, 15% /128), of which 2% inside 2001:db8::/32 and the rest in
-/// random /32s of 2000::/3.
-fn random_prefix(rng: &mut SmallRng) -> Option<IpNet> {
-    if rng.random_range(0..100) < 85 {
-        let roll = rng.random_range(0..100);
-        let len = if roll < 70 {
-            32
-        } else if roll < 95 {
-            24
-        } else {
-            16
-        };
-        let addr = Ipv4Addr::from(rng.random::<u32>());
-        if addr.octets()[..2] == [203, 0] || addr.octets()[..2] == [192, 0] {
-            return None;
-        }
-        return Some(IpNet::V4(Ipv4Net::new(addr, len).ok()?.trunc()));
-    }
-    let roll = rng.random_range(0..100);
-    let len = if roll < 30 {
-        48
-    } else if roll < 50 {
-        56
-    } else if roll < 85 {
-        64
-    } else {
-        128
-    };
-    let top: u32 = if rng.random_range(0..100) < 2 {
-        0x2001_0db8
-    } else {
-        0x2000_0000 | (rng.random::<u32>() & 0x1fff_ffff)
-    };
-    let addr = (u128::from(top) << 96) | (rng.random::<u128>() >> 32);
-    let third = (addr >> 80) as u16;
-    if (top == 0x2001_0db8 && third >= 0xfe00) || top == 0x2001_0db9 {
-        return None;
-    }
-    Some(IpNet::V6(
-        Ipv6Net::new(Ipv6Addr::from(addr), len).ok()?.trunc(),
-    ))
-}
-
-/// The benchmark's own entries plus random ones up to `size` prefixes (at least the own ones).
-fn blocklist(size: usize, rng: &mut SmallRng) -> Vec<IpNet> {
-    let mut list = fixed_entries();
-    let mut seen: std::collections::HashSet<IpNet> = list.iter().copied().collect();
-    while list.len() < size {
-        if let Some(net) = random_prefix(rng)
-            && seen.insert(net)
-        {
-            list.push(net);
-        }
-    }
-    list
-}
-
-/// Fills the source-state map with `count` random IPv4 sources of rule 0.
-fn preload_sources(
-    firewall: &mut Firewall,
-    count: usize,
-    rng: &mut SmallRng,
-) -> anyhow::Result<()> {
-    use firewall_common::rules::{TrackKey, TrackState};
-    let map = firewall.map_mut(firewall_common::map_names::SOURCES)?;
-    let mut sources: aya::maps::HashMap<_, TrackKey, TrackState> =
-        aya::maps::HashMap::try_from(map)?;
-    for _ in 0..count {
-        let key = TrackKey::v4(0, rng.random::<u32>(), 32);
-        sources.insert(key, TrackState::default(), 0)?;
-    }
-    Ok(())
-}
-
-/// Bans `source` (its /32) the way `apifw ban add` does: the ban check switched on in the
-/// installed configuration (`Engine::compile`) and a manual ban written into the ban map
-/// (`Engine::write_bans`), for an hour.
-fn ban(firewall: &mut Firewall, policy: &Policy, source: Ipv4Addr) -> anyhow::Result<()> {
-    use firewall_common::rules::{BAN_HOST, BanEntry};
-    use firewall_userspace::dataplane::bans;
-    let mut compiled =
-        firewall_userspace::compile::Compiled::build(policy, &policy.allow, &policy.block, None)?;
-    compiled.config.flags |= firewall_common::config::CONFIG_BANS;
-    firewall.install(compiled)?;
-    let entry = BanEntry::new(
-        bans::monotonic_ns()?,
-        3_600_000_000_000,
-        bans::MANUAL_BAN_RULE,
-        BAN_HOST,
-    );
-    let key = firewall_userspace::engine::ban_key(&IpNet::V4(Ipv4Net::new_assert(source, 32)));
-    firewall.bans_mut()?.insert(key, entry, 0)?;
-    Ok(())
-}
-
-/// One test run of `frame` through `program`: (mean ns per run, return value of the last run).
-fn ns_per_packet(
-    firewall: &mut Firewall,
-    program: &'static str,
-    frame: &[u8],
-    repeat: u32,
-) -> anyhow::Result<(f64, u32)> {
-    let program = firewall.program_mut(program)?;
-    let result = program.test_run(TestRunOptions {
-        data_in: Some(frame),
-        repeat,
-        ..TestRunOptions::default()
-    })?;
-    // The kernel reports the mean duration of one run over `repeat` runs.
-    Ok((result.duration.as_nanos() as f64, result.return_value))
-}
-
-struct Measurement {
-    case: String,
-    median: f64,
-    min: f64,
-    max: f64,
-    ratio: f64,
-    ratio_min: f64,
-    ratio_max: f64,
-    lookup_ratio: f64,
-}
-
-/// (min, max) of `values`.
-fn spread(values: &[f64]) -> (f64, f64) {
-    (
-        values.iter().copied().fold(f64::MAX, f64::min),
-        values.iter().copied().fold(0.0, f64::max),
-    )
-}
-
-/// The empty and one-lookup reference runs of a whole benchmark, for the report's header.
-#[derive(Default)]
-struct References {
-    floors: Vec<f64>,
-    lookups: Vec<f64>,
-}
-
-/// Measures `frame` through the firewall `opts.runs` times, each run next to the empty and the
-/// one-lookup programs, checks that the firewall returns `verdict`, and summarises the runs.
-fn measure(
-    firewall: &mut Firewall,
-    case: &str,
-    frame: &[u8],
-    verdict: u32,
-    opts: &report::BenchOptions,
-    references: &mut References,
-) -> anyhow::Result<Measurement> {
-    let (mut cost, mut ratios, mut lookup_ratios) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..opts.runs {
-        let (floor, _) = ns_per_packet(firewall, program_names::EMPTY, frame, opts.repeat)?;
-        let (lookup, _) = ns_per_packet(firewall, program_names::ONE_LOOKUP, frame, opts.repeat)?;
-        let (ns, retval) = ns_per_packet(firewall, program_names::FIREWALL, frame, opts.repeat)?;
-        if retval != verdict {
-            bail!("{case}: apifw returned {retval}, expected {verdict}");
-        }
-        references.floors.push(floor);
-        references.lookups.push(lookup);
-        cost.push(ns);
-        ratios.push(ns / floor.max(0.5));
-        lookup_ratios.push(ns / lookup.max(0.5));
-    }
-    let (min, max) = spread(&cost);
-    let (ratio_min, ratio_max) = spread(&ratios);
-    Ok(Measurement {
-        case: case.to_owned(),
-        median: median(&mut cost),
-        min,
-        max,
-        ratio: median(&mut ratios),
-        ratio_min,
-        ratio_max,
-        lookup_ratio: median(&mut lookup_ratios),
-    })
-}
-
-/// The report's sections in order: name, and what measures it. Adding a benchmark is one line
-/// here plus its module in `apifw_tests`.
-type Measure = fn(&Args) -> anyhow::Result<String>;
-const SECTIONS: &[(&str, Measure)] = &[
-    ("packet", |args| packet_report(args)),
-    ("load", |args| Ok(loadbench::run(&args.load())?.markdown()?)),
-    ("flood", |args| apifw_tests::flood::run(&args.common())),
-    ("sources", |args| apifw_tests::sources::run(&args.common())),
-    ("attack", |args| apifw_tests::attack::run(&args.common())),
-];
-
-fn main() -> anyhow::Result<()> {
-    let args = parse_args();
-    for name in args.only.iter().chain(&args.skip) {
-        if !SECTIONS.iter().any(|(known, _)| known == name) {
-            let known: Vec<&str> = SECTIONS.iter().map(|(known, _)| *known).collect();
-            bail!("unknown section {name} (known: {})", known.join(", "));
-        }
-    }
-    // The sections this run does not measure are kept from the existing report.
-    let existing = std::fs::read_to_string(&args.out).unwrap_or_default();
-    let mut sections = Vec::new();
-    let mut dates = Vec::new();
-    for (name, measure) in SECTIONS {
-        let wanted = (args.only.is_empty() || args.only.iter().any(|only| only == name))
-            && !args.skip.iter().any(|skip| skip == name);
-        if wanted {
-            eprintln!("bench: measuring section {name}");
-            let started = Instant::now();
-            let body = measure(&args).with_context(|| format!("benchmark section {name}"))?;
-            eprintln!(
-                "bench: section {name} took {:.0} s",
-                started.elapsed().as_secs_f64()
-            );
-            dates.push((*name, report::now()));
-            sections.push((*name, Some(body)));
-        } else {
-            if let Some(date) = report::existing_date(&existing, name) {
-                dates.push((*name, date));
-            }
-            sections.push((*name, None));
-        }
-    }
-    let date_refs: Vec<(&str, &str)> = dates.iter().map(|(n, d)| (*n, d.as_str())).collect();
-    let md = report::assemble(&existing, &report::header(&date_refs)?, &sections);
-    let plots = args
-        .out
-        .parent()
-        .unwrap_or(std::path::Path::new("."))
-        .join("bench");
-    if args.quick {
-        eprintln!("bench: --quick run, report not written:\n{md}");
-        return Ok(());
-    }
-    if let Some(parent) = args.out.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    // Plots are drawn from the finished tables, so they always match the numbers.
-    let md = plot::render(&md, &plots, "bench/")?;
-    std::fs::write(&args.out, md).with_context(|| format!("write {}", args.out.display()))?;
-    eprintln!("bench: wrote {}", args.out.display());
-    Ok(())
-}
-
-/// A row's summary: `(row label, measurement)` lines of a Markdown table with the spread and
-/// the ratios; `lookup` adds the one-lookup column.
-fn table_row(md: &mut String, first: &[String], m: &Measurement, lookup: bool) -> std::fmt::Result {
-    for cell in first {
-        write!(md, "| {cell} ")?;
-    }
-    write!(
-        md,
-        "| {} | {:.1} | {:.1}..{:.1} | {:.2} | {:.2}..{:.2} |",
-        m.case, m.median, m.min, m.max, m.ratio, m.ratio_min, m.ratio_max
-    )?;
-    if lookup {
-        write!(md, " {:.2} |", m.lookup_ratio)?;
-    }
-    writeln!(md)
-}
-
-/// "met" or "not met".
-fn met(ok: bool) -> &'static str {
-    if ok { "met" } else { "not met" }
-}
-
 /// The per-packet sections of the report (issues #2, #3, #5 and #6), Markdown.
-fn packet_report(args: &Args) -> anyhow::Result<String> {
+pub fn run(args_opts: &BenchOptions) -> anyhow::Result<String> {
     // One CPU for the whole run: no migrations between the runs that are compared.
-    let _pinned = apifw_tests::sources::PinnedToLastCpu::pin()?;
-    let mut opts = args.common();
+    let _pinned = sources::PinnedToLastCpu::pin()?;
+    let mut opts = args_opts.clone();
     if opts.quick {
         opts.runs = opts.runs.min(2);
         opts.repeat = opts.repeat.min(100_000);
@@ -487,15 +129,14 @@ fn packet_report(args: &Args) -> anyhow::Result<String> {
             ..Policy::default()
         };
         let started = Instant::now();
-        let mut firewall = Firewall::load(&policy).context("load firewall (root needed)")?;
+        let firewall = Firewall::load(&policy).context("load firewall (root needed)")?;
         let load_seconds = started.elapsed().as_secs_f64();
-        firewall.load_program(program_names::EMPTY)?;
-        firewall.load_program(program_names::ONE_LOOKUP)?;
+        let mut beside = Beside::new(firewall)?;
         let prefixes = policy.block.len();
         eprintln!("bench: {prefixes} prefixes ({v4} IPv4) loaded in {load_seconds:.2} s");
         for (name, source, verdict) in LIST_CASES {
             let frame = udp_frame(source);
-            let m = measure(&mut firewall, name, &frame, verdict, &opts, &mut references)?;
+            let m = measure(&mut beside, name, &frame, verdict, &opts, &mut references)?;
             eprintln!(
                 "bench: {prefixes:>9} prefixes, {name}: {:.1} ns/packet, {:.2}x empty, {:.2}x one lookup",
                 m.median, m.ratio, m.lookup_ratio
@@ -530,11 +171,9 @@ fn packet_report(args: &Args) -> anyhow::Result<String> {
                 &policy_text,
             )?
             .policy;
-            let mut firewall = Firewall::load(&policy)?;
-            firewall.load_program(program_names::EMPTY)?;
-            firewall.load_program(program_names::ONE_LOOKUP)?;
+            let mut beside = Beside::new(Firewall::load(&policy)?)?;
             let started = Instant::now();
-            preload_sources(&mut firewall, tracked, &mut rng)?;
+            preload_sources(&mut beside.firewall, tracked, &mut rng)?;
             eprintln!(
                 "bench: {tracked} tracked sources preloaded in {:.2} s",
                 started.elapsed().as_secs_f64()
@@ -543,7 +182,7 @@ fn packet_report(args: &Args) -> anyhow::Result<String> {
             let passes = rate > 1;
             let verdict = if passes { XDP_PASS } else { XDP_DROP };
             let mut cases = vec![measure(
-                &mut firewall,
+                &mut beside,
                 name,
                 &frame,
                 verdict,
@@ -552,9 +191,9 @@ fn packet_report(args: &Args) -> anyhow::Result<String> {
             )?];
             if passes {
                 // The same firewall with the source banned: the ban check comes first.
-                ban(&mut firewall, &policy, limited_source)?;
+                ban(&mut beside.firewall, &policy, limited_source)?;
                 banned.push(measure(
-                    &mut firewall,
+                    &mut beside,
                     "banned source (manual /32 ban, as `apifw ban add`)",
                     &frame,
                     XDP_DROP,
@@ -594,18 +233,9 @@ fn packet_report(args: &Args) -> anyhow::Result<String> {
         let policy =
             firewall_userspace::Loaded::from_str(std::path::Path::new("bench.toml"), &policy_text)?
                 .policy;
-        let mut firewall = Firewall::load(&policy)?;
-        firewall.load_program(program_names::EMPTY)?;
-        firewall.load_program(program_names::ONE_LOOKUP)?;
+        let mut beside = Beside::new(Firewall::load(&policy)?)?;
         let frame = udp_frame(IpAddr::V4(BLOCKED_HOST));
-        let m = measure(
-            &mut firewall,
-            name,
-            &frame,
-            XDP_DROP,
-            &opts,
-            &mut references,
-        )?;
+        let m = measure(&mut beside, name, &frame, XDP_DROP, &opts, &mut references)?;
         eprintln!(
             "bench: {name}: {:.1} ns/packet, {:.2}x empty",
             m.median, m.ratio

@@ -21,8 +21,8 @@ use aya::{
     maps::Array,
     programs::{TestRun as _, TestRunAttrs, TestRunOptions},
 };
-use firewall_common::{map_names, program_names};
-use firewall_userspace::{Firewall, Policy};
+
+use crate::programs::{TestPrograms, map_names, program_names};
 
 /// Frames per `BPF_PROG_RUN` call: tens of milliseconds at the rates seen here, so a flood
 /// ends close to its planned duration.
@@ -37,7 +37,7 @@ struct Job {
     /// The veth end to send from, in that namespace.
     ifindex: u32,
     frame: Vec<u8>,
-    /// Low source bits to vary (see `firewall_common::map_names::FLOOD_CONFIG`).
+    /// Low source bits to vary (see `apifw_test_ebpf::map_names::FLOOD_CONFIG`).
     source_bits: u32,
     duration: Duration,
     /// Send one frame in this many (the others are dropped in the generator), 1 for all.
@@ -157,7 +157,7 @@ impl Drop for Generator {
 
 /// What the generator thread holds.
 struct Worker {
-    firewall: Firewall,
+    programs: TestPrograms,
     /// The namespace the thread started in, to return to after each flood.
     home: File,
 }
@@ -168,14 +168,13 @@ impl Worker {
         set.set(cpu)?;
         nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
             .with_context(|| format!("pin the generator to CPU {cpu}"))?;
-        super::lab::raise_priority(0)?;
-        // The whole object is loaded (the generator lives in it); the policy is irrelevant.
-        let mut firewall = Firewall::load(&Policy::default()).context("load the eBPF object")?;
-        firewall
-            .load_program(program_names::FLOOD_GEN)
+        crate::support::raise_priority(0)?;
+        let mut programs = TestPrograms::load()?;
+        programs
+            .program_mut(program_names::FLOOD_GEN)
             .context("load the flood generator")?;
         let home = File::open("/proc/thread-self/ns/net").context("open own network namespace")?;
-        Ok(Self { firewall, home })
+        Ok(Self { programs, home })
     }
 
     fn flood(&mut self, job: &Job) -> anyhow::Result<Sent> {
@@ -193,14 +192,14 @@ impl Worker {
         let size = u32::try_from(job.frame.len())?;
         let ctx = xdp_md(job.ifindex, size);
         let mut config: Array<_, u32> =
-            Array::try_from(self.firewall.map_mut(map_names::FLOOD_CONFIG)?)?;
+            Array::try_from(self.programs.map_mut(map_names::FLOOD_CONFIG)?)?;
         config
             .set(map_names::FLOOD_CONFIG_SOURCE_BITS, job.source_bits, 0)
             .context("configure the generator")?;
         config
             .set(map_names::FLOOD_CONFIG_SEND_EVERY, job.send_every, 0)
             .context("configure the generator")?;
-        let program = self.firewall.program_mut(program_names::FLOOD_GEN)?;
+        let program = self.programs.program_mut(program_names::FLOOD_GEN)?;
         let cpu_before = thread_cpu_ns();
         let started = Instant::now();
         let mut frames = 0u64;
