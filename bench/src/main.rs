@@ -17,6 +17,7 @@ use apifw_tests::{daemon, generator, netns, packets, programs, support};
 mod attack;
 mod flood;
 mod loadbench;
+mod multicore;
 mod packet;
 mod plot;
 mod report;
@@ -116,6 +117,7 @@ const SECTIONS: &[(&str, Measure)] = &[
     ("flood", |args| flood::run(&args.common())),
     ("sources", |args| sources::run(&args.common())),
     ("attack", |args| attack::run(&args.common())),
+    ("multicore", |args| multicore::run(&args.common())),
 ];
 
 fn main() -> anyhow::Result<()> {

@@ -119,7 +119,7 @@ pub fn machine() -> String {
                 .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpus = online_cpus();
     let memory_gib = std::fs::read_to_string("/proc/meminfo")
         .unwrap_or_default()
         .lines()
@@ -137,6 +137,12 @@ pub fn machine() -> String {
         "{cpu}, {cpus} CPUs, {memory_gib:.0} GiB, kernel {}",
         kernel.trim()
     )
+}
+
+/// The machine's online CPUs. Not `available_parallelism`: that counts the CPUs this thread may
+/// use, and some sections pin it to one.
+pub fn online_cpus() -> usize {
+    aya::util::online_cpus().map_or(0, |cpus| cpus.len())
 }
 
 /// The report's header: what produced it and on what.
