@@ -10,6 +10,7 @@ extern crate std;
 
 pub mod config;
 pub mod events;
+pub mod lease;
 pub mod packet;
 pub mod prefix;
 pub mod ratelimit;
@@ -85,6 +86,15 @@ pub mod map_names {
     pub const EVENT_TAT: &str = "APIFW_EVENT_TAT";
     /// `PerCpuArray<u64>`: events emitted, suppressed, lost ([`crate::events`]).
     pub const EVENT_STATS: &str = "APIFW_EVENT_STATS";
+
+    /// `PerCpuArray<Lease>` of [`crate::lease::LEASE_ENTRIES`]: each CPU's leases on hot
+    /// buckets. Not pinned (see [`UNPINNED`]).
+    pub const LEASES: &str = "APIFW_LEASES";
+
+    /// Maps of the object the daemon does not pin: a new program starts them empty. The leases
+    /// are a per-CPU cache of units already charged to the pinned buckets; losing them on a
+    /// restart refuses at most a lease's worth per slot, never admits more.
+    pub const UNPINNED: [&str; 1] = [LEASES];
 
     /// Every map the daemon pins.
     pub const ALL: [&str; 19] = [

@@ -32,12 +32,18 @@
 //! 8. Admission: a rule that needs per-source state (a per-source bucket for this packet, or
 //!    bans) gives a source state only on its second packet within `ADMISSION_WINDOW_NS`; the
 //!    first packet charges no per-source bucket (subnet buckets still apply).
+//! 9. Leases ([`crate::lease`]): the model is one CPU with its lease slots. A bucket's units
+//!    come out of the slot of its key while it holds enough unexpired ones; otherwise the slot
+//!    (taken from another key first, whose units go back to that key's buckets) gives its units
+//!    back and takes the packet's cost plus a lease from the bucket (`Bucket::refill`), or just
+//!    the cost when the bucket has no room for both; no room for the cost is rule 6's refusal.
 
 use std::{collections::HashMap, net::IpAddr, vec::Vec};
 
 use ipnet::IpNet;
 
 use crate::{
+    lease::{Field, LEASE_SOURCE, LEASE_SUBNET, Lease},
     packet::*,
     ratelimit::{Bucket, ticks},
     rules::{
@@ -243,6 +249,8 @@ pub struct Model {
     subnets: HashMap<TrackKey, TrackState>,
     escalation: HashMap<TrackKey, EscalationState>,
     candidates: HashMap<TrackKey, u64>,
+    /// The leases of the one CPU the model is, by slot (see [`crate::lease`]).
+    leases: HashMap<u32, Lease>,
     /// Bans made so far (expired ones included; they no longer count).
     pub bans: HashMap<BanKey, BanEntry>,
 }
@@ -357,7 +365,7 @@ impl Model {
         let is_syn = packet.tcp_flags.is_some_and(opens_connection);
 
         // (bucket, which state, which field, cost, reason when exceeded), in charging order.
-        let steps: [(Bucket, bool, usize, u64, Reason); 5] = [
+        let steps: [(Bucket, bool, Field, u64, Reason); 5] = [
             (
                 if is_syn {
                     config.syn
@@ -365,14 +373,38 @@ impl Model {
                     Bucket::UNLIMITED
                 },
                 false,
-                2,
+                Field::Syn,
                 1,
                 Reason::SynLimited,
             ),
-            (config.source_packets, false, 0, 1, Reason::RateLimited),
-            (config.source_bytes, false, 1, len, Reason::RateLimited),
-            (config.subnet_packets, true, 0, 1, Reason::RateLimited),
-            (config.subnet_bytes, true, 1, len, Reason::RateLimited),
+            (
+                config.source_packets,
+                false,
+                Field::Packets,
+                1,
+                Reason::RateLimited,
+            ),
+            (
+                config.source_bytes,
+                false,
+                Field::Bytes,
+                len,
+                Reason::RateLimited,
+            ),
+            (
+                config.subnet_packets,
+                true,
+                Field::Packets,
+                1,
+                Reason::RateLimited,
+            ),
+            (
+                config.subnet_bytes,
+                true,
+                Field::Bytes,
+                len,
+                Reason::RateLimited,
+            ),
         ];
         // Admission: a source that needs per-source state gets it on its second packet within
         // ADMISSION_WINDOW_NS; its first packet charges no per-source bucket.
@@ -385,45 +417,67 @@ impl Model {
             if !bucket.is_limited() || (!subnet && !tracked) {
                 continue;
             }
-            let (map, key) = if subnet {
-                (&mut self.subnets, subnet_key)
+            let (kind, key) = if subnet {
+                (LEASE_SUBNET, subnet_key)
             } else {
-                (&mut self.sources, source_key)
+                (LEASE_SOURCE, source_key)
+            };
+            // The units come out of this CPU's lease when it has them; otherwise the lease
+            // is refilled from the shared bucket (the slot first taken from another key, whose
+            // units go back to it).
+            let slot = Lease::slot(kind, &key);
+            let mut lease = self.leases.get(&slot).copied().unwrap_or_default();
+            if lease.holds(&key) && lease.covers(field, now, cost) {
+                lease.spend(field, cost);
+                self.leases.insert(slot, lease);
+                continue;
+            }
+            if !lease.holds(&key) {
+                self.give_back(&lease, subnet, now);
+                lease.claim(&key);
+            }
+            let map = if subnet {
+                &mut self.subnets
+            } else {
+                &mut self.sources
             };
             let state = map.entry(key).or_default();
             let tat = match field {
-                0 => &mut state.packets,
-                1 => &mut state.bytes,
-                _ => &mut state.syn,
+                Field::Packets => &mut state.packets,
+                Field::Bytes => &mut state.bytes,
+                Field::Syn => &mut state.syn,
             };
-            match bucket.charge(*tat, now, cost) {
-                Some(next) => *tat = next,
-                None => {
-                    let dry_run = self.policy.dry_run || config.dry_run();
-                    let ban = config.bans()
-                        && tracked
-                        && self.exceeding_long_enough(source_key, &config, now_ns);
-                    let verdict = match (dry_run, ban) {
-                        (true, true) => Verdict::new(Action::Pass, Reason::WouldBan),
-                        (true, false) => Verdict::new(Action::Pass, Reason::WouldDrop),
-                        // The packet that triggers a ban counts as banned.
-                        (false, true) => {
-                            let subnet = self.ban(rule, &config, source_key, subnet_key, now_ns);
-                            let reason = if subnet {
-                                Reason::SubnetBanned
-                            } else {
-                                Reason::Banned
-                            };
-                            Verdict::new(Action::Drop, reason)
-                        }
-                        (false, false) => Verdict::new(Action::Drop, reason),
-                    };
-                    return Decision {
-                        verdict,
-                        rule: Some(rule),
-                    };
-                }
+            let refilled = bucket.refill(*tat, now, lease.left(field), cost);
+            if let Some((next, left)) = refilled {
+                *tat = next;
+                lease.refilled(field, now, left);
             }
+            self.leases.insert(slot, lease);
+            if refilled.is_some() {
+                continue;
+            }
+            let dry_run = self.policy.dry_run || config.dry_run();
+            let ban =
+                config.bans() && tracked && self.exceeding_long_enough(source_key, &config, now_ns);
+            let verdict = match (dry_run, ban) {
+                (true, true) => Verdict::new(Action::Pass, Reason::WouldBan),
+                (true, false) => Verdict::new(Action::Pass, Reason::WouldDrop),
+                // The packet that triggers a ban counts as banned.
+                (false, true) => {
+                    let subnet = self.ban(rule, &config, source_key, subnet_key, now_ns);
+                    let reason = if subnet {
+                        Reason::SubnetBanned
+                    } else {
+                        Reason::Banned
+                    };
+                    Verdict::new(Action::Drop, reason)
+                }
+                (false, false) => Verdict::new(Action::Drop, reason),
+            };
+            return Decision {
+                verdict,
+                rule: Some(rule),
+            };
         }
         Decision {
             verdict,
@@ -467,6 +521,36 @@ impl Model {
             }
         }
         None
+    }
+
+    /// Gives the units `lease` holds back to its key's buckets (a slot changing hands).
+    fn give_back(&mut self, lease: &Lease, subnet: bool, now: u64) {
+        if lease.held == 0 {
+            return;
+        }
+        let Some(rule) = self.policy.rules.get(usize::from(lease.key.rule)) else {
+            return;
+        };
+        let config = rule.config;
+        let map = if subnet {
+            &mut self.subnets
+        } else {
+            &mut self.sources
+        };
+        let Some(state) = map.get_mut(&lease.key) else {
+            return;
+        };
+        for field in Field::ALL {
+            let (bucket, tat) = match (subnet, field) {
+                (false, Field::Packets) => (config.source_packets, &mut state.packets),
+                (false, Field::Bytes) => (config.source_bytes, &mut state.bytes),
+                (false, Field::Syn) => (config.syn, &mut state.syn),
+                (true, Field::Packets) => (config.subnet_packets, &mut state.packets),
+                (true, Field::Bytes) => (config.subnet_bytes, &mut state.bytes),
+                (true, Field::Syn) => (Bucket::UNLIMITED, &mut state.syn),
+            };
+            *tat = bucket.give_back(*tat, now, lease.left(field));
+        }
     }
 
     /// Whether `source` has per-source state, creating it on a second sighting within

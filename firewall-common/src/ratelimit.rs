@@ -81,6 +81,81 @@ impl Bucket {
     }
 }
 
+impl Bucket {
+    /// Units a lease of this bucket holds beyond the packet that takes it: what the rate
+    /// refills in [`crate::lease::LEASE_NS`] (0 below 1,000 units/s, and for an unlimited
+    /// bucket).
+    #[inline(always)]
+    pub const fn lease_units(&self) -> u64 {
+        match crate::lease::LEASE_TICKS.checked_div(self.interval) {
+            Some(units) => units,
+            None => 0,
+        }
+    }
+
+    /// The TAT `tat` with `left` unspent leased units given back at `now`. A bucket that has
+    /// refilled completely meanwhile stays full: units beyond the burst are lost, as they are
+    /// for a bucket nobody charges.
+    #[inline(always)]
+    pub const fn give_back(&self, tat: u64, now: u64, left: u64) -> u64 {
+        let back = self.clamped_interval() * if left < MAX_LEASE { left } else { MAX_LEASE };
+        if tat > now.saturating_add(back) {
+            tat - back
+        } else if tat > now {
+            now
+        } else {
+            tat
+        }
+    }
+
+    /// A new lease for a packet of `cost` units at `now`, with the `left` unspent units of the
+    /// old one given back first: the next TAT and the units left after this packet, or `None`
+    /// when the bucket has no room for `cost` (nothing changes then). The lease holds
+    /// `cost + lease_units` when the bucket has room for that, else just `cost` (exactly
+    /// [`Self::charge`] on the TAT with the units given back). Few branches on purpose: the
+    /// verifier walks every path of this once per bucket of the XDP program.
+    #[inline(always)]
+    pub const fn refill(&self, tat: u64, now: u64, left: u64, cost: u64) -> Option<(u64, u64)> {
+        if !self.is_limited() {
+            return Some((tat, 0));
+        }
+        let interval = self.clamped_interval();
+        let cost = if cost < MAX_COST { cost } else { MAX_COST };
+        let lease = self.lease_units();
+        let back = interval * if left < MAX_LEASE { left } else { MAX_LEASE };
+        // Where charging starts: the TAT without the units given back, at least now.
+        let base = if tat > now.saturating_add(back) {
+            tat - back
+        } else {
+            now
+        };
+        let leased = base.saturating_add(interval * (cost + lease));
+        if leased - now <= self.tolerance {
+            return Some((leased, lease));
+        }
+        let exact = base.saturating_add(interval * cost);
+        if exact - now <= self.tolerance {
+            Some((exact, 0))
+        } else {
+            None
+        }
+    }
+
+    /// The interval, at most one second in ticks (see `charge`).
+    #[inline(always)]
+    const fn clamped_interval(&self) -> u64 {
+        if self.interval < TICKS_PER_SECOND {
+            self.interval
+        } else {
+            TICKS_PER_SECOND
+        }
+    }
+}
+
+/// Largest number of units a lease gives back at once: a lease never holds more than
+/// `lease_units <= LEASE_TICKS` after its packet.
+const MAX_LEASE: u64 = crate::lease::LEASE_TICKS + MAX_COST;
+
 /// Largest cost one packet is charged: a frame is shorter than 64 KiB.
 pub const MAX_COST: u64 = 0xFFFF;
 
@@ -189,5 +264,77 @@ mod tests {
         );
         assert_eq!(Bucket::UNLIMITED.charge(7, 9, 1_000_000), Some(7));
         assert_eq!(ticks(u64::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn a_refill_without_a_lease_to_spare_is_a_charge() {
+        // Rates below 1,000/s lease nothing beyond the packet: refilling is charging, for any
+        // state.
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..100_000 {
+            let bucket = Bucket::new(next() % 999 + 1, next() % 50 + 1);
+            assert_eq!(bucket.lease_units(), 0);
+            let now = next() % (100 * SECOND);
+            let tat = now
+                .saturating_add(next() % (2 * SECOND))
+                .saturating_sub(SECOND);
+            let cost = next() % 3 + 1;
+            assert_eq!(
+                bucket.refill(tat, now, 0, cost),
+                bucket.charge(tat, now, cost).map(|next| (next, 0)),
+                "{bucket:?} tat {tat} now {now} cost {cost}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_lease_holds_a_millisecond_of_the_rate_when_there_is_room() {
+        let bucket = Bucket::new(1_000_000, 5_000);
+        assert_eq!(bucket.lease_units(), 1_000);
+        let now = 10 * SECOND;
+        // Full bucket: the packet and a whole lease.
+        let (tat, left) = bucket.refill(0, now, 0, 1).expect("room");
+        assert_eq!(left, 1_000);
+        assert_eq!(tat, now + 1_001 * bucket.interval);
+        // Room for 3 units only: just the packet.
+        let tight = now + bucket.tolerance - 3 * bucket.interval;
+        assert_eq!(
+            bucket.refill(tight, now, 0, 1),
+            Some((tight + bucket.interval, 0))
+        );
+        // No room: nothing changes, unless the units given back make room.
+        let full = now + bucket.tolerance;
+        assert_eq!(bucket.refill(full, now, 0, 1), None);
+        assert_eq!(
+            bucket.refill(full, now, 1, 1),
+            Some((full, 0)),
+            "one unit given back pays for this packet"
+        );
+        // A byte bucket: the lease covers the packet and a millisecond of bytes.
+        let bytes = Bucket::new(10_000_000, 100_000);
+        assert_eq!(bytes.lease_units(), 10_000);
+        assert_eq!(
+            bytes.refill(0, now, 0, 1_500).map(|(_, left)| left),
+            Some(10_000)
+        );
+        assert_eq!(Bucket::UNLIMITED.lease_units(), 0);
+        assert_eq!(Bucket::UNLIMITED.refill(7, now, 3, 9), Some((7, 0)));
+    }
+
+    #[test]
+    fn units_given_back_refill_the_bucket_up_to_full() {
+        let bucket = Bucket::new(1_000, 10);
+        let now = 5 * SECOND;
+        let tat = now + 4 * bucket.interval;
+        assert_eq!(bucket.give_back(tat, now, 3), now + bucket.interval);
+        assert_eq!(bucket.give_back(tat, now, 10), now, "never beyond full");
+        assert_eq!(bucket.give_back(now - 1, now, 5), now - 1, "already full");
+        assert_eq!(bucket.give_back(tat, now, 0), tat);
     }
 }

@@ -109,7 +109,7 @@ impl RuleConfig {
 /// Key of per-source and per-subnet state: the rule, and the source address masked to
 /// `prefix_len` (32/128 for a source, the rule's subnet length for a subnet).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct TrackKey {
     /// Rule index.
     pub rule: u16,

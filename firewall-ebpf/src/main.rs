@@ -25,6 +25,7 @@ use firewall_common::{
     Action, Counter, KernelConfig, Reason, Verdict,
     config::{CONFIG_DEBUG_LOG, CONFIG_EVENTS},
     generation,
+    lease::{LEASE_ENTRIES, Lease},
     prefix::{
         FLAG_ALLOW, FLAG_BLOCK, PrefixV4Key, PrefixV6Key, V4_SUMMARY_ENTRIES, V4Summary, V6Summary,
         V6SummaryKey,
@@ -91,6 +92,11 @@ static BANS: HashMap<BanKey, BanEntry> = HashMap::with_max_entries(1, 0);
 
 #[map(name = "APIFW_ESCALATION")]
 static ESCALATION: LruHashMap<TrackKey, EscalationState> = LruHashMap::with_max_entries(1, 0);
+
+// This CPU's leases on hot buckets (`firewall_common::lease`). Not pinned
+// (`map_names::UNPINNED`): a new program starts with empty slots.
+#[map(name = "APIFW_LEASES")]
+static LEASES: PerCpuArray<Lease> = PerCpuArray::with_max_entries(LEASE_ENTRIES, 0);
 
 #[map(name = "APIFW_RULE_STATS")]
 static RULE_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(RULE_STATS_ENTRIES, 0);

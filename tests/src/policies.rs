@@ -1,9 +1,11 @@
 //! Policies shared by several tests.
 
-/// Four rate-limit rules that between them exercise every rule feature: per-source packet and
+/// Five rate-limit rules that between them exercise every rule feature: per-source packet and
 /// SYN buckets with bans and escalation to subnet bans (HTTPS), per-source byte and per-subnet
-/// packet buckets (DNS), a dry-run per-subnet rule (other TCP), and a catch-all with bans. The
-/// kernel-vs-model replays (`ratelimit.rs`, `adversarial.rs`) run them with their own lists.
+/// packet buckets (DNS), rates high enough that each CPU takes units in leases of many packets
+/// and bytes (mDNS: `firewall_common::lease`, leases of 3 packets and 300 bytes per source, 400 bytes per subnet), a dry-run
+/// per-subnet rule (other TCP), and a catch-all with bans. The kernel-vs-model replays
+/// (`ratelimit.rs`, `adversarial.rs`) run them with their own lists.
 pub const RATE_LIMIT_RULES: &str = r#"
 [[rule]]
 name = "https"
@@ -23,6 +25,13 @@ protocol = "udp"
 ports = [53]
 per_source = { bytes_per_second = 4000, burst_bytes = 400 }
 per_subnet = { packets_per_second = 60, burst_packets = 10, prefix_v4 = 24, prefix_v6 = 64 }
+
+[[rule]]
+name = "mdns"
+protocol = "udp"
+ports = [5353]
+per_source = { packets_per_second = 3000, burst_packets = 8, bytes_per_second = 300000, burst_bytes = 2500 }
+per_subnet = { bytes_per_second = 400000, burst_bytes = 3000, prefix_v4 = 24, prefix_v6 = 64 }
 
 [[rule]]
 name = "other-tcp"

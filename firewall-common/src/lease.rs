@@ -1,0 +1,290 @@
+//! Per-CPU token leases: how a bucket that every CPU charges (one hot source, one hot subnet)
+//! scales with the CPUs.
+//!
+//! A GCRA bucket is one shared word (its TAT). Charged by compare-and-exchange on every packet,
+//! its cache line moves between CPUs on every packet, and at 16 CPUs a hot source costs 15× what
+//! it costs on one. So a CPU takes tokens in batches: a *lease* of up to
+//! [`crate::ratelimit::Bucket::lease_units`]
+//! units (what the rate refills in [`LEASE_NS`]) with one compare-and-exchange on the shared
+//! TAT, and spends them in a per-CPU slot without touching shared memory. A drop reads the TAT
+//! and writes nothing when the bucket has no room.
+//!
+//! The leases are charged to the TAT when taken, so however CPUs interleave, the units admitted
+//! since a bucket was created never exceed `burst + rate × t` (the GCRA bound). What a lease
+//! changes is *when*: units leased before a moment can be spent after it, so over a window that
+//! starts later, K CPUs may admit up to `burst + rate × t + K × lease_units` (per bucket), and
+//! units parked in other CPUs' leases may refuse a packet that exact GCRA would pass (again at
+//! most `K × lease_units`). A lease expires [`LEASE_NS`] after it was taken; its unspent units go
+//! back to the shared bucket at the next refill, as do those of a slot given to another key.
+//! For a rate of `r` units/s a lease is `r × 1 ms` (at least one unit): at 1,000 packets/s or
+//! less a lease is one packet, charged and spent at once, exactly as without leases; a SYN
+//! limit of 20/s stays exact; at 10⁶ packets/s 16 CPUs may be 16,000 packets (16 ms of the
+//! rate) off at any moment, 0.16% of ten seconds.
+//!
+//! The reference model keeps the leases of one CPU with these same functions, so the verdict
+//! tests (one CPU, the test clock) hold the kernel to leases exactly.
+
+use crate::{ratelimit::ticks, rules::TrackKey};
+
+/// How long a lease lasts, and the time whose worth of the rate it holds.
+pub const LEASE_NS: u64 = 1_000_000;
+/// [`LEASE_NS`] in ticks.
+pub const LEASE_TICKS: u64 = ticks(LEASE_NS);
+/// Lease slots per CPU for each kind of key ([`LEASE_SOURCE`], [`LEASE_SUBNET`]); a power of
+/// two. Keys share a slot by hash: the hottest keys of a CPU keep theirs.
+pub const LEASE_SLOTS: u32 = 256;
+/// The slots of per-source buckets.
+pub const LEASE_SOURCE: u32 = 0;
+/// The slots of per-subnet buckets.
+pub const LEASE_SUBNET: u32 = 1;
+/// Entries of the per-CPU lease array: the slots of both kinds.
+pub const LEASE_ENTRIES: u32 = 2 * LEASE_SLOTS;
+
+/// A bucket of [`crate::rules::TrackState`]: which TAT a lease's units come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Field {
+    /// `packets`.
+    Packets,
+    /// `bytes`.
+    Bytes,
+    /// `syn`.
+    Syn,
+}
+
+impl Field {
+    /// Every field, in the order a slot given away returns them.
+    pub const ALL: [Self; 3] = [Self::Packets, Self::Bytes, Self::Syn];
+}
+
+/// One CPU's lease on the buckets of one key. A value of the per-CPU lease array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lease {
+    /// The key the units belong to (when `held`).
+    pub key: TrackKey,
+    /// Non-zero when the slot holds a lease of `key`.
+    pub held: u32,
+    /// Units left, by field (packets, bytes, SYN).
+    pub left: [u64; 3],
+    /// When each field's units expire (ticks).
+    pub expires: [u64; 3],
+}
+
+impl Lease {
+    /// The index of `key`'s slot in the lease array (`kind`: [`LEASE_SOURCE`] or
+    /// [`LEASE_SUBNET`]).
+    #[inline(always)]
+    pub fn slot(kind: u32, key: &TrackKey) -> u32 {
+        let a = &key.addr;
+        let words = [
+            u32::from(key.rule) | u32::from(key.family) << 16 | u32::from(key.prefix_len) << 24,
+            u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+            u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+            u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+            u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+        ];
+        // murmur3's 32-bit mixing of each word, then its finaliser: every bit of the key moves
+        // the slot (a plain multiply would carry low bits up only, never down).
+        let mut hash = 0x9747_B28Cu32;
+        for word in words {
+            let mixed = word
+                .wrapping_mul(0xCC9E_2D51)
+                .rotate_left(15)
+                .wrapping_mul(0x1B87_3593);
+            hash = (hash ^ mixed)
+                .rotate_left(13)
+                .wrapping_mul(5)
+                .wrapping_add(0xE654_6B64);
+        }
+        hash ^= hash >> 16;
+        hash = hash.wrapping_mul(0x85EB_CA6B);
+        hash ^= hash >> 13;
+        hash = hash.wrapping_mul(0xC2B2_AE35);
+        hash ^= hash >> 16;
+        (kind & 1) * LEASE_SLOTS + (hash & (LEASE_SLOTS - 1))
+    }
+
+    /// Whether the slot holds a lease of `key` (compared field by field: no `memcmp` in BPF).
+    #[inline(always)]
+    pub fn holds(&self, key: &TrackKey) -> bool {
+        self.held != 0
+            && self.key.rule == key.rule
+            && self.key.family == key.family
+            && self.key.prefix_len == key.prefix_len
+            && self.key.addr == key.addr
+    }
+
+    /// Units of `field` left.
+    #[inline(always)]
+    pub fn left(&self, field: Field) -> u64 {
+        match field {
+            Field::Packets => self.left[0],
+            Field::Bytes => self.left[1],
+            Field::Syn => self.left[2],
+        }
+    }
+
+    /// Whether `cost` units of `field` at `now` (ticks) come out of this lease, which must
+    /// hold the key: unexpired and enough left.
+    #[inline(always)]
+    pub fn covers(&self, field: Field, now: u64, cost: u64) -> bool {
+        let (left, expires) = match field {
+            Field::Packets => (self.left[0], self.expires[0]),
+            Field::Bytes => (self.left[1], self.expires[1]),
+            Field::Syn => (self.left[2], self.expires[2]),
+        };
+        left >= cost && now < expires
+    }
+
+    /// Spends `cost` units of `field` (after [`Self::covers`]).
+    #[inline(always)]
+    pub fn spend(&mut self, field: Field, cost: u64) {
+        let left = match field {
+            Field::Packets => &mut self.left[0],
+            Field::Bytes => &mut self.left[1],
+            Field::Syn => &mut self.left[2],
+        };
+        *left = left.saturating_sub(cost);
+    }
+
+    /// After a refill at `now`: `left` units of `field`, for [`LEASE_TICKS`].
+    #[inline(always)]
+    pub fn refilled(&mut self, field: Field, now: u64, left: u64) {
+        let (slot_left, expires) = match field {
+            Field::Packets => (&mut self.left[0], &mut self.expires[0]),
+            Field::Bytes => (&mut self.left[1], &mut self.expires[1]),
+            Field::Syn => (&mut self.left[2], &mut self.expires[2]),
+        };
+        *slot_left = left;
+        *expires = now.saturating_add(LEASE_TICKS);
+    }
+
+    /// The slot, empty, for `key` (the units of the key it held have been given back).
+    #[inline(always)]
+    pub fn claim(&mut self, key: &TrackKey) {
+        self.key = *key;
+        self.held = 1;
+        self.left = [0; 3];
+        self.expires = [0; 3];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ratelimit::Bucket;
+
+    #[test]
+    fn slots_spread_keys_and_keep_the_kinds_apart() {
+        let mut used = [0u32; LEASE_SLOTS as usize];
+        for host in 0..=255u32 {
+            let key = TrackKey::v4(0, 0xC000_0200 | host, 32);
+            let slot = Lease::slot(LEASE_SOURCE, &key);
+            assert!(slot < LEASE_SLOTS);
+            used[slot as usize] += 1;
+            let subnet = Lease::slot(LEASE_SUBNET, &key);
+            assert!((LEASE_SLOTS..LEASE_ENTRIES).contains(&subnet));
+        }
+        // 256 keys into 256 slots: a decent hash leaves about 1/e of them empty, a bad one
+        // (using only some bytes) most of them.
+        let empty = used.iter().filter(|n| **n == 0).count();
+        assert!(empty < 120, "{empty} of 256 slots unused");
+    }
+
+    #[test]
+    fn a_slot_holds_only_its_key() {
+        let key = TrackKey::v4(1, 0xC000_0201, 32);
+        let other_rule = TrackKey::v4(2, 0xC000_0201, 32);
+        let other_len = TrackKey::v4(1, 0xC000_0201, 24);
+        let mut lease = Lease::default();
+        assert!(!lease.holds(&key));
+        lease.claim(&key);
+        assert!(lease.holds(&key));
+        assert!(!lease.holds(&other_rule));
+        assert!(!lease.holds(&other_len));
+    }
+
+    #[test]
+    fn units_expire_with_the_lease() {
+        let key = TrackKey::v4(0, 1, 32);
+        let mut lease = Lease::default();
+        lease.claim(&key);
+        lease.refilled(Field::Bytes, 1_000, 500);
+        assert!(lease.covers(Field::Bytes, 1_000, 500));
+        assert!(!lease.covers(Field::Bytes, 1_000, 501));
+        assert!(
+            !lease.covers(Field::Packets, 1_000, 1),
+            "other fields hold nothing"
+        );
+        assert!(lease.covers(Field::Bytes, 1_000 + LEASE_TICKS - 1, 1));
+        assert!(!lease.covers(Field::Bytes, 1_000 + LEASE_TICKS, 1));
+        lease.spend(Field::Bytes, 200);
+        assert_eq!(lease.left(Field::Bytes), 300);
+    }
+
+    /// `K` CPUs, each with a lease, charging one bucket in random interleavings at moments
+    /// that move forward: admitted units since the bucket was created never exceed
+    /// `burst + rate × t`, and a CPU refused for lack of units leaves at most `K × lease`
+    /// units unspent in the others' leases.
+    #[test]
+    fn leases_keep_the_gcra_bound_on_many_cpus() {
+        const SECOND: u64 = crate::ratelimit::TICKS_PER_SECOND;
+        for (rate, burst, cpus) in [
+            (1_000u64, 10u64, 2usize),
+            (1_000_000, 1_000, 16),
+            (20, 2, 16),
+        ] {
+            let bucket = Bucket::new(rate, burst);
+            let lease_units = bucket.lease_units();
+            let key = TrackKey::v4(0, 1, 32);
+            let mut all = [Lease::default(); 16];
+            let leases = &mut all[..cpus];
+            let mut tat = 0u64;
+            let mut seed = 0x1234_5678_9ABC_DEF0u64 ^ rate;
+            let mut next = || {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed
+            };
+            let start = 7 * SECOND;
+            let mut now = start;
+            let mut admitted = 0u64;
+            for _ in 0..200_000 {
+                now += next() % (SECOND / rate / 4 + 1);
+                let cpu = (next() % cpus as u64) as usize;
+                let lease = &mut leases[cpu];
+                if !lease.holds(&key) {
+                    lease.claim(&key);
+                }
+                if lease.covers(Field::Packets, now, 1) {
+                    lease.spend(Field::Packets, 1);
+                    admitted += 1;
+                } else if let Some((next_tat, left)) =
+                    bucket.refill(tat, now, lease.left(Field::Packets), 1)
+                {
+                    tat = next_tat;
+                    lease.refilled(Field::Packets, now, left);
+                    admitted += 1;
+                } else {
+                    let parked: u64 = leases.iter().map(|l| l.left(Field::Packets)).sum();
+                    assert!(parked <= cpus as u64 * lease_units, "{parked} parked");
+                }
+                let elapsed = now - start;
+                // The bucket starts full: `burst` at once, then the rate.
+                let bound = burst + (elapsed as u128 * rate as u128 / SECOND as u128) as u64;
+                assert!(
+                    admitted <= bound + 1,
+                    "rate {rate}, {cpus} CPUs: admitted {admitted} > bound {bound}"
+                );
+            }
+            let elapsed = now - start;
+            let allowed = burst + (elapsed as u128 * rate as u128 / SECOND as u128) as u64;
+            // Offered at about four times the rate: all but the parked units are admitted.
+            assert!(
+                admitted + cpus as u64 * lease_units + 1 >= allowed,
+                "rate {rate}, {cpus} CPUs: admitted {admitted} of {allowed}"
+            );
+        }
+    }
+}
