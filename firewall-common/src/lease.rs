@@ -3,26 +3,31 @@
 //!
 //! A GCRA bucket is one shared word (its TAT). Charged by compare-and-exchange on every packet,
 //! its cache line moves between CPUs on every packet, and at 16 CPUs a hot source costs 15× what
-//! it costs on one. So a CPU takes tokens in batches: a *lease* of up to
-//! [`crate::ratelimit::Bucket::lease_units`]
-//! units (what the rate refills in [`LEASE_NS`]) with one compare-and-exchange on the shared
-//! TAT, and spends them in a per-CPU slot without touching shared memory. A drop reads the TAT
-//! and writes nothing when the bucket has no room.
+//! it costs on one. So a CPU takes units in batches: with one compare-and-exchange on the TAT it
+//! charges the packet's cost plus a *lease* of [`crate::ratelimit::Bucket::lease_units`] (what
+//! the rate refills in [`LEASE_NS`], at most a quarter of the burst, and only when the bucket
+//! has room for both), and spends the lease in its own slot of a per-CPU array without touching
+//! shared memory. A drop reads the TAT and writes nothing when the bucket has no room.
 //!
-//! The leases are charged to the TAT when taken, so however CPUs interleave, the units admitted
-//! since a bucket was created never exceed `burst + rate × t` (the GCRA bound). What a lease
-//! changes is *when*: units leased before a moment can be spent after it, so over a window that
-//! starts later, K CPUs may admit up to `burst + rate × t + K × lease_units` (per bucket), and
-//! units parked in other CPUs' leases may refuse a packet that exact GCRA would pass (again at
-//! most `K × lease_units`). A lease expires [`LEASE_NS`] after it was taken; its unspent units go
-//! back to the shared bucket at the next refill, as do those of a slot given to another key.
-//! For a rate of `r` units/s a lease is `r × 1 ms` (at least one unit): at 1,000 packets/s or
-//! less a lease is one packet, charged and spent at once, exactly as without leases; a SYN
-//! limit of 20/s stays exact; at 10⁶ packets/s 16 CPUs may be 16,000 packets (16 ms of the
-//! rate) off at any moment, 0.16% of ten seconds.
+//! Bounds, per bucket, for K CPUs and a lease of L units:
+//! - Leased units are charged to the TAT when taken, so the units admitted since a bucket was
+//!   created never exceed `burst + rate × t`, however the CPUs interleave: no unit is spent
+//!   twice.
+//! - What a lease changes is *when*: units leased before a moment can be spent after it, so a
+//!   window that starts later may see up to `K × L` more than `burst + rate × t`, and units
+//!   parked in other CPUs' leases may refuse a packet that exact GCRA would pass (at most `K × L`
+//!   at any moment).
+//! - A lease expires [`LEASE_NS`] after it was taken; its unspent units go back to the bucket at
+//!   the slot's next refill, as do those of a slot that passes to another key (a bucket that
+//!   has meanwhile refilled completely stays full: such units are lost, as a full bucket's are).
+//! - Below 1,000 units/s L is 0: every unit is its own compare-and-exchange, exactly as GCRA
+//!   (a SYN limit of 20/s stays exact). At 10⁶ packets/s with a burst of 4,000 or more, L is
+//!   1,000: 16 CPUs may be 16,000 packets (16 ms of the rate) off at a moment, 0.16% of ten
+//!   seconds.
 //!
 //! The reference model keeps the leases of one CPU with these same functions, so the verdict
-//! tests (one CPU, the test clock) hold the kernel to leases exactly.
+//! tests (one CPU, the test clock) hold the kernel to leases exactly; the two-CPU tests hold it
+//! to the bounds.
 
 use crate::{ratelimit::ticks, rules::TrackKey};
 

@@ -83,14 +83,19 @@ impl Bucket {
 
 impl Bucket {
     /// Units a lease of this bucket holds beyond the packet that takes it: what the rate
-    /// refills in [`crate::lease::LEASE_NS`] (0 below 1,000 units/s, and for an unlimited
-    /// bucket).
+    /// refills in [`crate::lease::LEASE_NS`], at most a quarter of the burst (a lease must fit
+    /// in the bucket, next to other CPUs' leases); 0 below 1,000 units/s, and for an unlimited
+    /// bucket.
     #[inline(always)]
     pub const fn lease_units(&self) -> u64 {
-        match crate::lease::LEASE_TICKS.checked_div(self.interval) {
-            Some(units) => units,
+        let Some(units) = crate::lease::LEASE_TICKS.checked_div(self.interval) else {
+            return 0;
+        };
+        let quarter = match (self.tolerance / 4).checked_div(self.interval) {
+            Some(quarter) => quarter,
             None => 0,
-        }
+        };
+        if units < quarter { units } else { quarter }
     }
 
     /// The TAT `tat` with `left` unspent leased units given back at `now`. A bucket that has

@@ -3,7 +3,7 @@
 /// Five rate-limit rules that between them exercise every rule feature: per-source packet and
 /// SYN buckets with bans and escalation to subnet bans (HTTPS), per-source byte and per-subnet
 /// packet buckets (DNS), rates high enough that each CPU takes units in leases of many packets
-/// and bytes (mDNS: `firewall_common::lease`, leases of 3 packets and 300 bytes per source, 400 bytes per subnet), a dry-run
+/// and bytes (mDNS: `firewall_common::lease`, leases of 2 packets and 300 bytes per source, 400 bytes per subnet), a dry-run
 /// per-subnet rule (other TCP), and a catch-all with bans. The kernel-vs-model replays
 /// (`ratelimit.rs`, `adversarial.rs`) run them with their own lists.
 pub const RATE_LIMIT_RULES: &str = r#"

@@ -229,7 +229,7 @@ fn mdns_frame(rng: &mut SmallRng, src: IpAddr) -> Vec<u8> {
 }
 
 /// Leases (`firewall_common::lease`): bursts from a few hot sources (two of one /24) to the
-/// mDNS rule, whose rates lease 3 packets and 300 bytes per source, 400 bytes per subnet, spent within a lease's
+/// mDNS rule, whose rates lease 2 packets and 300 bytes per source, 400 bytes per subnet, spent within a lease's
 /// life and across its expiry, among hundreds of other sources whose slots collide with the hot
 /// ones' (their units go back when a slot changes hands). Kernel and model agree frame by frame
 /// and in every counter.
@@ -397,21 +397,21 @@ fn two_cpus_hammer(per_source: &str, steps: u64, step_ns: u64, per_thread: u32) 
 
 /// Both CPUs hammer one source's bucket at the same instants of the test clock. A bucket whose
 /// update is not atomic lets both CPUs spend the same token; the compare-and-exchange update must
-/// admit exactly what the rate allows, however the CPUs interleave. (A lease needs room for
-/// itself and the packet, 1,001 units, which this 1,000-unit bucket never has: every unit is
-/// charged on its own.)
+/// admit exactly what the rate allows, however the CPUs interleave. (Below 1,000 units/s a bucket
+/// leases nothing beyond the packet, so every one of these units is its own compare-and-exchange
+/// on the shared TAT.)
 #[test]
 fn one_bucket_shared_by_two_cpus_admits_exactly_the_rate() {
-    // Three times what the rate allows in a 1 ms step, so that both CPUs spend tokens at the
-    // same moments for most of each step. A full bucket holds 1,000 packets and refills
-    // completely in each step: exactly 1,000 packets per instant.
+    // Three times what the rate allows in a 1 s step, so that both CPUs spend tokens at the
+    // same moments for most of each step. A full bucket holds 999 packets and refills
+    // completely in each step: exactly 999 packets per instant.
     let (admitted, offered) = two_cpus_hammer(
-        "{ packets_per_second = 1000000, burst_packets = 1000 }",
+        "{ packets_per_second = 999, burst_packets = 999 }",
         200,
-        1_000_000,
+        1_000_000_000,
         1_500,
     );
-    assert_eq!(admitted, 1_000 * 200, "admitted {admitted} of {offered}");
+    assert_eq!(admitted, 999 * 200, "admitted {admitted} of {offered}");
 }
 
 /// The bound of leases (`firewall_common::lease`) on two CPUs: at 100,000 packets/s a lease is
