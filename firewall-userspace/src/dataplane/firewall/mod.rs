@@ -1,18 +1,21 @@
-//! The loaded firewall: the eBPF object, its maps filled from a policy, and its attachments.
-//!
-//! This file is over 600 lines: the loaded object, its map writes and its attachments are still
-//! one type; they split when the engine gets its dataplane trait (issue #14, next stage).
+//! The loaded firewall: the eBPF object and its maps filled from a policy (here), its errors
+//! (`errors.rs`), its attachments to interfaces (`attach.rs`), and the engine's view of it, the
+//! [`super::Dataplane`] trait (`seam.rs`).
 
-use std::path::{Path, PathBuf};
+mod attach;
+mod errors;
+mod seam;
+
+pub use attach::Attachment;
+pub use errors::FirewallError;
+use errors::explain;
+
+use std::path::PathBuf;
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray},
-    programs::{
-        ProgramError, Xdp, XdpMode,
-        links::{FdLink, PinnedLink},
-        xdp::XdpLink,
-    },
+    programs::{ProgramError, Xdp},
 };
 use firewall_common::{
     Counter, KernelConfig, generation,
@@ -24,162 +27,21 @@ use firewall_common::{
     program_names,
     rules::{MAX_RULES, RuleConfig, rule_index},
 };
-use tracing::{debug, info, warn};
+use tracing::debug;
 
 use crate::{
-    compile::tables::{CapacityError, PrefixTables},
+    compile::tables::PrefixTables,
     compile::{Compiled, diff_array, diff_hash},
     dataplane::barrier::RcuBarrier,
     dataplane::batch,
-    dataplane::privileges,
     dataplane::stats::{self, Snapshot},
     paths::PinLayout,
-    policy::{Policy, XdpModeSetting},
+    policy::Policy,
 };
 
 /// The eBPF object built by `build.rs` from the firewall-ebpf crate.
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/firewall-ebpf"));
-
-/// Why the firewall could not be loaded, filled, attached or pinned.
-#[derive(Debug, thiserror::Error)]
-pub enum FirewallError {
-    /// The object or its maps could not be loaded (often: a missing capability, which
-    /// [`privileges::missing_for`] then names).
-    #[error("loading the eBPF object failed")]
-    Load(#[source] Box<aya::EbpfError>),
-    /// The kernel refused an operation and this process lacks capabilities the daemon needs:
-    /// the error names them, rather than leaving the operator with a bare `EPERM`.
-    #[error("{}", privileges::describe(missing))]
-    MissingCapabilities {
-        /// The required capabilities this process lacks.
-        missing: Vec<privileges::Capability>,
-        /// What the kernel refused.
-        #[source]
-        source: Box<FirewallError>,
-    },
-    /// A program is missing from the object or could not be loaded or attached.
-    #[error("program `{name}`: {action} failed")]
-    Program {
-        /// Program name.
-        name: &'static str,
-        /// What was attempted.
-        action: &'static str,
-        /// The error.
-        #[source]
-        source: Box<ProgramError>,
-    },
-    /// The object lacks a map the userspace expects (object and binary out of sync).
-    #[error("map `{0}` is missing from the eBPF object")]
-    MissingMap(&'static str),
-    /// A map operation failed.
-    #[error("map `{name}`: {action} failed")]
-    Map {
-        /// Map name.
-        name: &'static str,
-        /// What was attempted.
-        action: &'static str,
-        /// The error.
-        #[source]
-        source: Box<aya::maps::MapError>,
-    },
-    /// The lists do not fit the maps.
-    #[error(transparent)]
-    Capacity(#[from] CapacityError),
-    /// Attaching to an interface failed.
-    #[error("cannot attach to interface `{interface}` in {mode} mode: {reason}")]
-    Attach {
-        /// Interface name.
-        interface: String,
-        /// Mode tried.
-        mode: &'static str,
-        /// A readable cause.
-        reason: String,
-        /// The interface already carries an XDP program.
-        busy: bool,
-        /// The error.
-        #[source]
-        source: Box<ProgramError>,
-    },
-    /// The kernel attached through netlink (no bpf_link), so the attachment cannot be pinned.
-    #[error(
-        "the XDP attachment on `{interface}` is not a bpf_link and cannot be pinned (kernel older than 5.9?)"
-    )]
-    NotPinnable {
-        /// Interface name.
-        interface: String,
-    },
-    /// Pinning failed.
-    #[error("cannot pin {}", path.display())]
-    Pin {
-        /// Pin path.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: Box<aya::pin::PinError>,
-    },
-    /// A pin directory could not be created.
-    #[error("cannot create {}", path.display())]
-    PinDir {
-        /// The directory.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A pinned link of a previous daemon could not be taken over.
-    #[error("cannot adopt the pinned XDP link on `{interface}`: {action} failed: {reason}")]
-    Adopt {
-        /// Interface name.
-        interface: String,
-        /// What was attempted.
-        action: &'static str,
-        /// The cause.
-        reason: String,
-    },
-    /// A batch map write failed.
-    #[error("map `{name}`: writing failed")]
-    Batch {
-        /// Map name.
-        name: &'static str,
-        /// The error.
-        #[source]
-        source: batch::BatchError,
-    },
-    /// The RCU barrier failed.
-    #[error(transparent)]
-    Barrier(#[from] crate::dataplane::barrier::BarrierError),
-    /// Reading the counters failed.
-    #[error(transparent)]
-    Stats(#[from] stats::StatsError),
-}
-
-/// An XDP attachment, pinned so that enforcement does not depend on the daemon's file
-/// descriptors.
-pub struct Attachment {
-    /// The interface.
-    pub interface: String,
-    /// The mode the kernel accepted; `None` for a link adopted from a previous daemon (the
-    /// kernel keeps the mode it was created with).
-    pub mode: Option<XdpMode>,
-    /// Where the link is pinned.
-    pub pin: PathBuf,
-    link: FdLink,
-}
-
-impl Attachment {
-    /// The mode as a word.
-    pub fn mode_name(&self) -> &'static str {
-        self.mode.map_or("adopted", mode_name)
-    }
-
-    /// Unpins the link and drops it, which detaches the program from the interface.
-    pub fn detach(self) -> std::io::Result<()> {
-        std::fs::remove_file(&self.pin)?;
-        drop(self.link);
-        Ok(())
-    }
-}
 
 /// Whether the maps were found pinned (and reused) or created.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -578,126 +440,6 @@ impl Firewall {
         self.ebpf.map(name).ok_or(FirewallError::MissingMap(name))
     }
 
-    /// Attaches the firewall to `interface`, pins the link at `pin` and returns it.
-    ///
-    /// `auto` tries native mode and falls back to generic (skb) mode only when the driver cannot
-    /// do native XDP; an interface that already carries an XDP program is an error in any mode.
-    pub fn attach(
-        &mut self,
-        interface: &str,
-        setting: XdpModeSetting,
-        pin: &Path,
-    ) -> Result<Attachment, FirewallError> {
-        self.attach_unexplained(interface, setting, pin)
-            .map_err(explain)
-    }
-
-    fn attach_unexplained(
-        &mut self,
-        interface: &str,
-        setting: XdpModeSetting,
-        pin: &Path,
-    ) -> Result<Attachment, FirewallError> {
-        let program = self.load_program(program_names::FIREWALL)?;
-        let modes: &[XdpMode] = match setting {
-            XdpModeSetting::Auto => &[XdpMode::Driver, XdpMode::Skb],
-            XdpModeSetting::Native => &[XdpMode::Driver],
-            XdpModeSetting::Skb => &[XdpMode::Skb],
-        };
-        let mut last_error = None;
-        for (i, mode) in modes.iter().enumerate() {
-            match program.attach(interface, *mode) {
-                Ok(id) => {
-                    let link = program
-                        .take_link(id)
-                        .map_err(|source| FirewallError::Program {
-                            name: program_names::FIREWALL,
-                            action: "take link",
-                            source: Box::new(source),
-                        })?;
-                    let link = FdLink::try_from(link).map_err(|_| FirewallError::NotPinnable {
-                        interface: interface.to_owned(),
-                    })?;
-                    let link = link.pin(pin).map_err(|source| FirewallError::Pin {
-                        path: pin.to_owned(),
-                        source: Box::new(source),
-                    })?;
-                    info!(interface, mode = mode_name(*mode), "attached");
-                    return Ok(Attachment {
-                        interface: interface.to_owned(),
-                        mode: Some(*mode),
-                        pin: pin.to_owned(),
-                        link: FdLink::from(link),
-                    });
-                }
-                Err(source) => {
-                    let reason = explain_attach_error(interface, &source);
-                    let fallback = i + 1 < modes.len() && !is_busy(&source);
-                    if fallback {
-                        warn!(interface, %reason, "native XDP unavailable, falling back to skb mode");
-                    }
-                    last_error = Some(FirewallError::Attach {
-                        interface: interface.to_owned(),
-                        mode: mode_name(*mode),
-                        reason,
-                        busy: matches!(os_error(&source), Some(libc::EBUSY | libc::EEXIST)),
-                        source: Box::new(source),
-                    });
-                    if !fallback {
-                        break;
-                    }
-                }
-            }
-        }
-        Err(last_error.unwrap_or(FirewallError::MissingMap("none")))
-    }
-
-    /// Takes over the XDP link a previous daemon pinned at `from` on `interface`: the kernel
-    /// swaps this firewall's program into the live link atomically (`bpf_link_update`), so the
-    /// interface is never without a filter. The link ends up pinned at `to`.
-    pub fn adopt(
-        &mut self,
-        interface: &str,
-        from: &Path,
-        to: &Path,
-    ) -> Result<Attachment, FirewallError> {
-        let adopt_err = |action: &'static str, reason: String| FirewallError::Adopt {
-            interface: interface.to_owned(),
-            action,
-            reason,
-        };
-        let pinned = PinnedLink::from_pin(from)
-            .map_err(|err| adopt_err("open pinned link", err.to_string()))?;
-        let link = XdpLink::try_from(FdLink::from(pinned))
-            .map_err(|err| adopt_err("open pinned link", err.to_string()))?;
-        let program = self.load_program(program_names::FIREWALL)?;
-        let id = program
-            .attach_to_link(link)
-            .map_err(|err| adopt_err("replace the program in the link", err.to_string()))?;
-        let link = program
-            .take_link(id)
-            .map_err(|err| adopt_err("take link", err.to_string()))?;
-        let mut link =
-            FdLink::try_from(link).map_err(|err| adopt_err("take link", err.to_string()))?;
-        if from != to {
-            link = FdLink::from(link.pin(to).map_err(|source| FirewallError::Pin {
-                path: to.to_owned(),
-                source: Box::new(source),
-            })?);
-            let _ = std::fs::remove_file(from);
-        }
-        info!(
-            interface,
-            "adopted the pinned XDP link; program replaced in place"
-        );
-        Ok(Attachment {
-            interface: interface.to_owned(),
-            mode: None,
-            pin: to.to_owned(),
-            link,
-        })
-    }
-
     /// The kernel's ban map.
     pub fn bans_mut(
         &mut self,
@@ -806,168 +548,5 @@ fn map_data(map: &mut aya::maps::Map) -> Option<&mut MapData> {
         | Map::PerCpuArray(data)
         | Map::PerCpuHashMap(data) => Some(data),
         _ => None,
-    }
-}
-
-fn mode_name(mode: XdpMode) -> &'static str {
-    match mode {
-        XdpMode::Default => "default",
-        XdpMode::Skb => "skb",
-        XdpMode::Driver => "native",
-        XdpMode::Hardware => "offload",
-    }
-}
-
-fn os_error(err: &ProgramError) -> Option<i32> {
-    match err {
-        ProgramError::SyscallError(syscall) => syscall.io_error.raw_os_error(),
-        _ => None,
-    }
-}
-
-fn is_busy(err: &ProgramError) -> bool {
-    matches!(os_error(err), Some(libc::EBUSY | libc::EEXIST))
-        || matches!(err, ProgramError::UnknownInterface { .. })
-}
-
-fn explain_attach_error(interface: &str, err: &ProgramError) -> String {
-    match (err, os_error(err)) {
-        (ProgramError::UnknownInterface { .. }, _) => {
-            format!("no interface `{interface}` in this network namespace")
-        }
-        (_, Some(libc::EBUSY | libc::EEXIST)) => format!(
-            "`{interface}` already has an XDP program attached (another apifw daemon, or another \
-             XDP program: see `ip link show {interface}`)"
-        ),
-        (_, Some(libc::EPERM | libc::EACCES)) => {
-            "permission denied (needs CAP_NET_ADMIN and CAP_BPF)".into()
-        }
-        (_, Some(libc::EOPNOTSUPP)) => "the driver does not support this XDP mode".into(),
-        _ => err.to_string(),
-    }
-}
-
-/// `err` unchanged, unless it is the kernel refusing permission while this process lacks some
-/// of the required capabilities: then an error naming them, with `err` as its source.
-fn explain(err: FirewallError) -> FirewallError {
-    if matches!(err, FirewallError::MissingCapabilities { .. }) {
-        return err;
-    }
-    match privileges::missing_for(&err) {
-        Some(missing) => FirewallError::MissingCapabilities {
-            missing,
-            source: Box::new(err),
-        },
-        None => err,
-    }
-}
-
-impl super::Dataplane for Firewall {
-    fn install(&mut self, compiled: Compiled) -> Result<(), FirewallError> {
-        Firewall::install(self, compiled)
-    }
-
-    fn installed(&self) -> Option<&Compiled> {
-        Firewall::installed(self)
-    }
-
-    fn active_generation(&self) -> u32 {
-        Firewall::active_generation(self)
-    }
-
-    fn adopted(&self) -> bool {
-        self.origin() == MapOrigin::Adopted
-    }
-
-    fn insert_ban(
-        &mut self,
-        key: firewall_common::rules::BanKey,
-        ban: firewall_common::rules::BanEntry,
-    ) -> Result<(), crate::dataplane::bans::BanError> {
-        self.bans_mut()?.insert(key, ban, 0).map_err(|source| {
-            crate::dataplane::bans::BanError::Map {
-                action: "insert",
-                source: Box::new(source),
-            }
-        })
-    }
-
-    fn remove_ban(
-        &mut self,
-        key: &firewall_common::rules::BanKey,
-    ) -> Result<bool, crate::dataplane::bans::BanError> {
-        // The kernel answers a missing key with ENOENT: not there is not an error here.
-        Ok(self.bans_mut()?.remove(key).is_ok())
-    }
-
-    fn ban_entries(
-        &self,
-    ) -> Result<
-        Vec<(
-            firewall_common::rules::BanKey,
-            firewall_common::rules::BanEntry,
-        )>,
-        crate::dataplane::bans::BanError,
-    > {
-        let map = self
-            .ebpf
-            .map(map_names::BANS)
-            .ok_or(aya::maps::MapError::InvalidName {
-                name: map_names::BANS.to_owned(),
-            })
-            .and_then(HashMap::try_from)
-            .map_err(|source| crate::dataplane::bans::BanError::Map {
-                action: "open",
-                source: Box::new(source),
-            })?;
-        crate::dataplane::bans::entries(&map)
-    }
-
-    fn remove_expired_bans(
-        &mut self,
-        now_ns: u64,
-    ) -> Result<
-        Vec<(ipnet::IpNet, firewall_common::rules::BanEntry)>,
-        crate::dataplane::bans::BanError,
-    > {
-        crate::dataplane::bans::sweep(&mut self.bans_mut()?, now_ns)
-    }
-
-    fn stats(&self) -> Result<Snapshot, FirewallError> {
-        Firewall::stats(self)
-    }
-
-    fn event_counts(&self) -> Result<crate::dataplane::events::EventCounts, FirewallError> {
-        Firewall::event_counts(self)
-    }
-
-    fn attach(
-        &mut self,
-        interface: &str,
-        mode: XdpModeSetting,
-        pin: &Path,
-    ) -> Result<Attachment, FirewallError> {
-        Firewall::attach(self, interface, mode, pin)
-    }
-
-    fn adopt(
-        &mut self,
-        interface: &str,
-        from: &Path,
-        to: &Path,
-    ) -> Result<Attachment, FirewallError> {
-        Firewall::adopt(self, interface, from, to)
-    }
-
-    fn set_interface_slot(&mut self, ifindex: u32, slot: u32) -> Result<(), FirewallError> {
-        Firewall::set_interface_slot(self, ifindex, slot)
-    }
-
-    fn take_logger(&mut self) -> Option<super::ProgramLogger> {
-        Firewall::take_logger(self)
-    }
-
-    fn take_events(&mut self) -> Option<super::EventRing> {
-        Firewall::take_events(self)
     }
 }
