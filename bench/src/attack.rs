@@ -426,7 +426,7 @@ fn which(program: &str) -> bool {
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
-const HEADING: &str = "## Under attack: HTTP API goodput (issue #6)";
+const HEADING: &str = "## Under attack: HTTP API goodput";
 
 /// Measures the section and returns it as Markdown, starting with its `##` heading.
 pub fn run(opts: &BenchOptions) -> anyhow::Result<String> {

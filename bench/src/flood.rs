@@ -259,7 +259,7 @@ fn rate(pps: f64) -> String {
 
 fn markdown(rows: &[Row], timing: &Timing) -> Result<String, std::fmt::Error> {
     let mut md = String::new();
-    writeln!(md, "## Flood over veth (issue #6)\n")?;
+    writeln!(md, "## Flood over veth\n")?;
     writeln!(
         md,
         "A flood of 60-byte UDP frames (64 on the wire) from spoofed sources spread evenly over \

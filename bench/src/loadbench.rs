@@ -748,7 +748,7 @@ impl LoadReport {
         let (apifw, ipset, nft) = self.medians();
         writeln!(
             md,
-            "## Control plane: loading {} CIDRs (issue #4)\n",
+            "## Control plane: loading {} CIDRs\n",
             millions(entries)
         )?;
         writeln!(

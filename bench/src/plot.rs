@@ -6,6 +6,11 @@
 //! one. Drawing from the tables rather than from each benchmark's data means a section kept from
 //! an earlier run is plotted the same way as a fresh one, and a plot can never disagree with the
 //! numbers next to it.
+//!
+//! apifw's bars have a colour of their own and the baselines and peers (the empty program,
+//! xdp-filter, nftables, the kernel alone, ...) another, so apifw stands out. A section marks a
+//! goal for the plotted column with `<!-- plot-goal: VALUE -->` right after its table; the chart
+//! draws it as a line. Titles say what is measured, without the issue numbers of the headings.
 
 use std::{fmt::Write as _, path::Path};
 
@@ -15,6 +20,8 @@ use plotters::prelude::*;
 /// Columns a chart is drawn for, in order of preference: the first header of a table that
 /// contains one of these (case-insensitive) is plotted.
 const PLOTTED: &[&str] = &[
+    "× one lookup (median)",
+    "÷ 1 cpu",
     "× empty (median)",
     "% of no flood",
     "cpu ms per mpkt (median)",
@@ -93,6 +100,53 @@ pub struct Bars {
     pub title: String,
     pub axis: String,
     pub bars: Vec<Bar>,
+    /// Where the goal line goes, in the plotted column's unit.
+    pub goal: Option<f64>,
+}
+
+/// Words in a bar's label that make it a baseline or a peer rather than apifw.
+const NOT_APIFW: &[&str] = &[
+    "empty",
+    "one lookup",
+    "one-lookup",
+    "xdp-filter",
+    "nftables",
+    "nft ",
+    "`nft",
+    "iptables",
+    "ipset",
+    "no firewall",
+    "no flood",
+    "no protection",
+    "kernel",
+    "stack",
+    "floor",
+    "sink",
+    "synproxy",
+];
+
+/// Whether the bar labelled `label` measures apifw (else a baseline or a peer).
+pub fn is_apifw(label: &str) -> bool {
+    let lower = label.to_lowercase();
+    lower.contains("apifw") || !NOT_APIFW.iter().any(|word| lower.contains(word))
+}
+
+/// apifw's colour, and the baselines' and peers'.
+const APIFW: RGBColor = RGBColor(222, 110, 20);
+const OTHERS: RGBColor = RGBColor(140, 155, 180);
+/// The goal line's colour.
+const GOAL: RGBColor = RGBColor(200, 30, 30);
+
+/// A heading as a chart title: what is measured, without "(issue #N)".
+pub fn title_of(heading: &str) -> String {
+    let mut title = heading.to_owned();
+    while let Some(start) = title.find("(issue #") {
+        let end = title[start..]
+            .find(')')
+            .map_or(title.len(), |end| start + end + 1);
+        title.replace_range(start..end, "");
+    }
+    title.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// The chart for `table`, if it has a column to plot: the bar labels are the cells left of the
@@ -136,9 +190,10 @@ pub fn bars(title: &str, table: &Table) -> Option<Bars> {
         bars.push((label, value, spread));
     }
     (!bars.is_empty()).then(|| Bars {
-        title: title.to_owned(),
+        title: title_of(title),
         axis: table.header[column].clone(),
         bars,
+        goal: None,
     })
 }
 
@@ -158,7 +213,7 @@ pub fn svg(chart: &Bars) -> anyhow::Result<String> {
         .bars
         .iter()
         .map(|(_, value, spread)| spread.map_or(*value, |(_, high)| high.max(*value)))
-        .fold(0.0, f64::max)
+        .fold(chart.goal.unwrap_or(0.0), f64::max)
         .max(f64::MIN_POSITIVE)
         * 1.08;
     {
@@ -183,18 +238,34 @@ pub fn svg(chart: &Bars) -> anyhow::Result<String> {
                 _ => String::new(),
             })
             .draw()?;
-        let bar_style = RGBColor(70, 110, 180).filled();
-        plot.draw_series(chart.bars.iter().enumerate().map(|(i, (_, value, _))| {
+        plot.draw_series(chart.bars.iter().enumerate().map(|(i, (label, value, _))| {
+            let colour = if is_apifw(label) { APIFW } else { OTHERS };
             let mut bar = Rectangle::new(
                 [
                     (0.0, SegmentValue::Exact(at(i))),
                     (*value, SegmentValue::Exact(at(i) + 1)),
                 ],
-                bar_style,
+                colour.filled(),
             );
             bar.set_margin(4, 4, 0, 0);
             bar
         }))?;
+        if let Some(goal) = chart.goal {
+            plot.draw_series(std::iter::once(PathElement::new(
+                vec![
+                    (goal, SegmentValue::Exact(0)),
+                    (goal, SegmentValue::Exact(rows)),
+                ],
+                GOAL.stroke_width(2),
+            )))?
+            .label(format!("goal: {goal}"))
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], GOAL.stroke_width(2)));
+            plot.configure_series_labels()
+                .position(SeriesLabelPosition::LowerRight)
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()?;
+        }
         plot.draw_series(
             chart
                 .bars
@@ -218,6 +289,14 @@ pub fn svg(chart: &Bars) -> anyhow::Result<String> {
 
 /// Marks the plot lines this module adds, so a later run replaces rather than repeats them.
 const PLOT_PREFIX: &str = "![plot: ";
+
+/// Marks the goal of the table above it, in the plotted column's unit (see the module docs).
+pub const GOAL_PREFIX: &str = "<!-- plot-goal:";
+
+/// The goal marker for a section to put after a table.
+pub fn goal_marker(value: f64) -> String {
+    format!("{GOAL_PREFIX} {value} -->")
+}
 
 /// Writes one SVG per plottable table of each bench section of `report` into `dir` (named
 /// `<section>-<n>.svg`), and returns the report with a link to each plot under its table. Stale
@@ -252,7 +331,18 @@ pub fn render(report: &str, dir: &Path, link_prefix: &str) -> anyhow::Result<Str
                 out.push('\n');
             }
             table_lines.clear();
-            if let Some(chart) = tables(&text).first().and_then(|t| bars(&heading, t)) {
+            let goal = lines[i..]
+                .iter()
+                .take_while(|line| !line.trim_start().starts_with('|'))
+                .take(4)
+                .find_map(|line| {
+                    line.trim()
+                        .strip_prefix(GOAL_PREFIX)
+                        .and_then(|rest| rest.strip_suffix("-->"))
+                        .and_then(|value| value.trim().parse::<f64>().ok())
+                });
+            if let Some(mut chart) = tables(&text).first().and_then(|t| bars(&heading, t)) {
+                chart.goal = goal;
                 counter += 1;
                 let name = format!("{section}-{counter}.svg");
                 let path = dir.join(&name);
@@ -314,6 +404,7 @@ mod tests {
         let table = &tables(REPORT)[0];
         let chart = bars("Per-packet", table).expect("plottable");
         assert_eq!(chart.axis, "× empty (median)");
+        assert_eq!(chart.title, "Per-packet");
         assert_eq!(
             chart.bars,
             vec![
@@ -321,6 +412,30 @@ mod tests {
                 ("1000000 · passed".to_owned(), 3.62, Some((2.95, 6.45))),
             ]
         );
+    }
+
+    #[test]
+    fn apifw_stands_out_and_titles_drop_issue_numbers() {
+        assert!(is_apifw("IPv4 blocked source (/32 entry)"));
+        assert!(is_apifw("apifw, native, blocklist"));
+        assert!(!is_apifw("empty XDP program"));
+        assert!(!is_apifw("xdp-filter · IPv4 blocked"));
+        assert!(!is_apifw("no protection (the kernel's own SYN cookies)"));
+        assert_eq!(title_of("Blocklist lookup (issue #2)"), "Blocklist lookup");
+        assert_eq!(
+            title_of("Peers: xdp-filter (issue #6) (issue #7)"),
+            "Peers: xdp-filter"
+        );
+    }
+
+    #[test]
+    fn a_goal_marker_draws_a_goal_line() {
+        let report = REPORT.replace("\nAfter.", &format!("\n{}\nAfter.", goal_marker(1.5)));
+        let dir = std::env::temp_dir().join(format!("apifw-plot-goal-{}", std::process::id()));
+        render(&report, &dir, "bench/").unwrap();
+        let svg = std::fs::read_to_string(dir.join("packet-1.svg")).unwrap();
+        assert!(svg.contains("goal: 1.5"), "{svg}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -95,7 +95,7 @@ struct MapRow {
     used: Option<u64>,
 }
 
-/// The section: `## Many sources: 10M distinct random sources (issue #6)`.
+/// The section: `## Many sources: 10M distinct random sources`.
 pub fn run(opts: &BenchOptions) -> anyhow::Result<String> {
     let _pinned = PinnedToLastCpu::pin()?;
     let sources: u64 = if opts.quick { 100_000 } else { 10_000_000 };
@@ -413,7 +413,7 @@ fn markdown(
     let mut md = String::new();
     writeln!(
         md,
-        "## Many sources: {}M distinct random sources (issue #6)\n",
+        "## Many sources: {}M distinct random sources\n",
         sources as f64 / 1e6
     )?;
     if opts.quick {

@@ -273,6 +273,10 @@ pub struct Status {
     /// from a daemon that predates the field.
     #[serde(default)]
     pub pin_dir: PathBuf,
+    /// The program's own cost, from the kernel's BPF statistics; None from a daemon that
+    /// predates the field or cannot read its program.
+    #[serde(default)]
+    pub program: Option<crate::dataplane::stats::ProgramRuns>,
 }
 
 /// Drop events counted by the kernel (defined with the events, in the dataplane).

@@ -37,11 +37,11 @@ pub struct Exporter {
     pub shared: Arc<Mutex<Shared>>,
 }
 
-fn counter(
+fn counter<N: prometheus_client::encoding::EncodeCounterValue + Copy>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    series: &[(Vec<(&str, String)>, u64)],
+    series: &[(Vec<(&str, String)>, N)],
 ) -> Result<(), std::fmt::Error> {
     let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
     for (labels, value) in series {
@@ -356,6 +356,36 @@ impl Collector for Exporter {
             "Bans made by each jail that are still in force.",
             &active,
         )?;
+        if let Some(program) = shared.program {
+            // Counted only while the kernel's BPF statistics are on: rate(run time) / rate(runs)
+            // is the program's cost per packet over any window.
+            counter(
+                &mut encoder,
+                "apifw_program_runs",
+                "Runs of the XDP program (packets) the kernel's BPF statistics counted.",
+                &[(Vec::new(), program.runs)],
+            )?;
+            counter(
+                &mut encoder,
+                "apifw_program_run_time_seconds",
+                "Time the XDP program ran, as the kernel's BPF statistics counted it.",
+                &[(Vec::new(), program.run_time_ns as f64 / 1e9)],
+            )?;
+            gauge(
+                &mut encoder,
+                "apifw_program_bpf_stats_enabled",
+                "1 when kernel.bpf_stats_enabled is on, so the two program counters move.",
+                &[(Vec::new(), i64::from(program.stats_enabled))],
+            )?;
+            if let Some(ns) = program.ns_per_packet() {
+                gauge(
+                    &mut encoder,
+                    "apifw_program_seconds_per_packet",
+                    "The XDP program's mean time per packet over all it counted.",
+                    &[(Vec::new(), ns / 1e9)],
+                )?;
+            }
+        }
         gauge(
             &mut encoder,
             "apifw_policy_version",

@@ -39,6 +39,8 @@ pub struct FakeTables {
     pub interface_slots: HashMap<u32, u32>,
     /// Refuse the next install, as a kernel that cannot write a map would: to test rollback.
     pub refuse_next_install: bool,
+    /// What the kernel's BPF statistics say of the program (None: it cannot say).
+    pub program_runs: Option<crate::dataplane::stats::ProgramRuns>,
 }
 
 /// The in-memory dataplane.
@@ -160,6 +162,10 @@ impl Dataplane for FakeDataplane {
 
     fn event_counts(&self) -> Result<EventCounts, FirewallError> {
         Ok(EventCounts::default())
+    }
+
+    fn program_runs(&self) -> Option<crate::dataplane::stats::ProgramRuns> {
+        self.tables().program_runs
     }
 
     fn attach(

@@ -30,7 +30,7 @@ use self::{
     bans::BanError,
     events::EventCounts,
     firewall::{Attachment, FirewallError},
-    stats::Snapshot,
+    stats::{ProgramRuns, Snapshot},
 };
 use crate::{compile::Compiled, policy::XdpModeSetting};
 
@@ -66,6 +66,8 @@ pub trait Dataplane: Send {
     fn stats(&self) -> Result<Snapshot, FirewallError>;
     /// The drop-event counters.
     fn event_counts(&self) -> Result<EventCounts, FirewallError>;
+    /// The kernel's run statistics of the program, if it can say.
+    fn program_runs(&self) -> Option<ProgramRuns>;
 
     /// Attaches the program to `interface`, pinning the link at `pin`.
     fn attach(

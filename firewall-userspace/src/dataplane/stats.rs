@@ -289,3 +289,80 @@ pub fn render_table(
     }
     out
 }
+
+/// What the kernel's BPF statistics say about the loaded firewall program: how often it ran and
+/// how long it took in all. The kernel counts only while its statistics are on
+/// (`kernel.bpf_stats_enabled = 1`, or a process holding a `BPF_ENABLE_STATS` descriptor): each
+/// run then costs two clock reads, which is why they are off by default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgramRuns {
+    /// Runs counted (packets, one run each).
+    pub runs: u64,
+    /// Time spent in those runs, in nanoseconds.
+    pub run_time_ns: u64,
+    /// Whether `kernel.bpf_stats_enabled` is 1 now.
+    pub stats_enabled: bool,
+}
+
+impl ProgramRuns {
+    /// The sysctl that turns the kernel's BPF statistics on.
+    pub const SYSCTL: &str = "kernel.bpf_stats_enabled";
+
+    /// Mean nanoseconds per run over what was counted, if anything was.
+    pub fn ns_per_packet(&self) -> Option<f64> {
+        (self.runs > 0).then(|| self.run_time_ns as f64 / self.runs as f64)
+    }
+
+    /// One line for `apifw status`: the cost, or how to get it.
+    pub fn describe(&self) -> String {
+        match self.ns_per_packet() {
+            Some(ns) => format!(
+                "program {ns:.0} ns per packet over {} packets (kernel BPF statistics{})",
+                self.runs,
+                if self.stats_enabled { "" } else { ", now off" }
+            ),
+            None if self.stats_enabled => {
+                "program cost: no packet counted yet (kernel BPF statistics on)".to_owned()
+            }
+            None => format!(
+                "program cost: unknown, the kernel's BPF statistics are off (`sysctl -w {}=1` \
+                 turns them on; each packet then pays two clock reads)",
+                Self::SYSCTL
+            ),
+        }
+    }
+}
+
+/// Whether `kernel.bpf_stats_enabled` is 1.
+pub fn bpf_stats_enabled() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+        .is_ok_and(|value| value.trim() == "1")
+}
+
+#[cfg(test)]
+mod program_runs_tests {
+    use super::ProgramRuns;
+
+    #[test]
+    fn the_cost_per_packet_or_how_to_get_it() {
+        let counted = ProgramRuns {
+            runs: 4,
+            run_time_ns: 1_000,
+            stats_enabled: true,
+        };
+        assert_eq!(counted.ns_per_packet(), Some(250.0));
+        assert!(
+            counted
+                .describe()
+                .starts_with("program 250 ns per packet over 4 packets")
+        );
+        let off = ProgramRuns::default();
+        assert_eq!(off.ns_per_packet(), None);
+        assert!(
+            off.describe()
+                .contains("sysctl -w kernel.bpf_stats_enabled=1"),
+            "{}",
+            off.describe()
+        );
+    }
+}

@@ -179,6 +179,16 @@ impl Engine {
         Ok(engine)
     }
 
+    /// Refreshes the program's run statistics the metrics endpoint exports.
+    pub(super) fn publish_program_runs(&self) {
+        let runs = self.dataplane.program_runs();
+        let mut shared = match self.shared.lock() {
+            Ok(shared) => shared,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        shared.program = runs;
+    }
+
     /// Publishes what the metrics endpoint exports.
     pub fn publish(&self) {
         let mut shared = match self.shared.lock() {
@@ -231,6 +241,7 @@ impl Engine {
         ]
         .into();
         shared.policy_version = self.policy_version;
+        shared.program = self.dataplane.program_runs();
         shared.reloads = self.reloads;
         shared.reload_failures = self.failed_reloads;
     }

@@ -26,4 +26,6 @@ pub struct Shared {
     pub requests: HashMap<(String, &'static str), u64>,
     /// Per jail: name, counters, bans in force.
     pub jails: Vec<(String, crate::jails::JailCounters, u64)>,
+    /// The program's run statistics, as of the last tick.
+    pub program: Option<crate::dataplane::stats::ProgramRuns>,
 }

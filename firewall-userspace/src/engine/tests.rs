@@ -337,3 +337,25 @@ fn a_jail_bans_a_reported_source_but_never_an_allowlisted_one() {
     );
     assert_eq!(bans.len(), 1);
 }
+
+#[test]
+fn status_and_the_metrics_carry_the_programs_run_statistics() {
+    let dir = TempDir::new("runs");
+    let kernel = FakeDataplane::new(4);
+    let mut engine = engine(&dir, &kernel, &clock());
+    assert_eq!(engine.status().program, None, "a kernel that cannot say");
+    let runs = crate::dataplane::stats::ProgramRuns {
+        runs: 1_000,
+        run_time_ns: 150_000,
+        stats_enabled: true,
+    };
+    kernel.tables().program_runs = Some(runs);
+    assert_eq!(engine.status().program, Some(runs));
+    assert_eq!(engine.shared().lock().expect("shared").program, None);
+    engine.tick();
+    assert_eq!(
+        engine.shared().lock().expect("shared").program,
+        Some(runs),
+        "the tick publishes them for the metrics"
+    );
+}

@@ -5,9 +5,11 @@ use super::*;
 
 impl Engine {
     /// Once a second: sweeps expired kernel bans, notices automatic bans, expires runtime
-    /// entries. Everything it does is audited.
+    /// entries (everything it does is audited), and refreshes the program's run statistics for
+    /// the metrics.
     pub fn tick(&mut self) {
         self.run_jails();
+        self.publish_program_runs();
         let swept = self
             .clock
             .monotonic_ns()

@@ -82,6 +82,7 @@ impl Engine {
             audit_log: self.policy.daemon.audit_log.clone(),
             state_file: self.state_path.clone(),
             pin_dir: self.policy.daemon.pin_dir.clone(),
+            program: self.dataplane.program_runs(),
         }
     }
 }

@@ -446,3 +446,82 @@ per_source = { packets_per_second = 1000 }
         before.text
     );
 }
+
+/// The kernel's BPF run statistics, on while this lives: a `BPF_ENABLE_STATS` descriptor (the
+/// kernel counts while any is open), so the test needs no write to the host's
+/// `kernel.bpf_stats_enabled`.
+struct BpfStats(
+    #[expect(
+        dead_code,
+        reason = "held, not read: closing it turns the statistics off"
+    )]
+    std::os::fd::OwnedFd,
+);
+
+impl BpfStats {
+    fn enable() -> Self {
+        // union bpf_attr for BPF_ENABLE_STATS: `type` (u32), BPF_STATS_RUN_TIME = 0.
+        const BPF_ENABLE_STATS: libc::c_long = 32;
+        let attr = [0u32; 4];
+        // SAFETY: bpf(2) reads `size_of_val(&attr)` bytes of `attr`, which lives across the call.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_ENABLE_STATS,
+                attr.as_ptr(),
+                size_of_val(&attr),
+            )
+        };
+        assert!(
+            fd >= 0,
+            "BPF_ENABLE_STATS: {}",
+            std::io::Error::last_os_error()
+        );
+        let fd = i32::try_from(fd).expect("a file descriptor fits an i32");
+        // SAFETY: the kernel just returned this descriptor to us, and nothing else owns it.
+        Self(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
+    }
+}
+
+/// With the kernel's BPF statistics on, `apifw status` and the metrics give the program's own
+/// cost: runs that cover the packets sent, a time, and their ratio.
+#[test]
+fn status_and_metrics_give_the_programs_own_cost() {
+    let lab = VethLab::new("mcost", &[BLOCKED, UNLISTED]);
+    let dirs = Dirs::new("mcost");
+    dirs.write_policy("[block]\ncidrs = [\"198.51.100.0/24\"]\n");
+    let _daemon = Daemon::start(&lab.server, &dirs, &lab.server_if);
+    let _stats = BpfStats::enable();
+    let receiver = Receiver::start(&lab);
+    send(&lab, BLOCKED, 30);
+    send(&lab, UNLISTED, 10);
+    let interface = lab.server_if.as_str();
+    // The engine refreshes the program's statistics once a second.
+    let metrics = scrape_until(&lab.server, |m| {
+        m.counter(PACKETS, &drop_blocklist(interface)) >= 30
+            && m.get("apifw_program_runs_total", &[]).unwrap_or(0.0) >= 40.0
+    });
+    let text = &metrics.text;
+    let runs = metrics.get("apifw_program_runs_total", &[]).unwrap_or(0.0);
+    assert!(runs >= 40.0, "every packet sent is a run: {text}");
+    let time = metrics
+        .get("apifw_program_run_time_seconds_total", &[])
+        .unwrap_or(0.0);
+    assert!(time > 0.0, "{text}");
+    let per_packet = metrics
+        .get("apifw_program_seconds_per_packet", &[])
+        .unwrap_or(0.0);
+    assert!(per_packet > 0.0, "{text}");
+    assert!(
+        (per_packet - time / runs).abs() <= per_packet * 0.5,
+        "the gauge is time over runs (both read at one tick, so within a tick's packets): {text}"
+    );
+    let status = dirs.cli_json(&["status"]);
+    let program = &status["program"];
+    assert!(program["runs"].as_u64().unwrap_or(0) >= 40, "{status}");
+    assert!(program["run_time_ns"].as_u64().unwrap_or(0) > 0, "{status}");
+    let human = dirs.cli(&["status"]);
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(human.contains("ns per packet over"), "{human}");
+    drop(receiver);
+}

@@ -435,6 +435,22 @@ impl Firewall {
             .ok_or(FirewallError::MissingMap(name))
     }
 
+    /// The kernel's run statistics of the firewall program (see
+    /// [`crate::dataplane::stats::ProgramRuns`]); None when the program cannot be read.
+    pub fn program_runs(&self) -> Option<stats::ProgramRuns> {
+        let program: &Xdp = self
+            .ebpf
+            .program(program_names::FIREWALL)?
+            .try_into()
+            .ok()?;
+        let info = program.info().ok()?;
+        Some(stats::ProgramRuns {
+            runs: info.run_count(),
+            run_time_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
+            stats_enabled: stats::bpf_stats_enabled(),
+        })
+    }
+
     /// The map `name`, read-only.
     pub fn map(&self, name: &'static str) -> Result<&aya::maps::Map, FirewallError> {
         self.ebpf.map(name).ok_or(FirewallError::MissingMap(name))

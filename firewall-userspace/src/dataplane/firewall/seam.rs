@@ -87,6 +87,10 @@ impl Dataplane for Firewall {
         Firewall::stats(self)
     }
 
+    fn program_runs(&self) -> Option<crate::dataplane::stats::ProgramRuns> {
+        Firewall::program_runs(self)
+    }
+
     fn event_counts(&self) -> Result<crate::dataplane::events::EventCounts, FirewallError> {
         Firewall::event_counts(self)
     }

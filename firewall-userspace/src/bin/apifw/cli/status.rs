@@ -54,6 +54,10 @@ pub fn execute(args: StatusArgs) -> anyhow::Result<ExitCode> {
                         100.0 * map.entries as f64 / map.capacity.max(1) as f64
                     ));
                 }
+                if let Some(program) = &status.program {
+                    out.push_str(&program.describe());
+                    out.push('\n');
+                }
                 out.push_str(&format!(
                     "reloads {} ok, {} failed{}\n",
                     status.reloads,
