@@ -334,7 +334,7 @@ pub fn render(report: &str, dir: &Path, link_prefix: &str) -> anyhow::Result<Str
             let goal = lines[i..]
                 .iter()
                 .take_while(|line| !line.trim_start().starts_with('|'))
-                .take(4)
+                .take(6)
                 .find_map(|line| {
                     line.trim()
                         .strip_prefix(GOAL_PREFIX)
