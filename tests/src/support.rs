@@ -33,3 +33,30 @@ pub fn raise_priority(tid: i32) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The calling thread pinned to one CPU until dropped (its old affinity restored then). Tests
+/// that compare the kernel with the model packet by packet need it: the model is one CPU, and
+/// the program keeps per-CPU state (its leases, `firewall_common::lease`), so a thread the
+/// scheduler moves between `BPF_PROG_TEST_RUN` calls would meet another CPU's slots.
+pub struct OneCpu(nix::sched::CpuSet);
+
+impl OneCpu {
+    /// Pins the calling thread to the first CPU it may run on.
+    pub fn pin() -> Self {
+        let this = nix::unistd::Pid::from_raw(0);
+        let old = nix::sched::sched_getaffinity(this).expect("read the thread's CPUs");
+        let first = (0..nix::sched::CpuSet::count())
+            .find(|cpu| old.is_set(*cpu).unwrap_or(false))
+            .expect("the thread may run on some CPU");
+        let mut one = nix::sched::CpuSet::new();
+        one.set(first).expect("a CPU number within the set");
+        nix::sched::sched_setaffinity(this, &one).expect("pin the thread");
+        Self(old)
+    }
+}
+
+impl Drop for OneCpu {
+    fn drop(&mut self) {
+        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &self.0);
+    }
+}

@@ -20,7 +20,7 @@ use std::{
 use apifw_tests::{
     adversarial::{Frame, Generator, Kind, MAX_LINEAR_FRAME},
     policies::RATE_LIMIT_RULES,
-    support::hex,
+    support::{OneCpu, hex},
     tally::Tally,
 };
 use aya::{
@@ -241,6 +241,7 @@ fn linear_limit() -> usize {
 fn differential(seed: u64, count: usize, every_truncation: bool) -> Coverage {
     let linear = linear_limit();
     let policy = policy();
+    let _one_cpu = OneCpu::pin();
     let mut model = Model::new(policy.model());
     let mut firewall = Firewall::load(&policy).expect("load firewall");
     let near: Vec<IpNet> = policy.allow.iter().chain(&policy.block).copied().collect();

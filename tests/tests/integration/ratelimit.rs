@@ -10,7 +10,7 @@ use std::{
     path::Path,
 };
 
-use apifw_tests::{policies::RATE_LIMIT_RULES, tally::Tally};
+use apifw_tests::{policies::RATE_LIMIT_RULES, support::OneCpu, tally::Tally};
 use aya::programs::{TestRun as _, TestRunOptions};
 use etherparse::PacketBuilder;
 use firewall_common::{Action, Reason, model::Model, program_names};
@@ -124,23 +124,39 @@ fn run(firewall: &mut Firewall, frame: &[u8]) -> Action {
 /// Replays `count` frames at random moments through kernel and model; returns how often each
 /// reason came up.
 fn replay(dry_run: bool, seed: u64, count: usize, check_reasons: bool) -> HashMap<Reason, u64> {
-    let policy = policy(dry_run);
-    let mut model = Model::new(policy.model());
-    let mut firewall = Firewall::load(&policy).expect("load firewall");
-    let mut rng = SmallRng::seed_from_u64(seed);
     let sources = sources();
-    let mut now_ns: u64 = 5_000_000_000;
-    let mut tally = Tally::default();
-    let mut reasons: HashMap<Reason, u64> = HashMap::new();
-    for i in 0..count {
+    replay_frames(policy(dry_run), seed, count, check_reasons, |rng| {
         // Mostly bursts (same instant or microseconds apart), sometimes long pauses.
-        now_ns += match rng.random_range(0..10) {
+        let step = match rng.random_range(0..10) {
             0..=6 => rng.random_range(0..20_000),
             7 | 8 => rng.random_range(0..5_000_000),
             _ => rng.random_range(0..50_000_000),
         };
         let src = sources[rng.random_range(0..sources.len())];
-        let frame = frame(&mut rng, src);
+        (step, src, frame(rng, src))
+    })
+}
+
+/// Replays `count` frames through kernel and model, `next` giving each one's delay (ns after
+/// the previous), source and bytes; returns how often each reason came up. Every verdict must
+/// match, every counter at the end, and with `check_reasons` each frame's counter as it goes.
+fn replay_frames(
+    policy: Policy,
+    seed: u64,
+    count: usize,
+    check_reasons: bool,
+    mut next: impl FnMut(&mut SmallRng) -> (u64, IpAddr, Vec<u8>),
+) -> HashMap<Reason, u64> {
+    let _one_cpu = OneCpu::pin();
+    let mut model = Model::new(policy.model());
+    let mut firewall = Firewall::load(&policy).expect("load firewall");
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut now_ns: u64 = 5_000_000_000;
+    let mut tally = Tally::default();
+    let mut reasons: HashMap<Reason, u64> = HashMap::new();
+    for i in 0..count {
+        let (step, src, frame) = next(&mut rng);
+        now_ns += step;
         firewall.set_test_clock(now_ns).expect("set clock");
         let decision = model.decide(&frame, now_ns);
         let got = run(&mut firewall, &frame);
@@ -235,10 +251,6 @@ fn mdns_frame(rng: &mut SmallRng, src: IpAddr) -> Vec<u8> {
 /// and in every counter.
 #[test]
 fn leases_match_the_model_frame_by_frame() {
-    let policy = policy(false);
-    let mut model = Model::new(policy.model());
-    let mut firewall = Firewall::load(&policy).expect("load firewall");
-    let mut rng = SmallRng::seed_from_u64(0x1EA5_E500);
     let hot = [
         IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
         IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2)),
@@ -253,12 +265,9 @@ fn leases_match_the_model_frame_by_frame() {
                 .map(|host| IpAddr::V4(Ipv4Addr::new(203, 0, 113, host))),
         )
         .collect();
-    let mut now_ns: u64 = 5_000_000_000;
-    let mut tally = Tally::default();
-    let mut reasons: HashMap<Reason, u64> = HashMap::new();
-    for i in 0..20_000 {
+    let reasons = replay_frames(policy(false), 0x1EA5_E500, 20_000, false, |rng| {
         // Mostly within a lease's millisecond, sometimes past its expiry, rarely long pauses.
-        now_ns += match rng.random_range(0..100) {
+        let step = match rng.random_range(0..100) {
             0..=89 => rng.random_range(0..30_000),
             90..=97 => rng.random_range(0..1_500_000),
             _ => rng.random_range(0..20_000_000),
@@ -268,18 +277,8 @@ fn leases_match_the_model_frame_by_frame() {
         } else {
             cold[rng.random_range(0..cold.len())]
         };
-        let frame = mdns_frame(&mut rng, src);
-        firewall.set_test_clock(now_ns).expect("set clock");
-        let decision = model.decide(&frame, now_ns);
-        let got = run(&mut firewall, &frame);
-        assert_eq!(
-            got, decision.verdict.action,
-            "frame {i} from {src} at {now_ns} ns: model {decision:?}"
-        );
-        tally.add(decision, frame.len());
-        *reasons.entry(decision.verdict.reason).or_default() += 1;
-    }
-    tally.assert_matches(&firewall, "after the lease replay");
+        (step, src, mdns_frame(rng, src))
+    });
     for reason in [Reason::Default, Reason::RateLimited] {
         assert!(
             reasons.get(&reason).copied().unwrap_or(0) >= 1_000,
@@ -487,6 +486,7 @@ max_tracked_subnets = 64
     )
     .unwrap_or_else(|err| panic!("{err}"))
     .policy;
+    let _one_cpu = OneCpu::pin();
     let mut model = Model::new(policy.model());
     let mut firewall = Firewall::load(&policy).expect("load firewall");
     let udp = |src: Ipv4Addr, port: u16| {
