@@ -5,7 +5,7 @@
 //! | --- | --- |
 //! | [`daemon`] | the run loop, the control server and its request parser, `/metrics` |
 //! | [`engine`] | the firewall's behaviour: lists, bans, reloads, the 1 s tick, jails, views |
-//! | [`jails`] | access logs and abuse reports to bans |
+//! | [`jails`], [`crowdsec`] | access logs and abuse reports to bans; CrowdSec's decisions, read and checked |
 //! | [`control`] | the control API: request and answer types, and its client |
 //! | [`store`] | state file, audit log, instance lock |
 //! | [`dataplane`] | the kernel: loaded object, maps, batch syscalls, pins, attach, counters |
@@ -17,6 +17,7 @@
 
 pub mod compile;
 pub mod control;
+pub mod crowdsec;
 pub mod daemon;
 pub mod dataplane;
 pub mod engine;

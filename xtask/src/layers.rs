@@ -14,7 +14,7 @@ pub const LAYERS: &[&[&str]] = &[
     &["dataplane"],
     &["store"],
     &["control"],
-    &["jails"],
+    &["jails", "crowdsec"],
     &["engine"],
     &["daemon"],
 ];

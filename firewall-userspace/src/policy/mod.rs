@@ -5,6 +5,7 @@
 //! validation into `Policy` are one pass with one error list, so that every problem of a file is
 //! reported at once with its location; the jail and feed settings are already their own files.
 
+pub mod crowdsec;
 pub mod feeds;
 pub mod jails;
 
@@ -332,6 +333,7 @@ struct RawPolicy {
     rules: Vec<Spanned<RawRule>>,
     #[serde(default, rename = "jail")]
     jails: Vec<Spanned<jails::RawJail>>,
+    crowdsec: Option<Spanned<crowdsec::RawCrowdsec>>,
 }
 
 fn default_malformed() -> Action {
@@ -405,6 +407,8 @@ pub struct Policy {
     pub block_feeds: Vec<Feed>,
     /// Access-log jails, in file order (log paths resolved against the policy's directory).
     pub jails: Vec<jails::JailConfig>,
+    /// The CrowdSec Local API whose decisions are enforced, if any.
+    pub crowdsec: Option<crowdsec::CrowdsecSettings>,
 }
 
 impl Policy {
@@ -446,6 +450,7 @@ impl Default for Policy {
             allow_feeds: Vec::new(),
             block_feeds: Vec::new(),
             jails: Vec::new(),
+            crowdsec: None,
         }
     }
 }
@@ -587,6 +592,7 @@ impl Loaded {
         }
         let rules = parse_rules(&locator, &raw.rules, &mut errors);
         let jails = jails::parse_jails(&locator, path, &raw.jails, &mut errors);
+        let crowdsec = crowdsec::parse_crowdsec(&locator, path, raw.crowdsec.as_ref(), &mut errors);
         for (name, value) in [
             ("max_v4_prefixes", raw.limits.max_v4_prefixes),
             ("max_v6_prefixes", raw.limits.max_v6_prefixes),
@@ -605,6 +611,19 @@ impl Loaded {
             return Err(PolicyError::Invalid(errors));
         }
         warnings.extend(overlap_warnings(&locator, &allow, &block));
+        if let Some(section) = &raw.crowdsec
+            && raw.limits.max_bans < crowdsec::COMMUNITY_BLOCKLIST_BANS
+        {
+            warnings.push(locator.at(
+                section.span().start,
+                format!(
+                    "crowdsec: limits.max_bans = {} is smaller than a community blocklist (about \
+                     100,000 decisions); a sync that does not fit the ban map is refused whole, \
+                     so raise limits.max_bans (e.g. 262144) if this LAPI serves one",
+                    raw.limits.max_bans
+                ),
+            ));
+        }
 
         Ok(Self {
             policy: Policy {
@@ -626,6 +645,7 @@ impl Loaded {
                 allow_feeds: resolve_feeds(path, &raw.allow.feeds),
                 block_feeds: resolve_feeds(path, &raw.block.feeds),
                 jails,
+                crowdsec,
             },
             warnings,
             interface_spans,
