@@ -277,6 +277,27 @@ pub struct Status {
     /// predates the field or cannot read its program.
     #[serde(default)]
     pub program: Option<crate::dataplane::stats::ProgramRuns>,
+    /// The CrowdSec LAPI the daemon follows, if the policy names one; None also from a daemon
+    /// that predates the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crowdsec: Option<CrowdsecStatus>,
+}
+
+/// The daemon's link to a CrowdSec Local API, in `GET /v1/status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrowdsecStatus {
+    /// The LAPI.
+    pub lapi_url: String,
+    /// Hosts and ranges banned by its decisions.
+    pub decisions: u64,
+    /// Syncs applied since the daemon started.
+    pub syncs: u64,
+    /// Seconds since the last applied sync; None before the first.
+    pub last_sync_secs_ago: Option<u64>,
+    /// Failed syncs since the daemon started.
+    pub errors: u64,
+    /// Why the last sync failed, when it did (cleared by the next good one).
+    pub last_error: Option<String>,
 }
 
 /// Drop events counted by the kernel (defined with the events, in the dataplane).

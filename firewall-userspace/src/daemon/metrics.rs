@@ -386,6 +386,50 @@ impl Collector for Exporter {
                 )?;
             }
         }
+        if let Some(crowdsec) = &shared.crowdsec {
+            gauge(
+                &mut encoder,
+                "apifw_crowdsec_decisions",
+                "Hosts and ranges banned by the CrowdSec LAPI's decisions.",
+                &[(Vec::new(), crowdsec.held as i64)],
+            )?;
+            counter(
+                &mut encoder,
+                "apifw_crowdsec_syncs",
+                "Answers of the CrowdSec decision stream applied.",
+                &[(Vec::new(), crowdsec.syncs)],
+            )?;
+            if let Some(at) = crowdsec.last_sync_unix {
+                gauge(
+                    &mut encoder,
+                    "apifw_crowdsec_last_sync_timestamp_seconds",
+                    "When the last answer of the CrowdSec decision stream was applied.",
+                    &[(Vec::new(), at as i64)],
+                )?;
+            }
+            let errors: Vec<_> = crowdsec
+                .errors
+                .iter()
+                .map(|(kind, n)| (vec![("kind", (*kind).to_owned())], *n))
+                .collect();
+            counter(
+                &mut encoder,
+                "apifw_crowdsec_sync_errors",
+                "Failed CrowdSec syncs by kind; the bans in force stay.",
+                &errors,
+            )?;
+            let skipped: Vec<_> = crowdsec
+                .skipped
+                .iter()
+                .map(|(reason, n)| (vec![("reason", (*reason).to_owned())], *n))
+                .collect();
+            counter(
+                &mut encoder,
+                "apifw_crowdsec_skipped_decisions",
+                "CrowdSec decisions not enforced, by reason.",
+                &skipped,
+            )?;
+        }
         gauge(
             &mut encoder,
             "apifw_policy_version",

@@ -1,6 +1,7 @@
 //! `apifw run`: load or adopt, fill, pin, attach, serve the control API, and keep bans and
 //! runtime entries current until SIGINT/SIGTERM. SIGHUP reloads.
 
+pub mod crowdsec;
 pub mod metrics;
 pub mod request;
 pub mod server;
@@ -340,6 +341,8 @@ pub async fn run(mut policy: Policy, options: RunOptions) -> Result<(), DaemonEr
     let mut attach_failures = std::collections::HashSet::new();
     let engine = Arc::new(Mutex::new(engine));
     let server = tokio::spawn(server::serve(listener, engine.clone(), Access { group }));
+    // The CrowdSec bouncer (idle without a `[crowdsec]` section; a reload may add one).
+    let bouncer = tokio::spawn(crowdsec::follow(engine.clone()));
     // The one readiness point: attached on every interface and answering on the control socket.
     // systemd (`Type=notify`) learns it from READY=1; everything else polls `apifw status`.
     notify_service_manager(&[NotifyState::Ready, NotifyState::Status("enforcing")]);
@@ -374,6 +377,7 @@ pub async fn run(mut policy: Policy, options: RunOptions) -> Result<(), DaemonEr
     }
     notify_service_manager(&[NotifyState::Stopping]);
     server.abort();
+    bouncer.abort();
     if let Some(task) = metrics_server {
         task.abort();
     }

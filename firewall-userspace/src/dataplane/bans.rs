@@ -40,6 +40,10 @@ pub enum BanError {
 /// The `rule` of a ban made by an operator (`apifw ban add`) rather than by a rule.
 pub const MANUAL_BAN_RULE: u32 = u32::MAX;
 
+/// The `rule` of a ban mirrored from a CrowdSec decision (the daemon's bouncer), so that the
+/// pinned map itself says where a ban comes from.
+pub const CROWDSEC_BAN_RULE: u32 = u32::MAX - 1;
+
 /// One active ban.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BanRow {
@@ -85,6 +89,9 @@ pub fn rule_label(rule: u32, names: &std::collections::BTreeMap<u32, String>) ->
     if rule == MANUAL_BAN_RULE {
         return "manual".to_owned();
     }
+    if rule == CROWDSEC_BAN_RULE {
+        return "crowdsec".to_owned();
+    }
     names
         .get(&rule)
         .cloned()
@@ -95,6 +102,8 @@ pub fn rule_label(rule: u32, names: &std::collections::BTreeMap<u32, String>) ->
 pub fn reason(rule: u32, kind: u32, rule_label: &str) -> String {
     if rule == MANUAL_BAN_RULE {
         "manual ban".to_owned()
+    } else if rule == CROWDSEC_BAN_RULE {
+        "CrowdSec decision".to_owned()
     } else if kind == BAN_SUBNET {
         format!("too many sources of this subnet were banned under rule {rule_label}")
     } else {

@@ -42,17 +42,17 @@ impl Engine {
         let slots = assign_slots(&self.slots, &policy.rules);
         let mut compiled = Compiled::build(policy, &allow, &block, Some(&slots))
             .map_err(|err| EngineError::Full(format!("{err}; nothing was changed")))?;
-        // Manual bans need the ban check on, and their subnet lengths probed.
-        for ban in runtime.bans() {
+        // Manual and CrowdSec bans need the ban check on, and their subnet lengths probed.
+        let manual = runtime.bans().map(|ban| &ban.cidr);
+        let (held, held_v4, held_v6) = crowdsec::ban_lengths(self.crowdsec.prefixes());
+        let (manual_any, manual_v4, manual_v6) = crowdsec::ban_lengths(manual);
+        let (extra, extra_v4, extra_v6) = self.crowdsec.extra_lengths;
+        if held || manual_any || extra {
             compiled.config.flags |= CONFIG_BANS;
-            let len = u32::from(ban.cidr.prefix_len());
-            match ban.cidr {
-                IpNet::V4(_) if len < 32 => compiled.config.ban_v4_lengths |= 1 << len,
-                IpNet::V6(_) if len < 128 => {
-                    compiled.config.ban_v6_lengths[(len / 64) as usize] |= 1 << (len % 64)
-                }
-                _ => {}
-            }
+        }
+        compiled.config.ban_v4_lengths |= held_v4 | manual_v4 | extra_v4;
+        for (half, lengths) in compiled.config.ban_v6_lengths.iter_mut().enumerate() {
+            *lengths |= held_v6[half] | manual_v6[half] | extra_v6[half];
         }
         Ok((compiled, slots))
     }

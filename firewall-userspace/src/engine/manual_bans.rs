@@ -98,6 +98,9 @@ impl Engine {
             self.jails.lifted(net.addr());
         }
         for net in &nets {
+            // Lifted by hand, a CrowdSec ban comes back only if the LAPI sends it again (at the
+            // next full sync): `cscli decisions delete` lifts it for good.
+            self.crowdsec.forget(net);
             let key = ban_key(net);
             let removed = self
                 .dataplane

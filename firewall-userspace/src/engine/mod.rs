@@ -26,6 +26,7 @@ use tracing::{debug, error, info, warn};
 
 mod attachments;
 pub mod clock;
+mod crowdsec;
 mod error;
 mod inputs;
 mod jail_requests;
@@ -33,15 +34,18 @@ mod lists;
 mod manual_bans;
 mod reload;
 pub mod shared;
+#[cfg(test)]
+pub mod testing;
 mod tick;
 mod views;
 
 pub use attachments::CounterSlots;
 pub use clock::{Clock, SystemClock};
+pub use crowdsec::CrowdsecSync;
 pub use error::EngineError;
 use inputs::is_host;
 pub use inputs::{EntryMeta, Feeds, LoadedFeed, Overrides, ban_key, parse_targets, read_feeds};
-pub use shared::Shared;
+pub use shared::{CrowdsecMetrics, Shared};
 
 use crate::{
     compile::{Compiled, assign_slots},
@@ -90,6 +94,8 @@ pub struct Engine {
     jails: Jails,
     /// Where the jails' positions and histories are kept.
     jails_path: PathBuf,
+    /// Bans mirrored from a CrowdSec LAPI.
+    crowdsec: crowdsec::CrowdsecBans,
 }
 
 /// What [`Engine::new`] needs.
@@ -151,7 +157,11 @@ impl Engine {
             top: Arc::new(Mutex::new(TopTracker::new(parts.policy_top))),
             jails,
             jails_path,
+            crowdsec: crowdsec::CrowdsecBans::default(),
         };
+        // Before the first install: CrowdSec bans a previous daemon left in the pinned ban map
+        // keep the ban check on.
+        engine.adopt_crowdsec_bans();
         engine.next_expiry = engine.runtime.next_expiry();
         let (compiled, slots) = engine.compile(&engine.policy, &engine.feeds, &engine.runtime)?;
         engine
@@ -162,6 +172,7 @@ impl Engine {
         engine.policy_version = 1;
         engine.publish();
         engine.publish_jails();
+        engine.publish_crowdsec();
         let records: Vec<BanRecord> = engine.runtime.bans().cloned().collect();
         engine.write_bans(&records)?;
         engine.known_bans = engine.kernel_ban_keys().unwrap_or_default();

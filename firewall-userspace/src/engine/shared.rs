@@ -28,4 +28,21 @@ pub struct Shared {
     pub jails: Vec<(String, crate::jails::JailCounters, u64)>,
     /// The program's run statistics, as of the last tick.
     pub program: Option<crate::dataplane::stats::ProgramRuns>,
+    /// The CrowdSec link, when the policy has one.
+    pub crowdsec: Option<CrowdsecMetrics>,
+}
+
+/// What the metrics export of the CrowdSec link.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CrowdsecMetrics {
+    /// Hosts and ranges banned by its decisions.
+    pub held: u64,
+    /// Syncs applied.
+    pub syncs: u64,
+    /// When the last sync was applied (Unix seconds).
+    pub last_sync_unix: Option<u64>,
+    /// Failed syncs by kind (`timeout`, `connect`, `invalid_answer`, `full`, ...).
+    pub errors: std::collections::BTreeMap<&'static str, u64>,
+    /// Decisions not enforced, by reason (`not_ban`, `expired`, `allowlisted`, ...).
+    pub skipped: std::collections::BTreeMap<&'static str, u64>,
 }

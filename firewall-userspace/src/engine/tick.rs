@@ -18,6 +18,9 @@ impl Engine {
             Ok(expired) => {
                 for (prefix, ban) in expired {
                     info!(%prefix, rule = ban.rule, "ban expired");
+                    if ban.rule == bans::CROWDSEC_BAN_RULE {
+                        self.crowdsec.forget(&prefix);
+                    }
                     self.known_bans.remove(&ban_key(&prefix));
                     self.record("daemon", "ban.expire", json!({"cidr": prefix.to_string()}));
                 }
@@ -34,7 +37,8 @@ impl Engine {
                 .collect();
             for row in new {
                 self.known_bans.insert(ban_key(&row.prefix));
-                if row.rule != MANUAL_BAN_RULE {
+                // Manual and CrowdSec bans are audited where they are made.
+                if row.rule != MANUAL_BAN_RULE && row.rule != bans::CROWDSEC_BAN_RULE {
                     let rule = self
                         .slots
                         .iter()

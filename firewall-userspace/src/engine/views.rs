@@ -83,6 +83,7 @@ impl Engine {
             state_file: self.state_path.clone(),
             pin_dir: self.policy.daemon.pin_dir.clone(),
             program: self.dataplane.program_runs(),
+            crowdsec: self.crowdsec_status(),
         }
     }
 }

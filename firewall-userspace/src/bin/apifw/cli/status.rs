@@ -58,6 +58,24 @@ pub fn execute(args: StatusArgs) -> anyhow::Result<ExitCode> {
                     out.push_str(&program.describe());
                     out.push('\n');
                 }
+                if let Some(crowdsec) = &status.crowdsec {
+                    out.push_str(&format!(
+                        "crowdsec {}: {} decisions, {} syncs, last {}, {} errors{}\n",
+                        crowdsec.lapi_url,
+                        crowdsec.decisions,
+                        crowdsec.syncs,
+                        crowdsec
+                            .last_sync_secs_ago
+                            .map(|secs| format!("{secs}s ago"))
+                            .unwrap_or_else(|| "never".into()),
+                        crowdsec.errors,
+                        crowdsec
+                            .last_error
+                            .as_ref()
+                            .map(|err| format!(" (last: {err})"))
+                            .unwrap_or_default()
+                    ));
+                }
                 out.push_str(&format!(
                     "reloads {} ok, {} failed{}\n",
                     status.reloads,
