@@ -189,6 +189,17 @@ impl Engine {
         for (reason, count) in &batch.skipped {
             *self.crowdsec.skipped.entry(reason.as_str()).or_insert(0) += count;
         }
+        // Most polls bring nothing new: no need to read the kernel's ban map for them.
+        if !full && batch.new.is_empty() && batch.deleted.is_empty() {
+            self.crowdsec.syncs += 1;
+            self.crowdsec.last_sync_unix = Some(self.clock.unix_secs());
+            self.crowdsec.last_error = None;
+            self.publish_crowdsec();
+            return Ok(CrowdsecSync {
+                held: self.crowdsec.held.len(),
+                ..CrowdsecSync::default()
+            });
+        }
         let mut next = if full {
             HashMap::with_capacity(batch.new.len())
         } else {

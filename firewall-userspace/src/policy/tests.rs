@@ -381,3 +381,117 @@ fn unreadable_file_names_the_path() {
     );
     assert!(std::error::Error::source(&err).is_some());
 }
+
+#[test]
+fn a_crowdsec_section_takes_its_defaults_and_resolves_the_key_file() {
+    let loaded = Loaded::from_str(
+        Path::new("/etc/apifw/apifw.toml"),
+        r#"
+[limits]
+max_bans = 262144
+[crowdsec]
+lapi_url = "http://192.0.2.53:8080/"
+api_key_file = "crowdsec.key"
+origins = ["cscli", "CAPI", "cscli"]
+"#,
+    )
+    .unwrap_or_else(|err| panic!("{err}"));
+    assert!(
+        loaded.warnings.is_empty(),
+        "{:?}",
+        messages(&loaded.warnings)
+    );
+    let settings = loaded.policy.crowdsec.expect("a [crowdsec] section");
+    assert_eq!(settings.lapi_url, "http://192.0.2.53:8080");
+    assert_eq!(
+        settings.api_key,
+        crowdsec::ApiKey::File(PathBuf::from("/etc/apifw/crowdsec.key"))
+    );
+    assert_eq!(settings.poll_interval, std::time::Duration::from_secs(10));
+    assert_eq!(settings.timeout, std::time::Duration::from_secs(30));
+    assert_eq!(settings.connect_timeout, std::time::Duration::from_secs(5));
+    assert_eq!(settings.max_answer_bytes, 64 << 20);
+    assert_eq!(settings.origins, ["cscli", "CAPI"]);
+    assert_eq!(
+        settings.scopes,
+        [crowdsec::DecisionScope::Ip, crowdsec::DecisionScope::Range]
+    );
+    // The key itself never shows in the policy's Debug.
+    let inline = load("[crowdsec]\nlapi_url = \"http://127.0.0.1:8080\"\napi_key = \"s3cret\"\n")
+        .unwrap_or_else(|err| panic!("{err}"));
+    assert!(!format!("{:?}", inline.policy).contains("s3cret"));
+    // A ban map smaller than a community blocklist is worth a warning.
+    assert!(
+        messages(&inline.warnings)[0].contains("limits.max_bans = 65536"),
+        "{:?}",
+        messages(&inline.warnings)
+    );
+    assert_eq!(load("").expect("empty policy").policy.crowdsec, None);
+}
+
+#[test]
+fn crowdsec_errors_name_the_setting_and_the_value() {
+    let section = |body: &str| format!("[crowdsec]\n{body}\n");
+    for (body, expected) in [
+        (
+            "lapi_url = \"https://lapi:8080\"\napi_key = \"k\"",
+            "crowdsec.lapi_url = \"https://lapi:8080\": TLS is not supported yet",
+        ),
+        (
+            "lapi_url = \"ftp://lapi\"\napi_key = \"k\"",
+            "crowdsec.lapi_url = \"ftp://lapi\": the URL must start with http://",
+        ),
+        (
+            "lapi_url = \"http://\"\napi_key = \"k\"",
+            "crowdsec.lapi_url = \"http://\"",
+        ),
+        (
+            "lapi_url = \"http://lapi:8080\"",
+            "crowdsec: set api_key or api_key_file",
+        ),
+        (
+            "lapi_url = \"http://lapi:8080\"\napi_key = \"k\"\napi_key_file = \"/k\"",
+            "set api_key or api_key_file, not both",
+        ),
+        (
+            "lapi_url = \"http://lapi:8080\"\napi_key = \" \"",
+            "crowdsec.api_key is empty",
+        ),
+        (
+            "lapi_url = \"http://lapi:8080\"\napi_key = \"k\"\npoll_interval = \"often\"",
+            "crowdsec.poll_interval = \"often\"",
+        ),
+        (
+            "lapi_url = \"http://lapi:8080\"\napi_key = \"k\"\npoll_interval = \"100ms\"",
+            "crowdsec.poll_interval = \"100ms\": must be at least 1s",
+        ),
+        (
+            "lapi_url = \"http://lapi:8080\"\napi_key = \"k\"\ntimeout = \"0s\"",
+            "crowdsec.timeout = \"0s\": must be at least",
+        ),
+        (
+            "lapi_url = \"http://lapi:8080\"\napi_key = \"k\"\nmax_answer_bytes = 10",
+            "crowdsec.max_answer_bytes = 10: must be at least 1024",
+        ),
+        (
+            "lapi_url = \"http://lapi:8080\"\napi_key = \"k\"\nscopes = [\"Ip\", \"Country\"]",
+            "crowdsec.scopes: unknown scope `Country`",
+        ),
+        (
+            "lapi_url = \"http://lapi:8080\"\napi_key = \"k\"\nscopes = []",
+            "crowdsec.scopes is empty",
+        ),
+        (
+            "lapi_url = \"http://lapi:8080\"\napi_key = \"k\"\norigins = [\"\"]",
+            "crowdsec.origins: an origin is empty",
+        ),
+        (
+            "lapi_url = \"http://lapi:8080\"\napi_key = \"k\"\nlapi = \"x\"",
+            "unknown field `lapi`",
+        ),
+    ] {
+        let found = messages(&errors(&section(body)));
+        assert_eq!(found.len(), 1, "{body}: {found:?}");
+        assert!(found[0].contains(expected), "{body}: {found:?}");
+    }
+}
