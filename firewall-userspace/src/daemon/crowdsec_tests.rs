@@ -357,3 +357,73 @@ async fn removing_the_section_lifts_the_crowdsec_bans() {
     assert!(lab.ban("203.0.113.77/32").is_none());
     assert_eq!(lab.engine.lock().await.crowdsec_held(), 0);
 }
+
+/// `cscli` with `args`, which must succeed.
+fn cscli(args: &[&str]) {
+    let output = std::process::Command::new("cscli")
+        .args(args)
+        .output()
+        .expect("run cscli");
+    assert!(
+        output.status.success(),
+        "cscli {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The loop against a real LAPI on this machine (Debian's `crowdsec`, started as
+/// `deploy/crowdsec/LAB-NOTES.md` says), driven with `cscli`: a decision added is banned for its
+/// duration, a range too, a deleted one lifted. Needs root (cscli), `APIFW_LAPI_URL` and
+/// `APIFW_LAPI_KEY`; run with `--ignored`.
+#[tokio::test]
+#[ignore = "needs a running CrowdSec LAPI and cscli (APIFW_LAPI_URL, APIFW_LAPI_KEY)"]
+async fn a_real_lapi_is_followed() {
+    let url = std::env::var("APIFW_LAPI_URL").expect("APIFW_LAPI_URL");
+    let key = std::env::var("APIFW_LAPI_KEY").expect("APIFW_LAPI_KEY");
+    let dir = TempDir::new("cs-real");
+    let kernel = FakeDataplane::new(1024);
+    let clock = TestClock::new();
+    let text = policy(&url, 1024)
+        .replace("bouncer-key", &key)
+        .replace("400ms", "10s");
+    let engine = Mutex::new(engine_with(&dir, &text, &kernel, &clock));
+    let mut follower = Follower::default();
+    let banned = |cidr: &str| {
+        let net: IpNet = cidr.parse().expect("CIDR");
+        kernel.tables().bans.get(&ban_key(&net)).copied()
+    };
+    follower.round(&engine).await;
+    cscli(&[
+        "decisions",
+        "add",
+        "--ip",
+        "192.0.2.177",
+        "--duration",
+        "2h",
+    ]);
+    cscli(&[
+        "decisions",
+        "add",
+        "--range",
+        "2001:db8:177::/48",
+        "--duration",
+        "30m",
+    ]);
+    let started = Instant::now();
+    follower.round(&engine).await;
+    eprintln!("decisions applied {:?} after cscli", started.elapsed());
+    let host = banned("192.0.2.177/32").expect("the added decision is banned");
+    let ttl = host.expires_ns - host.banned_at_ns;
+    assert!(
+        (7_100 * SECOND_NS..=7_200 * SECOND_NS).contains(&ttl),
+        "TTL {ttl} ns"
+    );
+    assert!(banned("2001:db8:177::/48").is_some(), "the range is banned");
+    cscli(&["decisions", "delete", "--ip", "192.0.2.177"]);
+    cscli(&["decisions", "delete", "--range", "2001:db8:177::/48"]);
+    follower.round(&engine).await;
+    assert!(banned("192.0.2.177/32").is_none(), "deleted: lifted");
+    assert!(banned("2001:db8:177::/48").is_none(), "deleted: lifted");
+    let status = engine.lock().await.status().crowdsec.expect("status");
+    assert_eq!(status.errors, 0, "{status:?}");
+}

@@ -139,3 +139,29 @@ fn only_http_urls_make_a_client() {
     assert_eq!(client.port, 8080);
     assert_eq!(client.path, "/lapi");
 }
+
+/// Against a real LAPI (Debian's `crowdsec`, see `deploy/crowdsec/LAB-NOTES.md`): set
+/// `APIFW_LAPI_URL` and `APIFW_LAPI_KEY` (`cscli bouncers add x -o raw`) and run with
+/// `--ignored`. The startup answer must parse, whatever decisions it holds.
+#[tokio::test]
+#[ignore = "needs a running CrowdSec LAPI (APIFW_LAPI_URL, APIFW_LAPI_KEY)"]
+async fn a_real_lapis_stream_parses() {
+    let url = std::env::var("APIFW_LAPI_URL").expect("APIFW_LAPI_URL");
+    let mut real = settings(&url);
+    real.api_key = ApiKey::Inline(std::env::var("APIFW_LAPI_KEY").expect("APIFW_LAPI_KEY"));
+    real.max_answer_bytes = 64 << 20;
+    real.timeout = Duration::from_secs(30);
+    let client = LapiClient::new(&real).expect("client");
+    let body = client.decision_stream(true).await.expect("answer");
+    let batch =
+        crate::crowdsec::parse_stream(&body, &crate::crowdsec::DecisionFilter::everything())
+            .unwrap_or_else(|err| panic!("{}", crate::errors::chain(&err)));
+    eprintln!("{batch:#?}");
+    real.api_key = ApiKey::Inline("not-the-key".into());
+    let err = LapiClient::new(&real)
+        .expect("client")
+        .decision_stream(true)
+        .await
+        .expect_err("a wrong key is refused");
+    assert_eq!(err.kind(), "forbidden", "{err}");
+}
