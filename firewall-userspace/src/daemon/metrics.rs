@@ -584,4 +584,34 @@ mod tests {
              # TYPE apifw_bans gauge\napifw_bans{kind=\"host\"} 1\n"
         );
     }
+
+    #[test]
+    fn the_crowdsec_link_is_exported_when_the_policy_has_one() {
+        // Nothing is pinned there: only the daemon-side values are exported.
+        let exporter = Exporter::new(PinLayout::new(std::path::Path::new("/nonexistent")));
+        let text = exporter.render().expect("render");
+        assert!(!text.contains("apifw_crowdsec"), "{text}");
+        exporter.shared.lock().expect("shared").crowdsec = Some(crate::engine::CrowdsecMetrics {
+            held: 3,
+            syncs: 7,
+            last_sync_unix: Some(1_700_000_000),
+            errors: [("timeout", 2), ("host_bits", 1)].into(),
+            skipped: [("not_ban", 4), ("allowlisted", 1)].into(),
+        });
+        let text = classic_text(&exporter.render().expect("render"));
+        for line in [
+            "apifw_crowdsec_decisions 3",
+            "apifw_crowdsec_syncs_total 7",
+            "apifw_crowdsec_last_sync_timestamp_seconds 1700000000",
+            "apifw_crowdsec_sync_errors_total{kind=\"timeout\"} 2",
+            "apifw_crowdsec_sync_errors_total{kind=\"host_bits\"} 1",
+            "apifw_crowdsec_skipped_decisions_total{reason=\"not_ban\"} 4",
+            "apifw_crowdsec_skipped_decisions_total{reason=\"allowlisted\"} 1",
+        ] {
+            assert!(
+                text.lines().any(|found| found == line),
+                "{line} in:\n{text}"
+            );
+        }
+    }
 }
