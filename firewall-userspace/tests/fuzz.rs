@@ -1,6 +1,6 @@
 //! Property-based fuzzing of everything that parses untrusted text (issue #7): the policy
-//! parser and compiler, the list importers (plain, FireHOL, Spamhaus text and JSON lines) and
-//! the control API's request parser.
+//! parser and compiler, the list importers (plain, FireHOL, Spamhaus text and JSON lines), the
+//! control API's request parser, and a CrowdSec LAPI's decision stream (issue #17).
 //!
 //! Inputs are the seed corpus in `fuzz/corpus/` (kept in the repository, one file per
 //! interesting shape) mutated by proptest: bits flipped, chunks deleted or duplicated, hostile
@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use firewall_userspace::{
     Loaded,
     compile::Compiled,
+    crowdsec::{DecisionFilter, parse_stream},
     daemon::request,
     engine::EngineError,
     policy::feeds::{self, FeedFormat},
@@ -228,6 +229,15 @@ fn the_seed_corpus_is_valid() {
             parsed.bad_lines
         );
     }
+    for (path, bytes) in corpus("crowdsec") {
+        let batch = parse_stream(&bytes, &DecisionFilter::everything())
+            .unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+        assert!(
+            !batch.new.is_empty(),
+            "{}: no decision taken",
+            path.display()
+        );
+    }
     for (path, bytes) in corpus("control") {
         let (method, route, body) = split_request(&bytes);
         let parsed = request::parse(&method, &route, &body);
@@ -281,6 +291,24 @@ proptest! {
         let parsed = feeds::parse(&text, FeedFormat::Plain);
         prop_assert!(parsed.bad_lines.is_empty(), "{:?}", parsed.bad_lines);
         prop_assert_eq!(parsed.prefixes, expected);
+    }
+
+    /// What a LAPI sends is checked whole: an accepted answer holds only normalised prefixes of
+    /// the scope's kind and time left; a refused one says why.
+    #[test]
+    fn the_decision_stream_parser_never_panics((_, bytes) in mutated("crowdsec")) {
+        match parse_stream(&bytes, &DecisionFilter::everything()) {
+            Ok(batch) => {
+                for decision in &batch.new {
+                    prop_assert_eq!(decision.prefix, decision.prefix.trunc());
+                    prop_assert!(!decision.remaining.is_zero());
+                }
+                for deletion in &batch.deleted {
+                    prop_assert_eq!(deletion.prefix, deletion.prefix.trunc());
+                }
+            }
+            Err(err) => prop_assert!(!err.to_string().is_empty() && !err.kind().is_empty()),
+        }
     }
 
     #[test]
