@@ -7,7 +7,7 @@ use std::{
     path::PathBuf,
 };
 
-use aya::maps::{HashMap, Map, MapData};
+use aya::maps::{HashMap, IterableMap as _, Map, MapData};
 use firewall_common::rules::{BAN_SUBNET, BanEntry, BanKey};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -35,6 +35,9 @@ pub enum BanError {
     /// The clock could not be read.
     #[error("cannot read CLOCK_MONOTONIC")]
     Clock(#[source] nix::Error),
+    /// A batched read of the map failed.
+    #[error("ban map read failed")]
+    Read(#[source] crate::dataplane::batch::BatchError),
 }
 
 /// The `rule` of a ban made by an operator (`apifw ban add`) rather than by a rule.
@@ -123,10 +126,15 @@ fn row(key: &BanKey, ban: &BanEntry, now_ns: u64) -> BanRow {
     }
 }
 
-/// Every entry of a ban map, expired ones included.
+/// Every entry of a ban map, expired ones included: in a few batched calls where the kernel
+/// can (the daemon reads its ban map every second, and it may hold 100k CrowdSec bans), else by
+/// iterating its keys.
 pub fn entries<T: std::borrow::Borrow<MapData>>(
     map: &HashMap<T, BanKey, BanEntry>,
 ) -> Result<Vec<(BanKey, BanEntry)>, BanError> {
+    if let Some(all) = crate::dataplane::batch::lookup_all(map.map()).map_err(BanError::Read)? {
+        return Ok(all);
+    }
     map.iter()
         .map(|item| {
             item.map_err(|source| BanError::Map {
@@ -153,18 +161,10 @@ pub fn sweep<T: std::borrow::BorrowMut<MapData>>(
     map: &mut HashMap<T, BanKey, BanEntry>,
     now_ns: u64,
 ) -> Result<Vec<(IpNet, BanEntry)>, BanError> {
-    let mut expired = Vec::new();
-    for key in map.keys() {
-        let key = key.map_err(|source| BanError::Map {
-            action: "iteration",
-            source: Box::new(source),
-        })?;
-        if let Ok(ban) = map.get(&key, 0)
-            && !ban.active_at(now_ns)
-        {
-            expired.push((key, ban));
-        }
-    }
+    let expired: Vec<(BanKey, BanEntry)> = entries(map)?
+        .into_iter()
+        .filter(|(_, ban)| !ban.active_at(now_ns))
+        .collect();
     let mut removed = Vec::new();
     for (key, ban) in expired {
         // Gone already (another sweeper, or the daemon restarted) is fine.
@@ -198,6 +198,49 @@ mod tests {
     use firewall_common::rules::BAN_HOST;
 
     use super::*;
+
+    /// The daemon reads its ban map every second (sweep, then the new bans): with 100k CrowdSec
+    /// bans that must stay cheap. Needs root (creates a map); prints the time.
+    #[test]
+    fn a_100k_ban_map_is_read_and_swept_in_a_few_calls() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipping: creating BPF maps needs root");
+            return;
+        }
+        let mut map: HashMap<MapData, BanKey, BanEntry> =
+            HashMap::create(131_072, 0).expect("create the ban map");
+        let keys: Vec<BanKey> = (0..100_000u32)
+            .map(|i| {
+                let mut addr = [0u8; 16];
+                addr[..4].copy_from_slice(&i.to_be_bytes());
+                BanKey {
+                    family: 4,
+                    prefix_len: 32,
+                    _pad: 0,
+                    addr,
+                }
+            })
+            .collect();
+        // Every tenth ban has expired at 2 s.
+        let values: Vec<BanEntry> = (0..100_000u64)
+            .map(|i| {
+                let ttl = if i % 10 == 0 { 1 } else { 3_600_000_000_000 };
+                BanEntry::new(1, ttl, CROWDSEC_BAN_RULE, BAN_HOST)
+            })
+            .collect();
+        crate::dataplane::batch::update(map.map(), &keys, &values).expect("fill");
+        let started = std::time::Instant::now();
+        let swept = sweep(&mut map, 2).expect("sweep");
+        let swept_in = started.elapsed();
+        let started = std::time::Instant::now();
+        let left = entries(&map).expect("entries");
+        let read_in = started.elapsed();
+        eprintln!("100k bans: swept 10k in {swept_in:?}, read 90k in {read_in:?}");
+        assert_eq!(swept.len(), 10_000);
+        assert_eq!(left.len(), 90_000);
+        assert!(left.iter().all(|(_, ban)| ban.active_at(2)));
+        assert_eq!(active_of(&left, 2).len(), 90_000);
+    }
 
     #[test]
     fn manual_bans_show_no_sentinel_and_rules_show_their_names() {

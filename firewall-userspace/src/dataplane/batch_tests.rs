@@ -259,6 +259,52 @@ fn arrays_update_in_batch_and_fall_back_for_delete() {
     assert_eq!(source.raw_os_error(), Some(libc::EINVAL));
 }
 
+/// A whole map read back in batches is exactly what is in it: hash maps (preallocated or not,
+/// empty, several chunks, after deletes) and arrays.
+#[test]
+fn lookup_all_reads_back_every_element() {
+    if !root() {
+        return;
+    }
+    for flags in [0, BPF_F_NO_PREALLOC] {
+        let map = hash(100_000, flags);
+        let read = lookup_all::<u64, u32>(map.map()).expect("read");
+        assert_eq!(read, Some(Vec::new()), "an empty map");
+        let keys = keys(0..50_000);
+        let values: Vec<u32> = (0..50_000).collect();
+        update(map.map(), &keys, &values).expect("update");
+        delete(map.map(), &keys[..10_000]).expect("delete");
+        let mut read = lookup_all::<u64, u32>(map.map())
+            .expect("read")
+            .expect("hash maps read in batches");
+        read.sort_unstable();
+        let mut expected: Vec<(u64, u32)> = keys[10_000..]
+            .iter()
+            .copied()
+            .zip(values[10_000..].iter().copied())
+            .collect();
+        expected.sort_unstable();
+        assert_eq!(read, expected, "flags {flags}");
+    }
+    let array = Array::<MapData, u32>::create(20_000, 0).expect("create array");
+    let indices: Vec<u32> = (0..20_000).collect();
+    let values: Vec<u32> = indices.iter().map(|i| i * 3).collect();
+    update(array.map(), &indices, &values).expect("update");
+    let read = lookup_all::<u32, u32>(array.map())
+        .expect("read")
+        .expect("arrays read in batches");
+    assert_eq!(read, indices.into_iter().zip(values).collect::<Vec<_>>());
+    assert!(matches!(
+        lookup_all::<u32, u32>(hash(10, 0).map()),
+        Err(BatchError::Size { what: "key", .. })
+    ));
+    let per_cpu = PerCpuHashMap::<MapData, u32, u32>::create(10, 0).expect("create");
+    assert!(matches!(
+        lookup_all::<u32, u32>(per_cpu.map()),
+        Err(BatchError::PerCpu(MapType::PerCpuHash))
+    ));
+}
+
 fn timed(f: impl FnOnce()) -> Duration {
     let start = Instant::now();
     f();
