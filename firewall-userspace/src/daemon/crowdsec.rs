@@ -2,7 +2,9 @@
 //! each validated answer to the engine.
 //!
 //! The first request asks for every active decision (`startup=true`); later ones only for what
-//! changed. Any failure (the LAPI unreachable, hanging, refusing the key, a malformed answer, a
+//! changed, except that every `crowdsec.resync_interval` (10 minutes) the whole stream is asked
+//! for again: deltas can miss decisions made while a poll is answered (seen with Debian's LAPI
+//! and a bulk `cscli decisions import`), and a full answer lifts and adds whatever drifted. Any failure (the LAPI unreachable, hanging, refusing the key, a malformed answer, a
 //! ban map without room) is logged, counted by kind and leaves the bans in force; the next
 //! request then asks for everything again, since the LAPI may count the failed answer's changes
 //! as delivered. The settings are read from the engine every round, so a reload that changes
@@ -13,10 +15,13 @@
 //! and parsing (on a blocking thread: 100k decisions take a moment) happen without it, so a slow
 //! LAPI never delays the control socket or the one-second tick.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tokio::sync::Mutex;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     crowdsec::{DecisionError, DecisionFilter, LapiClient, LapiError, parse_stream},
@@ -82,21 +87,30 @@ pub async fn sync(
 pub struct Follower {
     /// Whether the next request asks for every decision.
     startup: bool,
+    /// When the last full answer was applied.
+    last_full: Option<Instant>,
     /// The settings of the last round.
     current: Option<CrowdsecSettings>,
     /// Failed rounds in a row.
     failures: u64,
+    /// The last failure logged as a warning, so that an outage is not a warning every poll.
+    last_warned: Option<String>,
 }
 
 impl Default for Follower {
     fn default() -> Self {
         Self {
             startup: true,
+            last_full: None,
             current: None,
             failures: 0,
+            last_warned: None,
         }
     }
 }
+
+/// Failed rounds in a row after which an unchanged failure is logged as a warning again.
+const WARN_EVERY: u64 = 60;
 
 impl Follower {
     /// One round; returns how long to wait before the next.
@@ -126,8 +140,18 @@ impl Follower {
             self.startup = true;
             self.current = Some(settings.clone());
         }
-        match sync(engine, &settings, self.startup).await {
+        if self
+            .last_full
+            .is_none_or(|at| at.elapsed() >= settings.resync_interval)
+        {
+            self.startup = true;
+        }
+        let full = self.startup;
+        match sync(engine, &settings, full).await {
             Ok(_) => {
+                if full {
+                    self.last_full = Some(Instant::now());
+                }
                 if self.failures > 0 {
                     info!(
                         lapi = settings.lapi_url,
@@ -136,18 +160,25 @@ impl Follower {
                     );
                 }
                 self.failures = 0;
+                self.last_warned = None;
                 self.startup = false;
             }
             Err(err) => {
                 self.failures += 1;
                 let message = chain(&err);
-                warn!(
-                    lapi = settings.lapi_url,
-                    kind = err.kind(),
-                    error = %message,
-                    "CrowdSec sync failed; the bans in force stay, the next poll asks for every \
-                     decision"
-                );
+                if self.last_warned.as_ref() != Some(&message) || self.failures % WARN_EVERY == 0 {
+                    warn!(
+                        lapi = settings.lapi_url,
+                        kind = err.kind(),
+                        error = %message,
+                        failed_rounds = self.failures,
+                        "CrowdSec sync failed; the bans in force stay, the next poll asks for \
+                         every decision"
+                    );
+                    self.last_warned = Some(message.clone());
+                } else {
+                    debug!(kind = err.kind(), error = %message, "CrowdSec sync failed again");
+                }
                 engine.lock().await.crowdsec_failed(err.kind(), message);
                 self.startup = true;
             }

@@ -274,6 +274,35 @@ async fn bans_outlive_a_lapi_outage_and_sync_resumes_with_a_full_resync() {
 }
 
 #[tokio::test]
+async fn a_decision_the_deltas_missed_is_healed_by_the_periodic_full_resync() {
+    let mut lab = lab("cs-resync-interval", 16).await;
+    lab.lapi
+        .answer(stream(&[decision(1, "Ip", "203.0.113.77", "1h")], &[]));
+    lab.round().await;
+    // Decision 2 is made, but the delta does not carry it (as a LAPI under a bulk import can).
+    lab.lapi.answer(stream(&[], &[]));
+    lab.round().await;
+    assert!(lab.ban("203.0.113.78/32").is_none());
+    // The next poll within crowdsec.resync_interval (10 min) is a delta; the first after it asks
+    // for everything.
+    lab.lapi.answer(stream(
+        &[
+            decision(1, "Ip", "203.0.113.77", "59m"),
+            decision(2, "Ip", "203.0.113.78", "1h"),
+        ],
+        &[],
+    ));
+    lab.follower.last_full = Some(Instant::now() - Duration::from_secs(599));
+    lab.round().await;
+    assert!(!lab.lapi.seen().last().expect("a request").startup());
+    lab.follower.last_full = Some(Instant::now() - Duration::from_secs(600));
+    lab.round().await;
+    assert!(lab.lapi.seen().last().expect("a request").startup());
+    assert!(lab.ban("203.0.113.78/32").is_some(), "healed");
+    assert!(lab.ban("203.0.113.77/32").is_some());
+}
+
+#[tokio::test]
 async fn allowlisted_sources_are_skipped_and_the_rest_applied() {
     let mut lab = lab("cs-allowlisted", 16).await;
     lab.lapi.answer(stream(

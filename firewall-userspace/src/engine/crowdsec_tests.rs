@@ -141,11 +141,17 @@ fn decisions_become_bans_lasting_their_duration_marked_as_crowdsecs() {
     assert_eq!(status.syncs, 1);
     assert_eq!(status.last_sync_secs_ago, Some(0));
 
-    // Expiry in XDP is exact; the tick's sweep then forgets it.
+    // Expiry in XDP is exact; the tick's sweep then forgets it, in one audit record.
     clock.advance(1);
     engine.tick();
     assert!(ban(&kernel, "2001:db8::1/128").is_none());
     assert_eq!(engine.crowdsec_held(), 2);
+    let audit = std::fs::read_to_string(dir.join("audit.log")).expect("audit");
+    assert!(
+        audit.contains("\"crowdsec.expire\"") && audit.contains("2001:db8::1/128"),
+        "{audit}"
+    );
+    assert!(!audit.contains("\"ban.expire\""), "{audit}");
 }
 
 #[test]

@@ -16,13 +16,33 @@ impl Engine {
             .and_then(|now| self.dataplane.remove_expired_bans(now));
         match swept {
             Ok(expired) => {
+                // CrowdSec bans lapse by the thousand when a blocklist expires together: one
+                // line and one audit record for all of them.
+                let mut crowdsec_expired = Vec::new();
                 for (prefix, ban) in expired {
-                    info!(%prefix, rule = ban.rule, "ban expired");
+                    self.known_bans.remove(&ban_key(&prefix));
                     if ban.rule == bans::CROWDSEC_BAN_RULE {
                         self.crowdsec.forget(&prefix);
+                        crowdsec_expired.push(prefix);
+                        continue;
                     }
-                    self.known_bans.remove(&ban_key(&prefix));
+                    info!(%prefix, rule = ban.rule, "ban expired");
                     self.record("daemon", "ban.expire", json!({"cidr": prefix.to_string()}));
+                }
+                if !crowdsec_expired.is_empty() {
+                    info!(
+                        count = crowdsec_expired.len(),
+                        first = %crowdsec_expired[0],
+                        "CrowdSec bans expired"
+                    );
+                    self.record(
+                        "daemon",
+                        "crowdsec.expire",
+                        json!({"count": crowdsec_expired.len(),
+                               "cidrs": crowdsec_expired.iter().take(100)
+                                   .map(ToString::to_string).collect::<Vec<_>>()}),
+                    );
+                    self.publish_crowdsec();
                 }
             }
             Err(err) => error!(err = %chain(&err), "cannot sweep expired bans"),
@@ -30,12 +50,14 @@ impl Engine {
         if let Ok(now) = self.clock.monotonic_ns()
             && let Ok(entries) = self.dataplane.ban_entries()
         {
-            let rows = bans::active_of(&entries, now);
-            let new: Vec<bans::BanRow> = rows
+            // Only the bans not seen before become rows: the map may hold 100k CrowdSec bans,
+            // which must not cost a row (and its strings) every second.
+            let unseen: Vec<(BanKey, BanEntry)> = entries
                 .into_iter()
-                .filter(|row| !self.known_bans.contains(&ban_key(&row.prefix)))
+                .filter(|(key, ban)| ban.active_at(now) && !self.known_bans.contains(key))
                 .collect();
-            for row in new {
+            self.known_bans.extend(unseen.iter().map(|(key, _)| *key));
+            for row in bans::active_of(&unseen, now) {
                 self.known_bans.insert(ban_key(&row.prefix));
                 // Manual and CrowdSec bans are audited where they are made.
                 if row.rule != MANUAL_BAN_RULE && row.rule != bans::CROWDSEC_BAN_RULE {

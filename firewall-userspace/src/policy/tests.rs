@@ -408,6 +408,10 @@ origins = ["cscli", "CAPI", "cscli"]
         crowdsec::ApiKey::File(PathBuf::from("/etc/apifw/crowdsec.key"))
     );
     assert_eq!(settings.poll_interval, std::time::Duration::from_secs(10));
+    assert_eq!(
+        settings.resync_interval,
+        std::time::Duration::from_secs(600)
+    );
     assert_eq!(settings.timeout, std::time::Duration::from_secs(30));
     assert_eq!(settings.connect_timeout, std::time::Duration::from_secs(5));
     assert_eq!(settings.max_answer_bytes, 64 << 20);
@@ -464,6 +468,10 @@ fn crowdsec_errors_name_the_setting_and_the_value() {
         (
             "lapi_url = \"http://lapi:8080\"\napi_key = \"k\"\npoll_interval = \"100ms\"",
             "crowdsec.poll_interval = \"100ms\": must be at least 1s",
+        ),
+        (
+            "lapi_url = \"http://lapi:8080\"\napi_key = \"k\"\nresync_interval = \"1s\"",
+            "crowdsec.resync_interval = \"1s\": must be at least 10s",
         ),
         (
             "lapi_url = \"http://lapi:8080\"\napi_key = \"k\"\ntimeout = \"0s\"",

@@ -14,6 +14,7 @@ fn settings(url: &str) -> CrowdsecSettings {
         lapi_url: url.to_owned(),
         api_key: ApiKey::Inline("s3cret".into()),
         poll_interval: Duration::from_secs(10),
+        resync_interval: Duration::from_secs(600),
         timeout: Duration::from_millis(500),
         connect_timeout: Duration::from_millis(300),
         max_answer_bytes: 4096,
