@@ -166,7 +166,9 @@ impl Follower {
             Err(err) => {
                 self.failures += 1;
                 let message = chain(&err);
-                if self.last_warned.as_ref() != Some(&message) || self.failures % WARN_EVERY == 0 {
+                if self.last_warned.as_ref() != Some(&message)
+                    || self.failures.is_multiple_of(WARN_EVERY)
+                {
                     warn!(
                         lapi = settings.lapi_url,
                         kind = err.kind(),
