@@ -16,7 +16,7 @@ use super::{Diagnostic, Locator};
 /// How often the decision stream is polled unless the policy says otherwise.
 pub const DEFAULT_POLL_INTERVAL: &str = "10s";
 /// How often the whole stream is asked for again unless the policy says otherwise: deltas can
-/// miss decisions (a Debian LAPI 1.4.6 delivered 99,952 of 100,000 decisions imported with
+/// miss decisions (a Debian LAPI 1.4.6 delivered 99,950 of 100,000 decisions imported with
 /// `cscli decisions import` while a bouncer polled every second), and a full answer heals that.
 pub const DEFAULT_RESYNC_INTERVAL: &str = "10m";
 /// How long one request may take, connect to last byte, unless the policy says otherwise.
