@@ -366,6 +366,18 @@ async fn a_community_blocklist_of_100k_decisions_is_applied_in_one_sync() {
     lab.follower = Follower::default();
     lab.round().await;
     assert_eq!(lab.bans(), before);
+    // `cscli decisions delete --all`: a delta deleting every one.
+    let deleted: Vec<String> = decisions
+        .iter()
+        .map(|decision| decision.replace("167h59m58.5s", "-1s"))
+        .collect();
+    lab.lapi.answer(stream(&[], &deleted));
+    let started = Instant::now();
+    lab.round().await;
+    eprintln!("100k deletions applied in {:?}", started.elapsed());
+    assert_eq!(lab.errors().await, Default::default());
+    assert!(lab.bans().is_empty());
+    assert_eq!(lab.status().await.decisions, 0);
 }
 
 #[tokio::test]
