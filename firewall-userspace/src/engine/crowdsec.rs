@@ -186,15 +186,9 @@ impl Engine {
             .clock
             .monotonic_ns()
             .map_err(|err| EngineError::internal(chain(&err)))?;
-        for (reason, count) in &batch.skipped {
-            *self.crowdsec.skipped.entry(reason.as_str()).or_insert(0) += count;
-        }
         // Most polls bring nothing new: no need to read the kernel's ban map for them.
         if !full && batch.new.is_empty() && batch.deleted.is_empty() {
-            self.crowdsec.syncs += 1;
-            self.crowdsec.last_sync_unix = Some(self.clock.unix_secs());
-            self.crowdsec.last_error = None;
-            self.publish_crowdsec();
+            self.count_sync(&batch, 0);
             return Ok(CrowdsecSync {
                 held: self.crowdsec.held.len(),
                 ..CrowdsecSync::default()
@@ -237,7 +231,6 @@ impl Engine {
                 .insert(decision.id.unwrap_or(UNKNOWN_ID), ends);
         }
         if !allowlisted.is_empty() {
-            *self.crowdsec.skipped.entry("allowlisted").or_insert(0) += allowlisted.len() as u64;
             warn!(
                 count = allowlisted.len(),
                 first = %allowlisted[0],
@@ -257,20 +250,19 @@ impl Engine {
         for (prefix, ids) in &next {
             let ends = longest(ids);
             let key = ban_key(prefix);
-            let previous = self.crowdsec.held.get(prefix).map(longest);
-            if previous.is_some_and(|previous| previous.abs_diff(ends) < SAME_EXPIRY_NS)
-                && kernel.get(&key).is_some_and(|ban| ban.active_at(now_ns))
-            {
-                continue;
+            match kernel.get(&key).filter(|ban| ban.active_at(now_ns)) {
+                // Already in force as this sync would write it (the same decision again).
+                Some(ban)
+                    if ban.rule == CROWDSEC_BAN_RULE
+                        && ban.expires_ns.abs_diff(ends) < SAME_EXPIRY_NS =>
+                {
+                    continue;
+                }
+                // Another ban (manual, a jail's, a rule's) lasting at least as long covers it.
+                Some(ban) if ban.rule != CROWDSEC_BAN_RULE && ban.expires_ns >= ends => continue,
+                _ => {}
             }
-            // Another ban (manual, a jail's, a rule's) that lasts longer already covers it.
-            if let Some(ban) = kernel.get(&key)
-                && ban.rule != CROWDSEC_BAN_RULE
-                && ban.expires_ns >= ends
-            {
-                continue;
-            }
-            if previous.is_some() {
+            if self.crowdsec.held.contains_key(prefix) {
                 sync.updated += 1;
             } else {
                 sync.added += 1;
@@ -338,9 +330,7 @@ impl Engine {
             }
         }
         self.crowdsec.held = next;
-        self.crowdsec.syncs += 1;
-        self.crowdsec.last_sync_unix = Some(self.clock.unix_secs());
-        self.crowdsec.last_error = None;
+        self.count_sync(&batch, allowlisted.len());
         if sync.added + sync.updated + sync.removed + sync.allowlisted > 0 {
             let shown = |prefixes: &mut dyn Iterator<Item = IpNet>| -> Vec<String> {
                 prefixes
@@ -376,8 +366,21 @@ impl Engine {
                 "CrowdSec decisions applied"
             );
         }
-        self.publish_crowdsec();
         Ok(sync)
+    }
+
+    /// Counts an applied sync and what it skipped, and publishes the figures.
+    fn count_sync(&mut self, batch: &DecisionBatch, allowlisted: usize) {
+        for (reason, count) in &batch.skipped {
+            *self.crowdsec.skipped.entry(reason.as_str()).or_insert(0) += count;
+        }
+        if allowlisted > 0 {
+            *self.crowdsec.skipped.entry("allowlisted").or_insert(0) += allowlisted as u64;
+        }
+        self.crowdsec.syncs += 1;
+        self.crowdsec.last_sync_unix = Some(self.clock.unix_secs());
+        self.crowdsec.last_error = None;
+        self.publish_crowdsec();
     }
 
     /// Lifts every CrowdSec ban (the `[crowdsec]` section was removed).

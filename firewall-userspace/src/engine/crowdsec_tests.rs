@@ -422,4 +422,17 @@ fn a_manual_ban_outlasting_a_crowdsec_one_is_kept() {
     let restored = ban(&kernel, "203.0.113.52/32").expect("the manual ban is back");
     assert_eq!(restored.rule, MANUAL_BAN_RULE);
     assert_eq!(restored.expires_ns - restored.banned_at_ns, 60 * SECOND_NS);
+    // A shorter manual ban written over a CrowdSec one (`apifw ban add` replaces the entry) is
+    // lengthened again by the next sync that carries the decision.
+    engine
+        .ban_add(vec![net("203.0.113.51/32")], 60, None, "uid 0")
+        .expect("manual ban");
+    let sync = engine
+        .crowdsec_apply(answer(&[(2, "Ip", "203.0.113.51", "1h")], &[]), true)
+        .expect("applied");
+    assert_eq!(sync.updated, 1, "{sync:?}");
+    assert_eq!(
+        ban(&kernel, "203.0.113.51/32").expect("banned").rule,
+        CROWDSEC_BAN_RULE
+    );
 }
