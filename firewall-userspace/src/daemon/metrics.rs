@@ -5,6 +5,7 @@
 //! (list sizes, reloads, control requests) come from [`Shared`], which the engine keeps current.
 
 use std::{
+    collections::BTreeMap,
     net::SocketAddr,
     sync::{Arc, Mutex},
 };
@@ -27,7 +28,12 @@ use prometheus_client::{
 };
 use tracing::{debug, warn};
 
-use crate::{dataplane::stats, engine::Shared, paths::PinLayout};
+use crate::{
+    dataplane::bans::{CROWDSEC_BAN_RULE, MANUAL_BAN_RULE},
+    dataplane::stats,
+    engine::Shared,
+    paths::PinLayout,
+};
 
 /// The collector behind `/metrics`.
 #[derive(Debug, Clone)]
@@ -181,28 +187,49 @@ impl Collector for Exporter {
                 counter(&mut encoder, name, help, &[(Vec::new(), sum(index))])?;
             }
         }
+        // Read once, in batches: the map may hold 100k CrowdSec bans.
+        let mut ban_map_entries = None;
         if let Some(map) = open(layout, map_names::BANS)
             && let Ok(bans) = BpfHashMap::<_, BanKey, BanEntry>::try_from(map)
         {
             let now = crate::dataplane::bans::monotonic_ns().unwrap_or(0);
-            let (mut hosts, mut subnets) = (0i64, 0i64);
-            for (_, ban) in bans.iter().filter_map(Result::ok) {
-                if ban.active_at(now) {
-                    if ban.kind == BAN_SUBNET {
-                        subnets += 1;
-                    } else {
-                        hosts += 1;
-                    }
+            // (kind, origin) → active bans; every series exported, zeros included.
+            let mut counts: BTreeMap<(&str, &str), i64> = BTreeMap::new();
+            for kind in ["host", "subnet"] {
+                for origin in ["rule", "manual", "crowdsec"] {
+                    counts.insert((kind, origin), 0);
                 }
             }
+            let entries = crate::dataplane::bans::entries(&bans).unwrap_or_default();
+            ban_map_entries = Some(entries.len() as u64);
+            for (_, ban) in entries.iter().filter(|(_, ban)| ban.active_at(now)) {
+                let kind = if ban.kind == BAN_SUBNET {
+                    "subnet"
+                } else {
+                    "host"
+                };
+                let origin = match ban.rule {
+                    MANUAL_BAN_RULE => "manual",
+                    CROWDSEC_BAN_RULE => "crowdsec",
+                    _ => "rule",
+                };
+                *counts.entry((kind, origin)).or_insert(0) += 1;
+            }
+            let series: Vec<_> = counts
+                .into_iter()
+                .map(|((kind, origin), n)| {
+                    (
+                        vec![("kind", kind.to_owned()), ("origin", origin.to_owned())],
+                        n,
+                    )
+                })
+                .collect();
             gauge(
                 &mut encoder,
                 "apifw_bans",
-                "Active bans by kind.",
-                &[
-                    (vec![("kind", "host".to_owned())], hosts),
-                    (vec![("kind", "subnet".to_owned())], subnets),
-                ],
+                "Active bans by kind and origin (rule: a rate-limit rule's, manual: `apifw ban` \
+                 and jails, crowdsec: a CrowdSec decision).",
+                &series,
             )?;
         }
         let lists: Vec<_> = shared
@@ -224,10 +251,7 @@ impl Collector for Exporter {
         for (name, entries) in [
             (map_names::SOURCES, tracked_sources),
             (map_names::SUBNETS, tracked_subnets),
-            (
-                map_names::BANS,
-                count_keys::<BanKey, BanEntry>(layout, map_names::BANS).unwrap_or(0),
-            ),
+            (map_names::BANS, ban_map_entries.unwrap_or(0)),
             (
                 map_names::CANDIDATES,
                 count_keys::<TrackKey, u64>(layout, map_names::CANDIDATES).unwrap_or(0),
@@ -568,6 +592,8 @@ pub async fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListene
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
 
     #[test]
@@ -583,6 +609,59 @@ mod tests {
              # TYPE apifw_events_total counter\napifw_events_total 0\n# HELP apifw_bans Bans.\n\
              # TYPE apifw_bans gauge\napifw_bans{kind=\"host\"} 1\n"
         );
+    }
+
+    /// Bans by kind and origin, read from a pinned ban map (root: a map pinned on bpffs).
+    #[test]
+    fn bans_are_exported_by_kind_and_origin() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipping: creating BPF maps needs root");
+            return;
+        }
+        let root = PathBuf::from(format!(
+            "/sys/fs/bpf/apifw-unit-metrics-{}",
+            std::process::id()
+        ));
+        let layout = PinLayout::new(&root);
+        std::fs::create_dir_all(layout.maps_dir()).expect("pin directory on bpffs");
+        let mut bans: BpfHashMap<MapData, BanKey, BanEntry> =
+            BpfHashMap::create(16, 0).expect("create the ban map");
+        let now = crate::dataplane::bans::monotonic_ns().expect("clock");
+        let hour = 3_600_000_000_000;
+        for (cidr, rule, kind) in [
+            ("203.0.113.1/32", 0, firewall_common::rules::BAN_HOST),
+            (
+                "203.0.113.2/32",
+                CROWDSEC_BAN_RULE,
+                firewall_common::rules::BAN_HOST,
+            ),
+            (
+                "203.0.113.3/32",
+                CROWDSEC_BAN_RULE,
+                firewall_common::rules::BAN_HOST,
+            ),
+            ("198.51.100.0/24", MANUAL_BAN_RULE, BAN_SUBNET),
+        ] {
+            let key = crate::engine::ban_key(&cidr.parse().expect("CIDR"));
+            bans.insert(key, BanEntry::new(now, hour, rule, kind), 0)
+                .expect("insert");
+        }
+        bans.pin(layout.map(map_names::BANS)).expect("pin");
+        let text = classic_text(&Exporter::new(layout).render().expect("render"));
+        let _ = std::fs::remove_dir_all(&root);
+        for line in [
+            "apifw_bans{kind=\"host\",origin=\"rule\"} 1",
+            "apifw_bans{kind=\"host\",origin=\"crowdsec\"} 2",
+            "apifw_bans{kind=\"host\",origin=\"manual\"} 0",
+            "apifw_bans{kind=\"subnet\",origin=\"manual\"} 1",
+            "apifw_bans{kind=\"subnet\",origin=\"crowdsec\"} 0",
+            "apifw_bans{kind=\"subnet\",origin=\"rule\"} 0",
+        ] {
+            assert!(
+                text.lines().any(|found| found == line),
+                "{line} in:\n{text}"
+            );
+        }
     }
 
     #[test]
