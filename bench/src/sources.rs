@@ -359,7 +359,6 @@ fn map_rows(firewall: &mut Firewall) -> anyhow::Result<Vec<MapRow>> {
             map_names::V6_SUMMARY => Some(count::<V6SummaryKey, V6Summary>(map)?),
             map_names::RULE_MATCH => Some(count::<RuleKey, u32>(map)?),
             map_names::SOURCES | map_names::SUBNETS => Some(count::<TrackKey, TrackState>(map)?),
-            map_names::CANDIDATES => Some(count::<TrackKey, u64>(map)?),
             map_names::ESCALATION => Some(count::<TrackKey, EscalationState>(map)?),
             map_names::BANS => Some(count::<BanKey, BanEntry>(map)?),
             _ => None,
@@ -442,10 +441,11 @@ fn markdown(
          per source, 5,000/s per /24 or /64, SYN limit, bans after 5 s, subnet escalation) takes \
          every packet: the frame is a 60-byte TCP ACK to port 443 (IPv6: 80 bytes).\n\
          - Sources: IPv4 over the whole address space; IPv6 a random /64 inside 2001:db8::/32 with \
-         a random interface id. A source's first packet only makes it a candidate \
-         (`APIFW_CANDIDATES`); per-source state (`APIFW_SOURCES`) comes with its second packet \
-         within a second, hence the mode with every source twice. Every packet also charges its \
-         /24 (/64) in `APIFW_SUBNETS`.\n\
+         a random interface id. A source's first packet is only sighted in the per-CPU admission \
+         array (`APIFW_ADMISSION`, a store, no LRU insert); per-source state (`APIFW_SOURCES`) \
+         comes with its second packet within the window, hence the mode with every source twice \
+         in a row. Its /24 (/64) is admitted to `APIFW_SUBNETS` the same way: the whole address \
+         space has 16M /24s, so few of them are sighted twice.\n\
          - {runs} runs per row, each a test run of `repeat` = the packet count, interleaved with \
          the empty program; median and spread (min..max) over the runs; process pinned to one CPU."
     )?;
@@ -539,15 +539,13 @@ fn markdown(
                 .find(|map| map.name == name)
                 .map_or((0, 0), |map| (map.used.unwrap_or(0), map.capacity))
         };
-        let (candidates, candidate_cap) = used(map_names::CANDIDATES);
         let (tracked, tracked_cap) = used(map_names::SOURCES);
+        let (subnets, subnet_cap) = used(map_names::SUBNETS);
         writeln!(
             md,
             "- {family}: {offered} distinct sources sent to apifw, {admitted} of them twice; \
-             `APIFW_CANDIDATES` holds {candidates} of {candidate_cap} and `APIFW_SOURCES` \
-             {tracked} of {tracked_cap}, so at least {} candidates and {} tracked sources were \
-             evicted (LRU) along the way.",
-            offered.saturating_sub(candidates),
+             `APIFW_SOURCES` holds {tracked} of {tracked_cap} (at least {} tracked sources were \
+             evicted, LRU, along the way) and `APIFW_SUBNETS` {subnets} of {subnet_cap}.",
             admitted.saturating_sub(tracked),
         )?;
     }

@@ -23,6 +23,7 @@ use aya_ebpf::{
 };
 use firewall_common::{
     Action, Counter, KernelConfig, Reason, Verdict,
+    admission::ADMISSION_SLOTS,
     config::{CONFIG_DEBUG_LOG, CONFIG_EVENTS},
     generation,
     lease::{LEASE_ENTRIES, Lease},
@@ -78,10 +79,6 @@ static RULE_MATCH: HashMap<RuleKey, u32> =
 #[map(name = "APIFW_SOURCES")]
 static SOURCES: LruHashMap<TrackKey, TrackState> = LruHashMap::with_max_entries(1, 0);
 
-// Sources seen once, with the time they were seen: sized like APIFW_SOURCES by the loader.
-#[map(name = "APIFW_CANDIDATES")]
-static CANDIDATES: LruHashMap<TrackKey, u64> = LruHashMap::with_max_entries(1, 0);
-
 #[map(name = "APIFW_SUBNETS")]
 static SUBNETS: LruHashMap<TrackKey, TrackState> = LruHashMap::with_max_entries(1, 0);
 
@@ -97,6 +94,11 @@ static ESCALATION: LruHashMap<TrackKey, EscalationState> = LruHashMap::with_max_
 // (`map_names::UNPINNED`): a new program starts with empty slots.
 #[map(name = "APIFW_LEASES")]
 static LEASES: PerCpuArray<Lease> = PerCpuArray::with_max_entries(LEASE_ENTRIES, 0);
+
+// This CPU's sightings of sources and subnets not yet tracked (`firewall_common::admission`):
+// a first packet is a store here, not an LRU insert. Not pinned.
+#[map(name = "APIFW_ADMISSION")]
+static ADMISSION: PerCpuArray<u64> = PerCpuArray::with_max_entries(ADMISSION_SLOTS, 0);
 
 #[map(name = "APIFW_RULE_STATS")]
 static RULE_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(RULE_STATS_ENTRIES, 0);

@@ -229,10 +229,6 @@ impl Collector for Exporter {
                 count_keys::<BanKey, BanEntry>(layout, map_names::BANS).unwrap_or(0),
             ),
             (
-                map_names::CANDIDATES,
-                count_keys::<TrackKey, u64>(layout, map_names::CANDIDATES).unwrap_or(0),
-            ),
-            (
                 map_names::ESCALATION,
                 count_keys::<TrackKey, EscalationState>(layout, map_names::ESCALATION).unwrap_or(0),
             ),

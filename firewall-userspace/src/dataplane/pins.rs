@@ -127,6 +127,20 @@ fn check(policy: &Policy, layout: &PinLayout) -> Result<(), Incompatible> {
     Ok(())
 }
 
+/// Removes the pins of maps that earlier layouts had and this build no longer uses
+/// ([`map_names::RETIRED`]), after the others were found adoptable; the names removed.
+pub fn remove_retired(layout: &PinLayout) -> std::io::Result<Vec<&'static str>> {
+    let mut removed = Vec::new();
+    for name in map_names::RETIRED {
+        match std::fs::remove_file(layout.map(name)) {
+            Ok(()) => removed.push(name),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(removed)
+}
+
 /// Removes the pinned maps under `layout` (not the links: they keep the old program, and its
 /// maps, running until the new program replaces it).
 pub fn remove_maps(layout: &PinLayout) -> std::io::Result<()> {

@@ -231,10 +231,6 @@ impl Engine {
             ),
             (firewall_common::map_names::BANS, u64::from(limits.max_bans)),
             (
-                firewall_common::map_names::CANDIDATES,
-                u64::from(limits.max_tracked_sources),
-            ),
-            (
                 firewall_common::map_names::ESCALATION,
                 u64::from(limits.max_tracked_subnets),
             ),

@@ -84,7 +84,7 @@ pub fn max_entries(policy: &Policy, name: &str) -> Option<u32> {
     Some(match name {
         V4_PREFIXES => twice(limits.max_v4_prefixes),
         V6_PREFIXES | V6_SUMMARY => twice(limits.max_v6_prefixes),
-        SOURCES | map_names::CANDIDATES => limits.max_tracked_sources,
+        SOURCES => limits.max_tracked_sources,
         SUBNETS | map_names::ESCALATION => limits.max_tracked_subnets,
         map_names::BANS => limits.max_bans,
         _ => return None,
