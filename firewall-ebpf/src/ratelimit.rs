@@ -399,7 +399,7 @@ fn exceeded(packet: &Packet, len: u64, rule: u32, config: &KernelConfig, now_ns:
     let source_lease = if limits_source {
         LEASES
             .get_ptr_mut(Lease::slot(LEASE_SOURCE, &source_key))
-            .unwrap_or(core::ptr::null_mut())
+            .unwrap_or_default()
     } else {
         core::ptr::null_mut()
     };
