@@ -37,6 +37,7 @@ use crate::{
     packets::{DST_V4, DST_V6},
     programs::{TestPrograms, map_names as test_maps, program_names},
     report::{BenchOptions, Spread},
+    support::{OneCpu, map_data},
 };
 
 /// The policy the measurement runs under (see the module documentation).
@@ -97,7 +98,7 @@ struct MapRow {
 
 /// The section: `## Many sources: 10M distinct random sources`.
 pub fn run(opts: &BenchOptions) -> anyhow::Result<String> {
-    let _pinned = PinnedToLastCpu::pin()?;
+    let _pinned = OneCpu::pin_last()?;
     let sources: u64 = if opts.quick { 100_000 } else { 10_000_000 };
     let runs = if opts.quick {
         opts.runs.min(2)
@@ -190,33 +191,6 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<String> {
         maps.push((family, map_rows(&mut firewall)?));
     }
     markdown(opts, runs, sources, &rows, &maps, &offered)
-}
-
-/// The calling thread pinned to the last CPU it may use, its old affinity restored on drop (the
-/// report's header counts the CPUs this thread may use). Here: the sprayer's counter is per CPU,
-/// and runs compared with each other should not migrate; the per-packet section uses it too.
-pub struct PinnedToLastCpu(nix::sched::CpuSet);
-
-impl PinnedToLastCpu {
-    pub fn pin() -> anyhow::Result<Self> {
-        let this = nix::unistd::Pid::from_raw(0);
-        let old = nix::sched::sched_getaffinity(this)?;
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let last = (0..nix::sched::CpuSet::count())
-            .rev()
-            .find(|cpu| old.is_set(*cpu).unwrap_or(false))
-            .unwrap_or(cpus - 1);
-        let mut set = nix::sched::CpuSet::new();
-        set.set(last)?;
-        nix::sched::sched_setaffinity(this, &set)?;
-        Ok(Self(old))
-    }
-}
-
-impl Drop for PinnedToLastCpu {
-    fn drop(&mut self) {
-        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &self.0);
-    }
 }
 
 /// A TCP ACK (no SYN: the connection exists) from `src` to port 443, 60 bytes over IPv4.
@@ -372,18 +346,6 @@ fn map_rows(firewall: &mut Firewall) -> anyhow::Result<Vec<MapRow>> {
         });
     }
     Ok(rows)
-}
-
-fn map_data(map: &Map) -> Option<&MapData> {
-    match map {
-        Map::Array(data)
-        | Map::HashMap(data)
-        | Map::LruHashMap(data)
-        | Map::PerCpuArray(data)
-        | Map::PerCpuHashMap(data)
-        | Map::RingBuf(data) => Some(data),
-        _ => None,
-    }
 }
 
 /// Entries of a hash map, by walking its keys.

@@ -3,9 +3,9 @@
 //! at least 60 seconds at the running daemon, while a legitimate client keeps making requests.
 //!
 //! The daemon must not crash, its memory must stay bounded, the legitimate requests must keep
-//! succeeding (the rate is printed), the spoofed sources must churn the candidate map (a source
-//! gets rate-limit state only from its second packet) without evicting the legitimate
-//! client's state, and the manual ban and the allowlist entry made before the flood must
+//! succeeding (the rate is printed), the spoofed sources must leave the state map alone (a
+//! source gets rate-limit state only from its second packet; its first is a sighting in the
+//! per-CPU admission array) so the legitimate client's state stays, and the manual ban and the allowlist entry made before the flood must
 //! still be listed and enforced afterwards: an LRU of spoofed sources may forget sources, never
 //! a ban or an allow entry.
 //!

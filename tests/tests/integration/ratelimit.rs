@@ -12,7 +12,7 @@ use std::{
 
 use apifw_tests::{
     policies::RATE_LIMIT_RULES,
-    support::{OneCpu, admission_slots, kernel_map},
+    support::{BpffsDir, OneCpu, admission_slots, kernel_map},
     tally::Tally,
 };
 use aya::programs::{TestRun as _, TestRunOptions};
@@ -225,15 +225,6 @@ fn global_dry_run_passes_everything_and_counts_would_drop() {
     );
 }
 
-/// Removes a test's pin directory on drop.
-struct PinDir(std::path::PathBuf);
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A UDP datagram from `src` to the mDNS rule's port, with 0-199 bytes of payload.
 fn mdns_frame(rng: &mut SmallRng, src: IpAddr) -> Vec<u8> {
     let builder = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1]);
@@ -300,7 +291,7 @@ fn leases_match_the_model_frame_by_frame() {
 ///
 /// Both CPUs run `per_thread` packets at each of `steps` instants `step_ns` apart of the test
 /// clock, after a warm-up one second before (the source's first packet only makes it a
-/// candidate, the second gives it state; the bucket is full again by the first step).
+/// sighted, the second gives it state; the bucket is full again by the first step).
 fn two_cpus_hammer(per_source: &str, steps: u64, step_ns: u64, per_thread: u32) -> (u64, u64) {
     use std::sync::{Arc, Barrier};
 
@@ -317,12 +308,8 @@ fn two_cpus_hammer(per_source: &str, steps: u64, step_ns: u64, per_thread: u32) 
     .unwrap_or_else(|err| panic!("{err}"))
     .policy;
     let mut firewall = Firewall::load(&policy).expect("load firewall");
-    let pin = PinDir(std::path::PathBuf::from(format!(
-        "/sys/fs/bpf/apifw-test-cas-{}-{steps}-{step_ns}",
-        std::process::id()
-    )));
-    std::fs::create_dir_all(&pin.0).expect("pin dir");
-    let program_pin = pin.0.join("apifw");
+    let pin = BpffsDir::create("test-cas").expect("pin dir");
+    let program_pin = pin.join("apifw");
     firewall
         .program_mut(program_names::FIREWALL)
         .expect("program")
@@ -526,7 +513,7 @@ max_tracked_subnets = 64
         reason
     };
 
-    // A talking client empties its NTP bucket: candidate, then two tokens, then refused.
+    // A talking client empties its NTP bucket: sighted, then two tokens, then refused.
     let client = Ipv4Addr::new(192, 0, 2, 10);
     let reasons: Vec<Reason> = (0..4)
         .map(|_| step(&mut firewall, &mut model, &udp(client, 123)))
