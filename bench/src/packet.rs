@@ -129,9 +129,17 @@ pub fn run(args_opts: &BenchOptions) -> anyhow::Result<String> {
             .iter()
             .filter(|net| matches!(net, IpNet::V4(_)))
             .count();
+        let v6 = block.len() - v4;
+        let defaults = firewall_userspace::policy::Limits::default();
         let policy = Policy {
             allow: vec![IpNet::V4(Ipv4Net::new_assert(ALLOWED_HOST, 32))],
             block,
+            // Room for the list: the defaults are sized for a small host.
+            limits: firewall_userspace::policy::Limits {
+                max_v4_prefixes: defaults.max_v4_prefixes.max(u32::try_from(v4)? + 1024),
+                max_v6_prefixes: defaults.max_v6_prefixes.max(u32::try_from(v6)? + 1024),
+                ..defaults
+            },
             ..Policy::default()
         };
         let started = Instant::now();

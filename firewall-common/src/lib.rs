@@ -101,10 +101,6 @@ pub mod map_names {
     /// tracked.
     pub const UNPINNED: [&str; 2] = [LEASES, ADMISSION];
 
-    /// Maps that earlier layouts pinned and this build no longer has: the daemon removes their
-    /// pins when it adopts the others.
-    pub const RETIRED: [&str; 1] = ["APIFW_CANDIDATES"];
-
     /// Every map the daemon pins.
     pub const ALL: [&str; 18] = [
         ACTIVE,

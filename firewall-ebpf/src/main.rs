@@ -16,7 +16,7 @@ mod prefixes;
 mod ratelimit;
 
 use aya_ebpf::{
-    bindings::xdp_action,
+    bindings::{BPF_F_NO_PREALLOC, xdp_action},
     macros::{map, xdp},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::XdpContext,
@@ -58,22 +58,25 @@ static IFACES: Array<u32> = Array::with_max_entries(IFINDEX_ENTRIES, 0);
 static V4_SUMMARY: Array<V4Summary> =
     Array::with_max_entries(generation::COUNT * V4_SUMMARY_ENTRIES, 0);
 
-// Sizes of the prefix maps are set by the loader from the policy's `[limits]`.
+// Sizes of the prefix maps are set by the loader from the policy's `[limits]`. The plain hashes
+// are not preallocated (`BPF_F_NO_PREALLOC`): their kernel memory follows the entries held (plus
+// 16 bytes of bucket per entry of capacity), not the limits.
 #[map(name = "APIFW_V4_PREFIXES")]
-static V4_PREFIXES: HashMap<PrefixV4Key, u32> = HashMap::with_max_entries(1, 0);
+static V4_PREFIXES: HashMap<PrefixV4Key, u32> = HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
 
 #[map(name = "APIFW_V6_SUMMARY")]
-static V6_SUMMARY: HashMap<V6SummaryKey, V6Summary> = HashMap::with_max_entries(1, 0);
+static V6_SUMMARY: HashMap<V6SummaryKey, V6Summary> =
+    HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
 
 #[map(name = "APIFW_V6_PREFIXES")]
-static V6_PREFIXES: HashMap<PrefixV6Key, u32> = HashMap::with_max_entries(1, 0);
+static V6_PREFIXES: HashMap<PrefixV6Key, u32> = HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
 
 #[map(name = "APIFW_RULES")]
 static RULES: Array<RuleConfig> = Array::with_max_entries(generation::COUNT * MAX_RULES, 0);
 
 #[map(name = "APIFW_RULE_MATCH")]
 static RULE_MATCH: HashMap<RuleKey, u32> =
-    HashMap::with_max_entries(generation::COUNT * 4 * MAX_RULES * 64, 0);
+    HashMap::with_max_entries(generation::COUNT * 4 * MAX_RULES * 64, BPF_F_NO_PREALLOC);
 
 // Sizes set by the loader from `[limits] max_tracked_sources` / `max_tracked_subnets`.
 #[map(name = "APIFW_SOURCES")]
@@ -85,7 +88,7 @@ static SUBNETS: LruHashMap<TrackKey, TrackState> = LruHashMap::with_max_entries(
 // Sizes set by the loader from `[limits] max_bans`. A plain hash: bans are never evicted by
 // traffic, only removed when they expire.
 #[map(name = "APIFW_BANS")]
-static BANS: HashMap<BanKey, BanEntry> = HashMap::with_max_entries(1, 0);
+static BANS: HashMap<BanKey, BanEntry> = HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
 
 #[map(name = "APIFW_ESCALATION")]
 static ESCALATION: LruHashMap<TrackKey, EscalationState> = LruHashMap::with_max_entries(1, 0);

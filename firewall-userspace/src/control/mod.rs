@@ -277,6 +277,23 @@ pub struct Status {
     /// predates the field or cannot read its program.
     #[serde(default)]
     pub program: Option<crate::dataplane::stats::ProgramRuns>,
+    /// Kernel memory of each map: in use now, and when full at the policy's limits; empty from
+    /// a daemon that predates the field.
+    #[serde(default)]
+    pub memory: Vec<MapMemory>,
+}
+
+/// Kernel memory of one map (`dataplane::memory`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapMemory {
+    /// Map name.
+    pub map: String,
+    /// The `[limits]` setting that sizes it, if any.
+    pub limit: Option<String>,
+    /// Bytes in use now (the kernel's `memlock`).
+    pub bytes: u64,
+    /// Bytes when the map is full at the policy's limits.
+    pub full_bytes: u64,
 }
 
 /// Drop events counted by the kernel (defined with the events, in the dataplane).

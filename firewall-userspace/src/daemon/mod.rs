@@ -240,20 +240,10 @@ pub async fn run(mut policy: Policy, options: RunOptions) -> Result<(), DaemonEr
     check_bpffs(layout.root())?;
     match pins::inspect(&policy, &layout) {
         Pinned::Nothing => {}
-        Pinned::Adoptable => {
-            info!(
-                path = %layout.versioned().display(),
-                "adopting the maps and links a previous daemon pinned (bans, counters and state \
-                 kept)"
-            );
-            let retired = pins::remove_retired(&layout).map_err(|source| DaemonError::Stale {
-                path: layout.maps_dir(),
-                source,
-            })?;
-            if !retired.is_empty() {
-                info!(maps = ?retired, "removed the pins of maps this version no longer uses");
-            }
-        }
+        Pinned::Adoptable => info!(
+            path = %layout.versioned().display(),
+            "adopting the maps and links a previous daemon pinned (bans, counters and state kept)"
+        ),
         Pinned::Incompatible(reason) => {
             warn!(
                 %reason,

@@ -61,8 +61,10 @@ pub enum Pinned {
     Incompatible(Incompatible),
 }
 
-fn shape(map_type: u32, key: u32, value: u32, max_entries: u32) -> String {
-    format!("type {map_type}, key {key} B, value {value} B, {max_entries} entries")
+fn shape(map_type: u32, key: u32, value: u32, max_entries: u32, flags: u32) -> String {
+    format!(
+        "type {map_type}, key {key} B, value {value} B, {max_entries} entries, flags {flags:#x}"
+    )
 }
 
 /// Inspects the maps pinned under `layout` against what `policy` would create.
@@ -101,6 +103,7 @@ fn check(policy: &Policy, layout: &PinLayout) -> Result<(), Incompatible> {
             definition.key_size(),
             definition.value_size(),
             firewall::max_entries(policy, name).unwrap_or(definition.max_entries()),
+            definition.map_flags(),
         );
         let unreadable = |err: aya::maps::MapError| Incompatible::Unreadable {
             name,
@@ -115,6 +118,7 @@ fn check(policy: &Policy, layout: &PinLayout) -> Result<(), Incompatible> {
             info.key_size(),
             info.value_size(),
             info.max_entries(),
+            info.map_flags(),
         );
         if found != expected {
             return Err(Incompatible::Shape {
@@ -125,20 +129,6 @@ fn check(policy: &Policy, layout: &PinLayout) -> Result<(), Incompatible> {
         }
     }
     Ok(())
-}
-
-/// Removes the pins of maps that earlier layouts had and this build no longer uses
-/// ([`map_names::RETIRED`]), after the others were found adoptable; the names removed.
-pub fn remove_retired(layout: &PinLayout) -> std::io::Result<Vec<&'static str>> {
-    let mut removed = Vec::new();
-    for name in map_names::RETIRED {
-        match std::fs::remove_file(layout.map(name)) {
-            Ok(()) => removed.push(name),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => return Err(err),
-        }
-    }
-    Ok(removed)
 }
 
 /// Removes the pinned maps under `layout` (not the links: they keep the old program, and its

@@ -45,7 +45,9 @@ pub use shared::Shared;
 
 use crate::{
     compile::{Compiled, assign_slots},
-    control::{Changed, InterfaceStatus, JailView, ListRow, MapFill, ReportOutcome, Status},
+    control::{
+        Changed, InterfaceStatus, JailView, ListRow, MapFill, MapMemory, ReportOutcome, Status,
+    },
     dataplane::bans::{self, MANUAL_BAN_RULE},
     dataplane::top::TopTracker,
     dataplane::{Dataplane, EventRing, ProgramLogger, firewall::Attachment},
@@ -238,6 +240,7 @@ impl Engine {
         .into();
         shared.policy_version = self.policy_version;
         shared.program = self.dataplane.program_runs();
+        shared.memory = views::map_memory(self.dataplane.as_ref(), &self.policy);
         shared.reloads = self.reloads;
         shared.reload_failures = self.failed_reloads;
     }

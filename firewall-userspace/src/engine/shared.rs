@@ -28,4 +28,6 @@ pub struct Shared {
     pub jails: Vec<(String, crate::jails::JailCounters, u64)>,
     /// The program's run statistics, as of the last tick.
     pub program: Option<crate::dataplane::stats::ProgramRuns>,
+    /// Kernel memory of each map, as of the last tick.
+    pub memory: Vec<crate::control::MapMemory>,
 }

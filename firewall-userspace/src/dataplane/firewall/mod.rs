@@ -451,6 +451,29 @@ impl Firewall {
         })
     }
 
+    /// The kernel's account of each map of the object (pinned ones, then the others), in
+    /// bytes; maps it cannot read are left out.
+    pub fn kernel_memory(&self) -> Vec<(&'static str, u64)> {
+        use std::os::fd::AsFd as _;
+        map_names::ALL
+            .into_iter()
+            .chain(map_names::UNPINNED)
+            .filter_map(|name| {
+                let data = match self.ebpf.map(name)? {
+                    aya::maps::Map::Array(data)
+                    | aya::maps::Map::HashMap(data)
+                    | aya::maps::Map::LruHashMap(data)
+                    | aya::maps::Map::PerCpuArray(data)
+                    | aya::maps::Map::RingBuf(data) => data,
+                    _ => return None,
+                };
+                crate::dataplane::memory::memlock(name, data.fd().as_fd())
+                    .map(|bytes| (name, bytes))
+                    .ok()
+            })
+            .collect()
+    }
+
     /// The map `name`, read-only.
     pub fn map(&self, name: &'static str) -> Result<&aya::maps::Map, FirewallError> {
         self.ebpf.map(name).ok_or(FirewallError::MissingMap(name))
