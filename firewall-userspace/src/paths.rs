@@ -76,11 +76,11 @@ mod tests {
         let layout = PinLayout::new("/sys/fs/bpf/apifw");
         assert_eq!(
             layout.map("APIFW_STATS"),
-            PathBuf::from("/sys/fs/bpf/apifw/v2/maps/APIFW_STATS")
+            PathBuf::from("/sys/fs/bpf/apifw/v3/maps/APIFW_STATS")
         );
         assert_eq!(
             layout.link("eth0"),
-            PathBuf::from("/sys/fs/bpf/apifw/v2/links/eth0")
+            PathBuf::from("/sys/fs/bpf/apifw/v3/links/eth0")
         );
     }
 }
