@@ -360,7 +360,7 @@ impl Firewall {
                 (new.iter().map(|(k, v)| (*k, *v)).collect(), stale)
             }
         };
-        let data = map_data(map).ok_or(FirewallError::MissingMap(name))?;
+        let data = map_data(&*map).ok_or(FirewallError::MissingMap(name))?;
         let batch_err = |source| FirewallError::Batch { name, source };
         batch::delete(data, &deletes).map_err(batch_err)?;
         let (keys, values): (Vec<K>, Vec<V>) = upserts
@@ -459,14 +459,7 @@ impl Firewall {
             .into_iter()
             .chain(map_names::UNPINNED)
             .filter_map(|name| {
-                let data = match self.ebpf.map(name)? {
-                    aya::maps::Map::Array(data)
-                    | aya::maps::Map::HashMap(data)
-                    | aya::maps::Map::LruHashMap(data)
-                    | aya::maps::Map::PerCpuArray(data)
-                    | aya::maps::Map::RingBuf(data) => data,
-                    _ => return None,
-                };
+                let data = map_data(self.ebpf.map(name)?)?;
                 crate::dataplane::memory::memlock(name, data.fd().as_fd())
                     .map(|bytes| (name, bytes))
                     .ok()
@@ -578,14 +571,15 @@ impl Firewall {
 }
 
 /// The map data behind any kind of map this program has.
-fn map_data(map: &mut aya::maps::Map) -> Option<&mut MapData> {
+fn map_data(map: &aya::maps::Map) -> Option<&MapData> {
     use aya::maps::Map;
     match map {
         Map::Array(data)
         | Map::HashMap(data)
         | Map::LruHashMap(data)
         | Map::PerCpuArray(data)
-        | Map::PerCpuHashMap(data) => Some(data),
+        | Map::PerCpuHashMap(data)
+        | Map::RingBuf(data) => Some(data),
         _ => None,
     }
 }
