@@ -21,7 +21,7 @@
 use std::{
     fmt::Write as _,
     net::{IpAddr, Ipv4Addr},
-    path::{Path, PathBuf},
+    path::Path,
     sync::{Arc, Barrier},
 };
 
@@ -39,6 +39,7 @@ use crate::{
     plot::goal_marker,
     programs::{TestPrograms, map_names as test_maps, program_names},
     report::{BenchOptions, Spread, online_cpus},
+    support::BpffsDir,
 };
 
 const XDP_DROP: u32 = 1;
@@ -144,13 +145,13 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<String> {
         .try_clone()
         .context("clone the firewall's fd")?;
     programs.set_spray_target(&apifw_fd)?;
-    let pins = PinDir::create()?;
-    let apifw_pin = pins.0.join("apifw");
+    let pins = BpffsDir::create("bench-multicore")?;
+    let apifw_pin = pins.join("apifw");
     firewall
         .program_mut(FIREWALL)?
         .pin(&apifw_pin)
         .context("pin the firewall")?;
-    let spray_pin = pins.0.join("spray");
+    let spray_pin = pins.join("spray");
     programs
         .program_mut(program_names::SPRAY)?
         .pin(&spray_pin)
@@ -291,26 +292,6 @@ fn on_cpus(
             })
             .collect()
     })
-}
-
-/// Where the programs are pinned for the threads to open, removed on drop.
-struct PinDir(PathBuf);
-
-impl PinDir {
-    fn create() -> anyhow::Result<Self> {
-        let path = PathBuf::from(format!(
-            "/sys/fs/bpf/apifw-bench-multicore-{}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&path).with_context(|| format!("create {}", path.display()))?;
-        Ok(Self(path))
-    }
-}
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// The hot rows whose K-CPU cost the goal bounds: ≤ 1.3 × their 1-CPU cost.

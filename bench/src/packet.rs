@@ -25,7 +25,7 @@ use crate::{
     plot::goal_marker,
     programs::program_names,
     report::{BenchOptions, median},
-    sources, xdpfilter,
+    xdpfilter,
 };
 /// The benchmark's own entries and sources. The random lists never touch 203.0.0.0/16,
 /// 192.0.0.0/16, 2001:db8:fe00::/23 or 2001:db9::/32 except through these entries, so a case sees
@@ -105,7 +105,7 @@ const LIMITER_GOAL: f64 = 2.0;
 /// The per-packet sections of the report (issues #2, #3, #5 and #6), Markdown.
 pub fn run(args_opts: &BenchOptions) -> anyhow::Result<String> {
     // One CPU for the whole run: no migrations between the runs that are compared.
-    let _pinned = sources::PinnedToLastCpu::pin()?;
+    let _pinned = crate::support::OneCpu::pin_last()?;
     let mut opts = args_opts.clone();
     if opts.quick {
         opts.runs = opts.runs.min(2);
@@ -129,9 +129,17 @@ pub fn run(args_opts: &BenchOptions) -> anyhow::Result<String> {
             .iter()
             .filter(|net| matches!(net, IpNet::V4(_)))
             .count();
+        let v6 = block.len() - v4;
+        let defaults = firewall_userspace::policy::Limits::default();
         let policy = Policy {
             allow: vec![IpNet::V4(Ipv4Net::new_assert(ALLOWED_HOST, 32))],
             block,
+            // Room for the list: the defaults are sized for a small host.
+            limits: firewall_userspace::policy::Limits {
+                max_v4_prefixes: defaults.max_v4_prefixes.max(u32::try_from(v4)? + 1024),
+                max_v6_prefixes: defaults.max_v6_prefixes.max(u32::try_from(v6)? + 1024),
+                ..defaults
+            },
             ..Policy::default()
         };
         let started = Instant::now();

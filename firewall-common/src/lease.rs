@@ -44,6 +44,9 @@ pub const LEASE_SOURCE: u32 = 0;
 pub const LEASE_SUBNET: u32 = 1;
 /// Entries of the per-CPU lease array: the slots of both kinds.
 pub const LEASE_ENTRIES: u32 = 2 * LEASE_SLOTS;
+/// Seed of [`TrackKey::hash`] for lease slots (the admission array hashes with others, so a
+/// key's lease slot and admission slot are independent).
+const LEASE_SEED: u32 = 0x9747_B28C;
 
 /// A bucket of [`crate::rules::TrackState`]: which TAT a lease's units come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,32 +83,7 @@ impl Lease {
     /// [`LEASE_SUBNET`]).
     #[inline(always)]
     pub fn slot(kind: u32, key: &TrackKey) -> u32 {
-        let a = &key.addr;
-        let words = [
-            u32::from(key.rule) | u32::from(key.family) << 16 | u32::from(key.prefix_len) << 24,
-            u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
-            u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
-            u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
-            u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
-        ];
-        // murmur3's 32-bit mixing of each word, then its finaliser: every bit of the key moves
-        // the slot (a plain multiply would carry low bits up only, never down).
-        let mut hash = 0x9747_B28Cu32;
-        for word in words {
-            let mixed = word
-                .wrapping_mul(0xCC9E_2D51)
-                .rotate_left(15)
-                .wrapping_mul(0x1B87_3593);
-            hash = (hash ^ mixed)
-                .rotate_left(13)
-                .wrapping_mul(5)
-                .wrapping_add(0xE654_6B64);
-        }
-        hash ^= hash >> 16;
-        hash = hash.wrapping_mul(0x85EB_CA6B);
-        hash ^= hash >> 13;
-        hash = hash.wrapping_mul(0xC2B2_AE35);
-        hash ^= hash >> 16;
+        let hash = key.hash(LEASE_SEED);
         (kind & 1) * LEASE_SLOTS + (hash & (LEASE_SLOTS - 1))
     }
 

@@ -8,6 +8,7 @@
 #[cfg(feature = "user")]
 extern crate std;
 
+pub mod admission;
 pub mod config;
 pub mod events;
 pub mod lease;
@@ -72,8 +73,6 @@ pub mod map_names {
     pub const SUBNETS: &str = "APIFW_SUBNETS";
     /// `PerCpuArray<Counter>` indexed by [`crate::rules::rule_stats_index`].
     pub const RULE_STATS: &str = "APIFW_RULE_STATS";
-    /// `LruHashMap<TrackKey, u64>`: sources seen once (first-seen ns), not yet tracked.
-    pub const CANDIDATES: &str = "APIFW_CANDIDATES";
     /// `HashMap<BanKey, BanEntry>`: active bans (a plain hash, never evicted by traffic).
     pub const BANS: &str = "APIFW_BANS";
     /// `LruHashMap<TrackKey, EscalationState>`: banned sources per (rule, subnet).
@@ -91,13 +90,19 @@ pub mod map_names {
     /// buckets. Not pinned (see [`UNPINNED`]).
     pub const LEASES: &str = "APIFW_LEASES";
 
+    /// `PerCpuArray<u64>` of [`crate::admission::ADMISSION_SLOTS`]: each CPU's sightings of
+    /// sources and subnets not yet tracked (see [`crate::admission`]). Not pinned.
+    pub const ADMISSION: &str = "APIFW_ADMISSION";
+
     /// Maps of the object the daemon does not pin: a new program starts them empty. The leases
     /// are a per-CPU cache of units already charged to the pinned buckets; losing them on a
-    /// restart refuses at most a lease's worth per slot, never admits more.
-    pub const UNPINNED: [&str; 1] = [LEASES];
+    /// restart refuses at most a lease's worth per slot, never admits more. Losing the
+    /// admission array makes each untracked source and subnet send one more packet before it is
+    /// tracked.
+    pub const UNPINNED: [&str; 2] = [LEASES, ADMISSION];
 
     /// Every map the daemon pins.
-    pub const ALL: [&str; 19] = [
+    pub const ALL: [&str; 18] = [
         ACTIVE,
         CONFIG,
         STATS,
@@ -112,7 +117,6 @@ pub mod map_names {
         RULE_STATS,
         BANS,
         ESCALATION,
-        CANDIDATES,
         IFACES,
         EVENTS,
         EVENT_TAT,

@@ -29,9 +29,13 @@
 //!    subnet were banned within one `ban_ttl_ns`, the subnet is banned for `subnet_ban_ttl_ns`.
 //!    The packet that triggers a ban drops as `banned` (`subnet_banned` if it escalated), under
 //!    its rule: per rule, those counters count the bans it made.
-//! 8. Admission: a rule that needs per-source state (a per-source bucket for this packet, or
-//!    bans) gives a source state only on its second packet within `ADMISSION_WINDOW_NS`; the
-//!    first packet charges no per-source bucket (subnet buckets still apply).
+//! 8. Admission ([`crate::admission`]): a rule that needs per-source state (a per-source bucket
+//!    for this packet, or bans) gives a source state only on its second sighting within
+//!    `ADMISSION_WINDOW_NS`, and a rule with subnet buckets gives a subnet state only on its
+//!    second sighting; a first sighting charges no bucket of its kind. Sightings are kept in
+//!    one CPU's direct-mapped array (the model is that CPU): a key whose slot another key took
+//!    meanwhile is seen for the first time again. The subnet is sighted only when its buckets
+//!    are reached (no source bucket refused the packet first).
 //! 9. Leases ([`crate::lease`]): the model is one CPU with its lease slots. A bucket's units
 //!    come out of the slot of its key while it holds enough unexpired ones; otherwise the slot
 //!    (taken from another key first, whose units go back to that key's buckets) gives its units
@@ -43,12 +47,12 @@ use std::{collections::HashMap, net::IpAddr, vec::Vec};
 use ipnet::IpNet;
 
 use crate::{
+    admission::Sighting,
     lease::{Field, LEASE_SOURCE, LEASE_SUBNET, Lease},
     packet::*,
     ratelimit::{Bucket, ticks},
     rules::{
-        ADMISSION_WINDOW_NS, BAN_HOST, BAN_SUBNET, BanEntry, BanKey, EscalationState, RuleConfig,
-        TrackKey, TrackState,
+        BAN_HOST, BAN_SUBNET, BanEntry, BanKey, EscalationState, RuleConfig, TrackKey, TrackState,
     },
     stats::{Action, Reason, Verdict},
 };
@@ -248,7 +252,8 @@ pub struct Model {
     sources: HashMap<TrackKey, TrackState>,
     subnets: HashMap<TrackKey, TrackState>,
     escalation: HashMap<TrackKey, EscalationState>,
-    candidates: HashMap<TrackKey, u64>,
+    /// The admission array of the one CPU the model is: slot → value (absent: 0).
+    admission: HashMap<u32, u64>,
     /// The leases of the one CPU the model is, by slot (see [`crate::lease`]).
     leases: HashMap<u32, Lease>,
     /// Bans made so far (expired ones included; they no longer count).
@@ -288,9 +293,10 @@ impl Model {
         &self.escalation
     }
 
-    /// Since when each (rule, source) has been a ban candidate, as the kernel's candidate map.
-    pub fn candidates(&self) -> &HashMap<TrackKey, u64> {
-        &self.candidates
+    /// The non-zero slots of the admission array, as the kernel's holds them on the CPU the
+    /// model is.
+    pub fn admission(&self) -> &HashMap<u32, u64> {
+        &self.admission
     }
 
     /// The index of the rule that takes `packet`.
@@ -412,10 +418,22 @@ impl Model {
             || config.source_packets.is_limited()
             || config.source_bytes.is_limited()
             || config.bans();
-        let tracked = needs_source && self.admit(source_key, now_ns);
+        let tracked = needs_source && self.admit(false, source_key, now_ns);
+        // The subnet is sighted when its first limited bucket is reached.
+        let mut subnet_tracked = None;
         for (bucket, subnet, field, cost, reason) in steps {
             if !bucket.is_limited() || (!subnet && !tracked) {
                 continue;
+            }
+            if subnet {
+                let admitted = match subnet_tracked {
+                    Some(admitted) => admitted,
+                    None => self.admit(true, subnet_key, now_ns),
+                };
+                subnet_tracked = Some(admitted);
+                if !admitted {
+                    continue;
+                }
             }
             let (kind, key) = if subnet {
                 (LEASE_SUBNET, subnet_key)
@@ -553,21 +571,27 @@ impl Model {
         }
     }
 
-    /// Whether `source` has per-source state, creating it on a second sighting within
-    /// [`ADMISSION_WINDOW_NS`]; a first sighting only records the candidate.
-    fn admit(&mut self, source: TrackKey, now_ns: u64) -> bool {
-        if self.sources.contains_key(&source) {
+    /// Whether `key` has state (per-subnet when `subnet`, else per-source), creating it on a
+    /// second sighting within [`crate::rules::ADMISSION_WINDOW_NS`]; a first sighting only
+    /// records the key in its admission slot.
+    fn admit(&mut self, subnet: bool, key: TrackKey, now_ns: u64) -> bool {
+        let map = if subnet {
+            &mut self.subnets
+        } else {
+            &mut self.sources
+        };
+        if map.contains_key(&key) {
             return true;
         }
-        match self.candidates.get(&source) {
-            Some(first_seen) if now_ns - first_seen <= ADMISSION_WINDOW_NS => {
-                self.sources.insert(source, TrackState::default());
-                true
-            }
-            _ => {
-                self.candidates.insert(source, now_ns);
-                false
-            }
+        let sighting = Sighting::of(&key);
+        let slot = self.admission.get(&sighting.slot).copied().unwrap_or(0);
+        if sighting.seen_recently(slot, now_ns) {
+            map.insert(key, TrackState::default());
+            true
+        } else {
+            self.admission
+                .insert(sighting.slot, sighting.recorded_at(now_ns));
+            false
         }
     }
 

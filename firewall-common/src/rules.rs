@@ -14,8 +14,8 @@ pub const ANY_PORT: u16 = 0;
 pub const RULE_DRY_RUN: u32 = 1;
 /// Rule flag: a source that keeps exceeding for `ban_after_ns` is banned.
 pub const RULE_BAN: u32 = 2;
-/// A source gets per-source state on its second packet under a rule within this window; its
-/// first packet only makes it a candidate (see docs/DESIGN.md, "Spoofed floods").
+/// A source (a subnet) gets per-source (per-subnet) state on its second packet under a rule
+/// within this window; its first packet is only recorded ([`crate::admission`]).
 pub const ADMISSION_WINDOW_NS: u64 = 10_000_000_000;
 /// A source stops "exceeding" when it has not been refused for this long: a new refusal after
 /// the gap restarts the `ban_after` clock.
@@ -119,6 +119,39 @@ pub struct TrackKey {
     pub prefix_len: u8,
     /// Masked address, network order (IPv4 in the first 4 bytes, the rest zero).
     pub addr: [u8; 16],
+}
+
+impl TrackKey {
+    /// murmur3 (32-bit) of the key's five words from `seed`: every bit of the key moves every
+    /// bit of the hash (a plain multiply would carry low bits up only, never down). Lease slots
+    /// and the admission array each hash with their own seeds.
+    #[inline(always)]
+    pub fn hash(&self, seed: u32) -> u32 {
+        let a = &self.addr;
+        let words = [
+            u32::from(self.rule) | u32::from(self.family) << 16 | u32::from(self.prefix_len) << 24,
+            u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+            u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+            u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+            u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+        ];
+        let mut hash = seed;
+        for word in words {
+            let mixed = word
+                .wrapping_mul(0xCC9E_2D51)
+                .rotate_left(15)
+                .wrapping_mul(0x1B87_3593);
+            hash = (hash ^ mixed)
+                .rotate_left(13)
+                .wrapping_mul(5)
+                .wrapping_add(0xE654_6B64);
+        }
+        hash ^= hash >> 16;
+        hash = hash.wrapping_mul(0x85EB_CA6B);
+        hash ^= hash >> 13;
+        hash = hash.wrapping_mul(0xC2B2_AE35);
+        hash ^ (hash >> 16)
+    }
 }
 
 /// Bucket state (TATs, in ticks) of one source or subnet for one rule.

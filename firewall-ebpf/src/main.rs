@@ -16,13 +16,14 @@ mod prefixes;
 mod ratelimit;
 
 use aya_ebpf::{
-    bindings::xdp_action,
+    bindings::{BPF_F_NO_PREALLOC, xdp_action},
     macros::{map, xdp},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::XdpContext,
 };
 use firewall_common::{
     Action, Counter, KernelConfig, Reason, Verdict,
+    admission::ADMISSION_SLOTS,
     config::{CONFIG_DEBUG_LOG, CONFIG_EVENTS},
     generation,
     lease::{LEASE_ENTRIES, Lease},
@@ -57,30 +58,29 @@ static IFACES: Array<u32> = Array::with_max_entries(IFINDEX_ENTRIES, 0);
 static V4_SUMMARY: Array<V4Summary> =
     Array::with_max_entries(generation::COUNT * V4_SUMMARY_ENTRIES, 0);
 
-// Sizes of the prefix maps are set by the loader from the policy's `[limits]`.
+// Sizes of the prefix maps are set by the loader from the policy's `[limits]`. The plain hashes
+// are not preallocated (`BPF_F_NO_PREALLOC`): their kernel memory follows the entries held (plus
+// 16 bytes of bucket per entry of capacity), not the limits.
 #[map(name = "APIFW_V4_PREFIXES")]
-static V4_PREFIXES: HashMap<PrefixV4Key, u32> = HashMap::with_max_entries(1, 0);
+static V4_PREFIXES: HashMap<PrefixV4Key, u32> = HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
 
 #[map(name = "APIFW_V6_SUMMARY")]
-static V6_SUMMARY: HashMap<V6SummaryKey, V6Summary> = HashMap::with_max_entries(1, 0);
+static V6_SUMMARY: HashMap<V6SummaryKey, V6Summary> =
+    HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
 
 #[map(name = "APIFW_V6_PREFIXES")]
-static V6_PREFIXES: HashMap<PrefixV6Key, u32> = HashMap::with_max_entries(1, 0);
+static V6_PREFIXES: HashMap<PrefixV6Key, u32> = HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
 
 #[map(name = "APIFW_RULES")]
 static RULES: Array<RuleConfig> = Array::with_max_entries(generation::COUNT * MAX_RULES, 0);
 
 #[map(name = "APIFW_RULE_MATCH")]
 static RULE_MATCH: HashMap<RuleKey, u32> =
-    HashMap::with_max_entries(generation::COUNT * 4 * MAX_RULES * 64, 0);
+    HashMap::with_max_entries(generation::COUNT * 4 * MAX_RULES * 64, BPF_F_NO_PREALLOC);
 
 // Sizes set by the loader from `[limits] max_tracked_sources` / `max_tracked_subnets`.
 #[map(name = "APIFW_SOURCES")]
 static SOURCES: LruHashMap<TrackKey, TrackState> = LruHashMap::with_max_entries(1, 0);
-
-// Sources seen once, with the time they were seen: sized like APIFW_SOURCES by the loader.
-#[map(name = "APIFW_CANDIDATES")]
-static CANDIDATES: LruHashMap<TrackKey, u64> = LruHashMap::with_max_entries(1, 0);
 
 #[map(name = "APIFW_SUBNETS")]
 static SUBNETS: LruHashMap<TrackKey, TrackState> = LruHashMap::with_max_entries(1, 0);
@@ -88,7 +88,7 @@ static SUBNETS: LruHashMap<TrackKey, TrackState> = LruHashMap::with_max_entries(
 // Sizes set by the loader from `[limits] max_bans`. A plain hash: bans are never evicted by
 // traffic, only removed when they expire.
 #[map(name = "APIFW_BANS")]
-static BANS: HashMap<BanKey, BanEntry> = HashMap::with_max_entries(1, 0);
+static BANS: HashMap<BanKey, BanEntry> = HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
 
 #[map(name = "APIFW_ESCALATION")]
 static ESCALATION: LruHashMap<TrackKey, EscalationState> = LruHashMap::with_max_entries(1, 0);
@@ -97,6 +97,11 @@ static ESCALATION: LruHashMap<TrackKey, EscalationState> = LruHashMap::with_max_
 // (`map_names::UNPINNED`): a new program starts with empty slots.
 #[map(name = "APIFW_LEASES")]
 static LEASES: PerCpuArray<Lease> = PerCpuArray::with_max_entries(LEASE_ENTRIES, 0);
+
+// This CPU's sightings of sources and subnets not yet tracked (`firewall_common::admission`):
+// a first packet is a store here, not an LRU insert. Not pinned.
+#[map(name = "APIFW_ADMISSION")]
+static ADMISSION: PerCpuArray<u64> = PerCpuArray::with_max_entries(ADMISSION_SLOTS, 0);
 
 #[map(name = "APIFW_RULE_STATS")]
 static RULE_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(RULE_STATS_ENTRIES, 0);

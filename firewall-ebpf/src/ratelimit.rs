@@ -8,18 +8,16 @@ use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, maps::LruHashMa
 use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 use firewall_common::{
     KernelConfig, Reason,
+    admission::Sighting,
     config::{CONFIG_BANS, CONFIG_DRY_RUN, RULES_BY_PORT, RULES_BY_PROTOCOL, RULES_FOR_ANY},
     lease::{Field, LEASE_SOURCE, LEASE_SUBNET, Lease},
     packet::IPPROTO_TCP,
     ratelimit::{Bucket, ticks},
-    rules::{
-        ADMISSION_WINDOW_NS, ANY_PORT, ANY_PROTOCOL, RuleConfig, RuleKey, TrackKey, TrackState,
-        rule_index,
-    },
+    rules::{ANY_PORT, ANY_PROTOCOL, RuleConfig, RuleKey, TrackKey, TrackState, rule_index},
 };
 
 use crate::{
-    CANDIDATES, LEASES, RULE_MATCH, RULES, SOURCES, SUBNETS, bans,
+    ADMISSION, LEASES, RULE_MATCH, RULES, SOURCES, SUBNETS, bans,
     parse::{Packet, Source},
 };
 
@@ -126,20 +124,6 @@ fn tat_of(state: *mut TrackState, field: Field) -> *mut u64 {
     }
 }
 
-/// Whether `lease` covers `cost` units of an unlimited or leased `bucket`'s `field` at `now`.
-#[inline(always)]
-fn covers(lease: &Lease, bucket: &Bucket, field: Field, now: u64, cost: u64) -> bool {
-    !bucket.is_limited() || lease.covers(field, now, cost)
-}
-
-/// Spends `cost` units of `bucket`'s `field` from `lease` (after [`covers`]).
-#[inline(always)]
-fn spend(lease: &mut Lease, bucket: &Bucket, field: Field, cost: u64) {
-    if bucket.is_limited() {
-        lease.spend(field, cost);
-    }
-}
-
 /// Charges `cost` units of `bucket`'s `field` through `lease`, which holds the key of `state`
 /// (non-null): from the lease when it covers them, else by a refill from the state's TAT.
 /// `false` when the bucket has no room.
@@ -208,21 +192,29 @@ fn give_back_slot(lease: &Lease, kind: u32, now: u64, generation: u32) {
     }
 }
 
-/// The per-source state of `key`, if the source is tracked. A source that is not gets state
-/// on its second packet within `ADMISSION_WINDOW_NS`; its first packet only makes it a
-/// candidate, so a flood of one-packet spoofed sources churns the candidate map and never evicts
-/// the state of sources that are really talking.
+/// The state of `key` in `map` (sources or subnets), if the key is tracked. A key that is not
+/// gets state on its second sighting within `ADMISSION_WINDOW_NS` on this CPU; its first is a
+/// store into this CPU's admission array (`firewall_common::admission`), so a flood of
+/// one-packet spoofed sources inserts nothing into the LRU maps and evicts no state of sources
+/// that are really talking.
 #[inline(always)]
-fn admitted_state(key: &TrackKey, now_ns: u64) -> Option<*mut TrackState> {
-    if let Some(state) = SOURCES.get_ptr_mut(key) {
+fn admitted_state(
+    map: &LruHashMap<TrackKey, TrackState>,
+    key: &TrackKey,
+    now_ns: u64,
+) -> Option<*mut TrackState> {
+    if let Some(state) = map.get_ptr_mut(key) {
         return Some(state);
     }
-    // SAFETY: pointer from a successful lookup; the value is a plain u64.
-    let first_seen = CANDIDATES.get_ptr(key).map_or(0, |seen| unsafe { *seen });
-    if first_seen != 0 && now_ns.wrapping_sub(first_seen) <= ADMISSION_WINDOW_NS {
-        state(&SOURCES, key)
+    let sighting = Sighting::of(key);
+    let slot = ADMISSION.get_ptr_mut(sighting.slot)?;
+    // SAFETY: this CPU's slot of a per-CPU array: nothing else writes it while this program runs
+    // here, and it lives for the whole run; a plain u64.
+    let slot = unsafe { &mut *slot };
+    if sighting.seen_recently(*slot, now_ns) {
+        state(map, key)
     } else {
-        let _ = CANDIDATES.insert(key, now_ns, 0);
+        *slot = sighting.recorded_at(now_ns);
         None
     }
 }
@@ -321,10 +313,15 @@ fn charge_source(
 }
 
 /// Charges the subnet buckets of `key` (the rule limits subnets): from this CPU's lease when it
-/// covers the packet, else by a refill from the subnet's state (created when missing).
-/// `Default`, or `RateLimited`.
+/// covers the packet, else by a refill from the subnet's state (an untracked subnet's first
+/// packet in a window charges nothing: admission). `Default`, or `RateLimited`.
 #[inline(always)]
-fn charge_subnet(key: &TrackKey, rule_config: &RuleConfig, packet: &Charged) -> Reason {
+fn charge_subnet(
+    key: &TrackKey,
+    rule_config: &RuleConfig,
+    packet: &Charged,
+    now_ns: u64,
+) -> Reason {
     let now = packet.now;
     let len = packet.len;
     let Some(lease) = LEASES.get_ptr_mut(Lease::slot(LEASE_SUBNET, key)) else {
@@ -333,15 +330,21 @@ fn charge_subnet(key: &TrackKey, rule_config: &RuleConfig, packet: &Charged) -> 
     // SAFETY: this CPU's slot of a per-CPU array: nothing else writes it while this program runs
     // here, and it lives for the whole run.
     let lease = unsafe { &mut *lease };
+    let packets_limited = rule_config.subnet_packets.is_limited();
+    let bytes_limited = rule_config.subnet_bytes.is_limited();
     if lease.holds(key)
-        && covers(lease, &rule_config.subnet_packets, Field::Packets, now, 1)
-        && covers(lease, &rule_config.subnet_bytes, Field::Bytes, now, len)
+        && (!packets_limited || lease.covers(Field::Packets, now, 1))
+        && (!bytes_limited || lease.covers(Field::Bytes, now, len))
     {
-        spend(lease, &rule_config.subnet_packets, Field::Packets, 1);
-        spend(lease, &rule_config.subnet_bytes, Field::Bytes, len);
+        if packets_limited {
+            lease.spend(Field::Packets, 1);
+        }
+        if bytes_limited {
+            lease.spend(Field::Bytes, len);
+        }
         return Reason::Default;
     }
-    let Some(state) = state(&SUBNETS, key) else {
+    let Some(state) = admitted_state(&SUBNETS, key, now_ns) else {
         return Reason::Default;
     };
     claim(lease, key, LEASE_SUBNET, now, packet.generation);
@@ -387,51 +390,52 @@ fn exceeded(packet: &Packet, len: u64, rule: u32, config: &KernelConfig, now_ns:
     let is_syn = packet.protocol == IPPROTO_TCP
         && firewall_common::packet::opens_connection(packet.tcp_flags);
 
-    let limits_source = (is_syn && rule_config.syn.is_limited())
-        || rule_config.source_packets.is_limited()
-        || rule_config.source_bytes.is_limited();
     let syn_limited = is_syn && rule_config.syn.is_limited();
-    let Some(source_lease) = LEASES.get_ptr_mut(Lease::slot(LEASE_SOURCE, &source_key)) else {
-        return Reason::Default;
+    let packets_limited = rule_config.source_packets.is_limited();
+    let bytes_limited = rule_config.source_bytes.is_limited();
+    let limits_source = syn_limited || packets_limited || bytes_limited;
+    // This CPU's lease slot of the source, looked up only when a source bucket is charged (a
+    // null sentinel otherwise, not an `Option`: see `NO_RULE`).
+    let source_lease = if limits_source {
+        LEASES
+            .get_ptr_mut(Lease::slot(LEASE_SOURCE, &source_key))
+            .unwrap_or_default()
+    } else {
+        core::ptr::null_mut()
     };
-    // SAFETY: this CPU's slot of a per-CPU array: nothing else writes it while this program runs
-    // here, and it lives for the whole run.
-    let source_lease = unsafe { &mut *source_lease };
-    let mut reason = Reason::Default;
     // A lease of this CPU that covers the packet's source buckets: spending it touches no
     // shared state, and proves the source has state (a lease is only taken from it).
-    let leased = limits_source
-        && source_lease.holds(&source_key)
-        && (!syn_limited || source_lease.covers(Field::Syn, now, 1))
-        && covers(
-            source_lease,
-            &rule_config.source_packets,
-            Field::Packets,
-            now,
-            1,
-        )
-        && covers(
-            source_lease,
-            &rule_config.source_bytes,
-            Field::Bytes,
-            now,
-            len,
-        );
+    let leased = !source_lease.is_null() && {
+        // SAFETY: a non-null `source_lease` is this CPU's slot of a per-CPU array: nothing else
+        // writes it while this program runs here, and it lives for the whole run.
+        let lease = unsafe { &*source_lease };
+        lease.holds(&source_key)
+            && (!syn_limited || lease.covers(Field::Syn, now, 1))
+            && (!packets_limited || lease.covers(Field::Packets, now, 1))
+            && (!bytes_limited || lease.covers(Field::Bytes, now, len))
+    };
     // Per-source state exists when a source bucket must be charged or bans need its history,
     // and only from a source's second packet (admission).
     let source = if rule_config.bans() || (limits_source && !leased) {
-        admitted_state(&source_key, now_ns)
+        admitted_state(&SOURCES, &source_key, now_ns)
     } else {
         None
     };
-    if !limits_source {
+    let mut reason = Reason::Default;
+    if source_lease.is_null() {
         // No per-source bucket to charge.
     } else if leased {
+        // SAFETY: as above.
+        let lease = unsafe { &mut *source_lease };
         if syn_limited {
-            source_lease.spend(Field::Syn, 1);
+            lease.spend(Field::Syn, 1);
         }
-        spend(source_lease, &rule_config.source_packets, Field::Packets, 1);
-        spend(source_lease, &rule_config.source_bytes, Field::Bytes, len);
+        if packets_limited {
+            lease.spend(Field::Packets, 1);
+        }
+        if bytes_limited {
+            lease.spend(Field::Bytes, len);
+        }
     } else if let Some(source) = source {
         let packet = Charged {
             now,
@@ -439,7 +443,9 @@ fn exceeded(packet: &Packet, len: u64, rule: u32, config: &KernelConfig, now_ns:
             generation: config.generation,
             syn: u32::from(syn_limited),
         };
-        reason = charge_source(source_lease, &source_key, source, rule_config, &packet);
+        // SAFETY: as above.
+        let lease = unsafe { &mut *source_lease };
+        reason = charge_source(lease, &source_key, source, rule_config, &packet);
     }
     if reason == Reason::Default && rule_config.limits_subnets() {
         let packet = Charged {
@@ -448,7 +454,7 @@ fn exceeded(packet: &Packet, len: u64, rule: u32, config: &KernelConfig, now_ns:
             generation: config.generation,
             syn: 0,
         };
-        reason = charge_subnet(&subnet_key, rule_config, &packet);
+        reason = charge_subnet(&subnet_key, rule_config, &packet, now_ns);
     }
     if reason == Reason::Default {
         return reason;

@@ -10,19 +10,16 @@
 //! holds the maps by file descriptor from then on. The tail call of the sprayer takes a program
 //! file descriptor from any object ([`TestPrograms::set_spray_target`]).
 
-use std::{
-    path::PathBuf,
-    sync::atomic::{AtomicU32, Ordering},
-};
-
 use anyhow::{Context as _, bail};
 pub use apifw_test_ebpf::{map_names, program_names};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Map, MapData, ProgramArray},
+    maps::{Map, ProgramArray},
     programs::{ProgramFd, Xdp},
 };
 use firewall_userspace::Firewall;
+
+use crate::support::{BpffsDir, map_data};
 
 /// The test programs' object, built by this crate's build script.
 pub static OBJECT: &[u8] =
@@ -44,10 +41,10 @@ impl TestPrograms {
 
     /// The test object sharing `firewall`'s maps in [`map_names::SHARED_WITH_FIREWALL`].
     pub fn beside(firewall: &Firewall) -> anyhow::Result<Self> {
-        let pins = PinDir::create()?;
+        let pins = BpffsDir::create("test-programs")?;
         let mut paths = Vec::new();
         for name in map_names::SHARED_WITH_FIREWALL {
-            let path = pins.path.join(name);
+            let path = pins.join(name);
             firewall
                 .map(name)?
                 .pin(&path)
@@ -110,47 +107,13 @@ impl TestPrograms {
 
 /// The kernel's id of a map, which tells two handles of one map from two maps.
 fn map_id(map: Option<&Map>, name: &str) -> anyhow::Result<u32> {
-    let data: &MapData = match map {
-        Some(
-            Map::Array(data)
-            | Map::HashMap(data)
-            | Map::LruHashMap(data)
-            | Map::PerCpuArray(data)
-            | Map::PerCpuHashMap(data)
-            | Map::ProgramArray(data)
-            | Map::RingBuf(data),
-        ) => data,
-        Some(_) => bail!("{name} has a map type the test programs do not use"),
-        None => bail!("no map {name}"),
+    let Some(map) = map else {
+        bail!("no map {name}");
     };
+    let data = map_data(map)
+        .with_context(|| format!("{name} has a map type the test programs do not use"))?;
     Ok(data
         .info()
         .with_context(|| format!("read {name}'s info"))?
         .id())
-}
-
-/// A directory of bpffs for this process's pins, removed (with its pins) when dropped.
-struct PinDir {
-    path: PathBuf,
-}
-
-impl PinDir {
-    fn create() -> anyhow::Result<Self> {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let path = PathBuf::from(format!(
-            "/sys/fs/bpf/apifw-test-programs-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir(&path)
-            .with_context(|| format!("create {} (bpffs mounted? root?)", path.display()))?;
-        Ok(Self { path })
-    }
-}
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        // Unpinning leaves the maps alive: the firewall and the test object hold them by fd.
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
 }

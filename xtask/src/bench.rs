@@ -28,8 +28,9 @@ pub fn run(args: &Args) -> Result<()> {
         "apifw-bench",
         "-p",
         "firewall-userspace",
-        "--bin",
-        "apifw",
+        // Both packages' binaries (`apifw-bench` and `apifw`): a `--bin apifw` filter would
+        // build only the latter, and a fresh tree would have no benchmark to run.
+        "--bins",
     ]))
     .context("building the benchmark failed")?;
     let release = target_dir().join("release");

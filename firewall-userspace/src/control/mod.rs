@@ -277,6 +277,10 @@ pub struct Status {
     /// predates the field or cannot read its program.
     #[serde(default)]
     pub program: Option<crate::dataplane::stats::ProgramRuns>,
+    /// Kernel memory of each map: in use now, and when full at the policy's limits; empty from
+    /// a daemon that predates the field.
+    #[serde(default)]
+    pub memory: Vec<MapMemory>,
     /// The CrowdSec LAPI the daemon follows, if the policy names one; None also from a daemon
     /// that predates the field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -298,6 +302,19 @@ pub struct CrowdsecStatus {
     pub errors: u64,
     /// Why the last sync failed, when it did (cleared by the next good one).
     pub last_error: Option<String>,
+}
+
+/// Kernel memory of one map (`dataplane::memory`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapMemory {
+    /// Map name.
+    pub map: String,
+    /// The `[limits]` setting that sizes it, if any.
+    pub limit: Option<String>,
+    /// Bytes in use now (the kernel's `memlock`).
+    pub bytes: u64,
+    /// Bytes when the map is full at the policy's limits.
+    pub full_bytes: u64,
 }
 
 /// Drop events counted by the kernel (defined with the events, in the dataplane).

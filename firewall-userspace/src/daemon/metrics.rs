@@ -253,10 +253,6 @@ impl Collector for Exporter {
             (map_names::SUBNETS, tracked_subnets),
             (map_names::BANS, ban_map_entries.unwrap_or(0)),
             (
-                map_names::CANDIDATES,
-                count_keys::<TrackKey, u64>(layout, map_names::CANDIDATES).unwrap_or(0),
-            ),
-            (
                 map_names::ESCALATION,
                 count_keys::<TrackKey, EscalationState>(layout, map_names::ESCALATION).unwrap_or(0),
             ),
@@ -289,6 +285,29 @@ impl Collector for Exporter {
             "apifw_map_fill_ratio",
             "Entries in use over capacity per kernel map (0..1).",
             &series(&|entries, capacity| entries as f64 / capacity.max(1) as f64),
+        )?;
+        let memory =
+            |value: &dyn Fn(&crate::control::MapMemory) -> u64| -> Vec<(Vec<(&str, String)>, i64)> {
+                shared
+                    .memory
+                    .iter()
+                    .map(|map| {
+                        let bytes = i64::try_from(value(map)).unwrap_or(i64::MAX);
+                        (vec![("map", map.map.clone())], bytes)
+                    })
+                    .collect()
+            };
+        gauge(
+            &mut encoder,
+            "apifw_map_memory_bytes",
+            "Kernel memory per map, as the kernel accounts it (memlock).",
+            &memory(&|map| map.bytes),
+        )?;
+        gauge(
+            &mut encoder,
+            "apifw_map_memory_full_bytes",
+            "Kernel memory per map when full at the policy's [limits].",
+            &memory(&|map| map.full_bytes),
         )?;
         gauge(
             &mut encoder,

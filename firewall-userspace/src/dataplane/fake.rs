@@ -168,6 +168,10 @@ impl Dataplane for FakeDataplane {
         self.tables().program_runs
     }
 
+    fn kernel_memory(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
+
     fn attach(
         &mut self,
         _interface: &str,

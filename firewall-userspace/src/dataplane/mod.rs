@@ -16,6 +16,7 @@ pub mod events;
 pub mod fake;
 pub mod firewall;
 pub mod interfaces;
+pub mod memory;
 pub mod pins;
 pub mod privileges;
 pub mod stats;
@@ -68,6 +69,8 @@ pub trait Dataplane: Send {
     fn event_counts(&self) -> Result<EventCounts, FirewallError>;
     /// The kernel's run statistics of the program, if it can say.
     fn program_runs(&self) -> Option<ProgramRuns>;
+    /// The kernel memory of each map, in bytes (`memory::memlock`); empty when unknown.
+    fn kernel_memory(&self) -> Vec<(&'static str, u64)>;
 
     /// Attaches the program to `interface`, pinning the link at `pin`.
     fn attach(

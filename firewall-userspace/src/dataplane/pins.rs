@@ -61,8 +61,10 @@ pub enum Pinned {
     Incompatible(Incompatible),
 }
 
-fn shape(map_type: u32, key: u32, value: u32, max_entries: u32) -> String {
-    format!("type {map_type}, key {key} B, value {value} B, {max_entries} entries")
+fn shape(map_type: u32, key: u32, value: u32, max_entries: u32, flags: u32) -> String {
+    format!(
+        "type {map_type}, key {key} B, value {value} B, {max_entries} entries, flags {flags:#x}"
+    )
 }
 
 /// Inspects the maps pinned under `layout` against what `policy` would create.
@@ -101,6 +103,7 @@ fn check(policy: &Policy, layout: &PinLayout) -> Result<(), Incompatible> {
             definition.key_size(),
             definition.value_size(),
             firewall::max_entries(policy, name).unwrap_or(definition.max_entries()),
+            definition.map_flags(),
         );
         let unreadable = |err: aya::maps::MapError| Incompatible::Unreadable {
             name,
@@ -115,6 +118,7 @@ fn check(policy: &Policy, layout: &PinLayout) -> Result<(), Incompatible> {
             info.key_size(),
             info.value_size(),
             info.max_entries(),
+            info.map_flags(),
         );
         if found != expected {
             return Err(Incompatible::Shape {

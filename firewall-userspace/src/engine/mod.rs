@@ -49,7 +49,9 @@ pub use shared::{CrowdsecMetrics, Shared};
 
 use crate::{
     compile::{Compiled, assign_slots},
-    control::{Changed, InterfaceStatus, JailView, ListRow, MapFill, ReportOutcome, Status},
+    control::{
+        Changed, InterfaceStatus, JailView, ListRow, MapFill, MapMemory, ReportOutcome, Status,
+    },
     dataplane::bans::{self, MANUAL_BAN_RULE},
     dataplane::top::TopTracker,
     dataplane::{Dataplane, EventRing, ProgramLogger, firewall::Attachment},
@@ -242,10 +244,6 @@ impl Engine {
             ),
             (firewall_common::map_names::BANS, u64::from(limits.max_bans)),
             (
-                firewall_common::map_names::CANDIDATES,
-                u64::from(limits.max_tracked_sources),
-            ),
-            (
                 firewall_common::map_names::ESCALATION,
                 u64::from(limits.max_tracked_subnets),
             ),
@@ -253,6 +251,7 @@ impl Engine {
         .into();
         shared.policy_version = self.policy_version;
         shared.program = self.dataplane.program_runs();
+        shared.memory = views::map_memory(self.dataplane.as_ref(), &self.policy);
         shared.reloads = self.reloads;
         shared.reload_failures = self.failed_reloads;
     }

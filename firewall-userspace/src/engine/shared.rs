@@ -28,6 +28,8 @@ pub struct Shared {
     pub jails: Vec<(String, crate::jails::JailCounters, u64)>,
     /// The program's run statistics, as of the last tick.
     pub program: Option<crate::dataplane::stats::ProgramRuns>,
+    /// Kernel memory of each map, as of the last tick.
+    pub memory: Vec<crate::control::MapMemory>,
     /// The CrowdSec link, when the policy has one.
     pub crowdsec: Option<CrowdsecMetrics>,
 }

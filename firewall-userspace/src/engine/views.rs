@@ -84,8 +84,28 @@ impl Engine {
             pin_dir: self.policy.daemon.pin_dir.clone(),
             program: self.dataplane.program_runs(),
             crowdsec: self.crowdsec_status(),
+            memory: map_memory(self.dataplane.as_ref(), &self.policy),
         }
     }
+}
+
+/// Kernel memory of each map: in use (from the dataplane) next to full at the policy's limits.
+pub(super) fn map_memory(dataplane: &dyn Dataplane, policy: &Policy) -> Vec<MapMemory> {
+    let in_use = dataplane.kernel_memory();
+    let costs = crate::dataplane::memory::costs(policy, crate::dataplane::memory::possible_cpus())
+        .unwrap_or_default();
+    in_use
+        .into_iter()
+        .map(|(map, bytes)| {
+            let cost = costs.iter().find(|cost| cost.map == map);
+            MapMemory {
+                map: map.to_owned(),
+                limit: cost.and_then(|cost| cost.limit).map(str::to_owned),
+                bytes,
+                full_bytes: cost.map_or(bytes, |cost| cost.full().max(bytes)),
+            }
+        })
+        .collect()
 }
 
 /// Fill of the maps that can run full: entries of the installed policy per generation, and

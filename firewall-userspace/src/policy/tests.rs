@@ -24,7 +24,7 @@ fn empty_policy_takes_the_documented_defaults() {
     assert_eq!(loaded.policy, Policy::default());
     assert_eq!(loaded.policy.malformed, Action::Drop);
     assert_eq!(loaded.policy.xdp_mode, XdpModeSetting::Auto);
-    assert_eq!(loaded.policy.limits.max_v4_prefixes, 1 << 20);
+    assert_eq!(loaded.policy.limits.max_v4_prefixes, 1 << 17);
     assert_eq!(
         loaded.policy.daemon.pin_dir,
         PathBuf::from("/sys/fs/bpf/apifw")

@@ -3,7 +3,7 @@
 //! parser's bound, every TCP flag combination, runts, jumbo frames and every truncation length —
 //! run through the loaded XDP program under a policy with lists and rate-limit rules, on the
 //! reference model's virtual clock. Every verdict, every global and per-rule counter, and the
-//! rate-limit state itself (source and subnet buckets, ban candidates, escalation windows, bans)
+//! rate-limit state itself (source and subnet buckets, admission slots, escalation windows, bans)
 //! must equal the model's.
 //!
 //! The seed is random per run and printed; `APIFW_SEED=0x… cargo xtask test` replays a failure.
@@ -20,13 +20,10 @@ use std::{
 use apifw_tests::{
     adversarial::{Frame, Generator, Kind, MAX_LINEAR_FRAME},
     policies::RATE_LIMIT_RULES,
-    support::{OneCpu, hex},
+    support::{OneCpu, admission_slots, hex, kernel_map},
     tally::Tally,
 };
-use aya::{
-    Pod,
-    programs::{TestRun as _, TestRunOptions},
-};
+use aya::programs::{TestRun as _, TestRunOptions};
 use firewall_common::{Action, Reason, map_names, model::Model, packet::ETH_HLEN, program_names};
 use firewall_userspace::{Firewall, Loaded, Policy};
 use ipnet::IpNet;
@@ -127,21 +124,6 @@ fn run(firewall: &mut Firewall, frame: &[u8]) -> Outcome {
     }
 }
 
-/// Every entry of kernel map `name`.
-fn kernel_map<K: Pod + Eq + Hash, V: Pod>(
-    firewall: &Firewall,
-    name: &'static str,
-) -> HashMap<K, V> {
-    let map = firewall
-        .map(name)
-        .unwrap_or_else(|err| panic!("{name}: {err}"));
-    let map: aya::maps::HashMap<_, K, V> =
-        aya::maps::HashMap::try_from(map).unwrap_or_else(|err| panic!("{name}: {err}"));
-    map.iter()
-        .map(|entry| entry.unwrap_or_else(|err| panic!("{name}: {err}")))
-        .collect()
-}
-
 fn assert_same_map<K: Debug + Eq + Hash, V: Debug + PartialEq>(
     what: &str,
     kernel: &HashMap<K, V>,
@@ -171,7 +153,7 @@ fn assert_same_map<K: Debug + Eq + Hash, V: Debug + PartialEq>(
 }
 
 /// The kernel's rate-limit state equals the model's, map by map.
-fn assert_same_state(firewall: &Firewall, model: &Model, context: &str) {
+fn assert_same_state(firewall: &Firewall, model: &Model, cpu: usize, context: &str) {
     assert_same_map(
         "source buckets",
         &kernel_map(firewall, map_names::SOURCES),
@@ -185,9 +167,9 @@ fn assert_same_state(firewall: &Firewall, model: &Model, context: &str) {
         context,
     );
     assert_same_map(
-        "ban candidates",
-        &kernel_map(firewall, map_names::CANDIDATES),
-        model.candidates(),
+        "admission slots",
+        &admission_slots(firewall, cpu),
+        model.admission(),
         context,
     );
     assert_same_map(
@@ -241,7 +223,7 @@ fn linear_limit() -> usize {
 fn differential(seed: u64, count: usize, every_truncation: bool) -> Coverage {
     let linear = linear_limit();
     let policy = policy();
-    let _one_cpu = OneCpu::pin();
+    let one_cpu = OneCpu::pin();
     let mut model = Model::new(policy.model());
     let mut firewall = Firewall::load(&policy).expect("load firewall");
     let near: Vec<IpNet> = policy.allow.iter().chain(&policy.block).copied().collect();
@@ -327,12 +309,13 @@ fn differential(seed: u64, count: usize, every_truncation: bool) -> Coverage {
             assert_same_state(
                 &firewall,
                 &model,
+                one_cpu.cpu(),
                 &format!("seed {seed:#x}, after frame {index}"),
             );
         }
     }
     let context = format!("seed {seed:#x}, at the end");
-    assert_same_state(&firewall, &model, &context);
+    assert_same_state(&firewall, &model, one_cpu.cpu(), &context);
     tally.assert_matches(&firewall, &context);
     coverage
 }

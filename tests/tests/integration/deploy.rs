@@ -82,7 +82,6 @@ const LABELS: &[(&str, &[&str])] = &[
             "APIFW_BANS",
             "APIFW_SOURCES",
             "APIFW_SUBNETS",
-            "APIFW_CANDIDATES",
             "APIFW_ESCALATION",
         ],
     ),

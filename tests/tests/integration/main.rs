@@ -26,6 +26,8 @@ mod faults;
 mod generator;
 /// Jails: log-driven bans against a real nginx.
 mod jails;
+/// Kernel memory of the maps against the limits.
+mod memory;
 /// The Prometheus endpoint.
 mod metrics;
 /// Least privilege: the daemon as an unprivileged user with capabilities.

@@ -10,10 +10,19 @@ use std::{
     path::Path,
 };
 
-use apifw_tests::{policies::RATE_LIMIT_RULES, support::OneCpu, tally::Tally};
+use apifw_tests::{
+    policies::RATE_LIMIT_RULES,
+    support::{BpffsDir, OneCpu, admission_slots, kernel_map},
+    tally::Tally,
+};
 use aya::programs::{TestRun as _, TestRunOptions};
 use etherparse::PacketBuilder;
-use firewall_common::{Action, Reason, model::Model, program_names};
+use firewall_common::{
+    Action, Reason, map_names,
+    model::Model,
+    program_names,
+    rules::{TrackKey, TrackState},
+};
 use firewall_userspace::{Firewall, Loaded, Policy};
 use rand::{Rng as _, SeedableRng as _, rngs::SmallRng};
 
@@ -216,15 +225,6 @@ fn global_dry_run_passes_everything_and_counts_would_drop() {
     );
 }
 
-/// Removes a test's pin directory on drop.
-struct PinDir(std::path::PathBuf);
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A UDP datagram from `src` to the mDNS rule's port, with 0-199 bytes of payload.
 fn mdns_frame(rng: &mut SmallRng, src: IpAddr) -> Vec<u8> {
     let builder = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1]);
@@ -291,7 +291,7 @@ fn leases_match_the_model_frame_by_frame() {
 ///
 /// Both CPUs run `per_thread` packets at each of `steps` instants `step_ns` apart of the test
 /// clock, after a warm-up one second before (the source's first packet only makes it a
-/// candidate, the second gives it state; the bucket is full again by the first step).
+/// sighted, the second gives it state; the bucket is full again by the first step).
 fn two_cpus_hammer(per_source: &str, steps: u64, step_ns: u64, per_thread: u32) -> (u64, u64) {
     use std::sync::{Arc, Barrier};
 
@@ -308,12 +308,8 @@ fn two_cpus_hammer(per_source: &str, steps: u64, step_ns: u64, per_thread: u32) 
     .unwrap_or_else(|err| panic!("{err}"))
     .policy;
     let mut firewall = Firewall::load(&policy).expect("load firewall");
-    let pin = PinDir(std::path::PathBuf::from(format!(
-        "/sys/fs/bpf/apifw-test-cas-{}-{steps}-{step_ns}",
-        std::process::id()
-    )));
-    std::fs::create_dir_all(&pin.0).expect("pin dir");
-    let program_pin = pin.0.join("apifw");
+    let pin = BpffsDir::create("test-cas").expect("pin dir");
+    let program_pin = pin.join("apifw");
     firewall
         .program_mut(program_names::FIREWALL)
         .expect("program")
@@ -486,7 +482,7 @@ max_tracked_subnets = 64
     )
     .unwrap_or_else(|err| panic!("{err}"))
     .policy;
-    let _one_cpu = OneCpu::pin();
+    let one_cpu = OneCpu::pin();
     let mut model = Model::new(policy.model());
     let mut firewall = Firewall::load(&policy).expect("load firewall");
     let udp = |src: Ipv4Addr, port: u16| {
@@ -517,7 +513,7 @@ max_tracked_subnets = 64
         reason
     };
 
-    // A talking client empties its NTP bucket: candidate, then two tokens, then refused.
+    // A talking client empties its NTP bucket: sighted, then two tokens, then refused.
     let client = Ipv4Addr::new(192, 0, 2, 10);
     let reasons: Vec<Reason> = (0..4)
         .map(|_| step(&mut firewall, &mut model, &udp(client, 123)))
@@ -547,10 +543,12 @@ max_tracked_subnets = 64
         ]
     );
 
-    // 20,000 one-packet sources, 300 times the source map's capacity.
-    let mut rng = SmallRng::seed_from_u64(0x5B00F);
-    for _ in 0..20_000 {
-        let spoofed = Ipv4Addr::from((198u32 << 24) | (18 << 16) | rng.random_range(0..1u32 << 17));
+    // 20,000 distinct one-packet sources, 300 times the source map's capacity (an odd multiplier
+    // is a bijection of the /15's 2^17 addresses).
+    let tracked_before: HashMap<TrackKey, TrackState> = kernel_map(&firewall, map_names::SOURCES);
+    assert_eq!(tracked_before.len(), 2, "the client and the abuser");
+    for index in 0..20_000u32 {
+        let spoofed = Ipv4Addr::from((198u32 << 24) | (18 << 16) | (index * 40_503) & 0x1_FFFF);
         let frame = udp(spoofed, 123);
         assert_eq!(
             run(&mut firewall, &frame),
@@ -559,6 +557,14 @@ max_tracked_subnets = 64
         );
         model.decide(&frame, now);
     }
+    // The flood inserted nothing into the source map: it only wrote this CPU's admission slots,
+    // the very ones the model wrote.
+    let tracked: HashMap<TrackKey, TrackState> = kernel_map(&firewall, map_names::SOURCES);
+    assert_eq!(tracked, tracked_before);
+    assert_eq!(&tracked, model.sources());
+    let sighted = admission_slots(&firewall, one_cpu.cpu());
+    assert_eq!(&sighted, model.admission());
+    assert!(sighted.len() > 10_000, "{} slots sighted", sighted.len());
 
     // The client's state survived (its bucket is still empty) and so did the ban.
     assert_eq!(
@@ -569,4 +575,82 @@ max_tracked_subnets = 64
         step(&mut firewall, &mut model, &udp(abuser, 123)),
         Reason::Banned
     );
+}
+
+/// A spoofed flood whose every packet comes from a new /64 inserts nothing into the LRU maps, under
+/// a rule with per-source and per-subnet limits: sources and subnets are sighted in the per-CPU
+/// admission array, and only a source that sends again gets state (with its subnet).
+#[test]
+fn a_spoofed_flood_inserts_nothing_into_the_lru_maps() {
+    let policy = Loaded::from_str(
+        Path::new("spoof6.toml"),
+        r#"
+[[rule]]
+name = "dns"
+protocol = "udp"
+ports = [53]
+per_source = { packets_per_second = 1000, burst_packets = 100 }
+per_subnet = { packets_per_second = 5000, burst_packets = 500, prefix_v6 = 64 }
+"#,
+    )
+    .unwrap_or_else(|err| panic!("{err}"))
+    .policy;
+    let one_cpu = OneCpu::pin();
+    let mut model = Model::new(policy.model());
+    let mut firewall = Firewall::load(&policy).expect("load firewall");
+    let udp = |src: Ipv6Addr| {
+        let mut out = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1])
+            .ipv6(
+                src.octets(),
+                Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1).octets(),
+                64,
+            )
+            .udp(40000, 53)
+            .write(&mut out, &[0u8; 8])
+            .expect("frame");
+        out
+    };
+    let now = 9_000_000_000u64;
+    firewall.set_test_clock(now).expect("clock");
+    let source = |index: u32| {
+        // A distinct /64 of 2001:db8::/32 per index, and an interface id of its own.
+        Ipv6Addr::new(
+            0x2001,
+            0xdb8,
+            (index >> 16) as u16,
+            index as u16,
+            0,
+            0,
+            0,
+            0x5000 + (index as u16 & 0xff),
+        )
+    };
+    for index in 0..20_000 {
+        let frame = udp(source(index));
+        let decision = model.decide(&frame, now);
+        assert_eq!(decision.verdict.reason, Reason::Default);
+        assert_eq!(run(&mut firewall, &frame), Action::Pass);
+    }
+    let sources: HashMap<TrackKey, TrackState> = kernel_map(&firewall, map_names::SOURCES);
+    let subnets: HashMap<TrackKey, TrackState> = kernel_map(&firewall, map_names::SUBNETS);
+    assert_eq!(sources.len(), 0, "a one-packet source got state");
+    assert_eq!(subnets.len(), 0, "a one-packet subnet got state");
+    assert_eq!(model.sources().len() + model.subnets().len(), 0);
+    assert_eq!(
+        &admission_slots(&firewall, one_cpu.cpu()),
+        model.admission()
+    );
+
+    // A source that sends again (its first packet was the flood's last) gets state, and so
+    // does its /64: exactly one entry each, charged as the model charges them.
+    let again = udp(source(19_999));
+    let decision = model.decide(&again, now);
+    assert_eq!(run(&mut firewall, &again), decision.verdict.action);
+    let sources: HashMap<TrackKey, TrackState> = kernel_map(&firewall, map_names::SOURCES);
+    let subnets: HashMap<TrackKey, TrackState> = kernel_map(&firewall, map_names::SUBNETS);
+    assert_eq!(sources.len(), 1);
+    assert_eq!(subnets.len(), 1);
+    assert_eq!(&sources, model.sources());
+    assert_eq!(&subnets, model.subnets());
 }

@@ -84,7 +84,7 @@ pub fn max_entries(policy: &Policy, name: &str) -> Option<u32> {
     Some(match name {
         V4_PREFIXES => twice(limits.max_v4_prefixes),
         V6_PREFIXES | V6_SUMMARY => twice(limits.max_v6_prefixes),
-        SOURCES | map_names::CANDIDATES => limits.max_tracked_sources,
+        SOURCES => limits.max_tracked_sources,
         SUBNETS | map_names::ESCALATION => limits.max_tracked_subnets,
         map_names::BANS => limits.max_bans,
         _ => return None,
@@ -360,7 +360,7 @@ impl Firewall {
                 (new.iter().map(|(k, v)| (*k, *v)).collect(), stale)
             }
         };
-        let data = map_data(map).ok_or(FirewallError::MissingMap(name))?;
+        let data = map_data(&*map).ok_or(FirewallError::MissingMap(name))?;
         let batch_err = |source| FirewallError::Batch { name, source };
         batch::delete(data, &deletes).map_err(batch_err)?;
         let (keys, values): (Vec<K>, Vec<V>) = upserts
@@ -449,6 +449,22 @@ impl Firewall {
             run_time_ns: u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX),
             stats_enabled: stats::bpf_stats_enabled(),
         })
+    }
+
+    /// The kernel's account of each map of the object (pinned ones, then the others), in
+    /// bytes; maps it cannot read are left out.
+    pub fn kernel_memory(&self) -> Vec<(&'static str, u64)> {
+        use std::os::fd::AsFd as _;
+        map_names::ALL
+            .into_iter()
+            .chain(map_names::UNPINNED)
+            .filter_map(|name| {
+                let data = map_data(self.ebpf.map(name)?)?;
+                crate::dataplane::memory::memlock(name, data.fd().as_fd())
+                    .map(|bytes| (name, bytes))
+                    .ok()
+            })
+            .collect()
     }
 
     /// The map `name`, read-only.
@@ -555,14 +571,15 @@ impl Firewall {
 }
 
 /// The map data behind any kind of map this program has.
-fn map_data(map: &mut aya::maps::Map) -> Option<&mut MapData> {
+fn map_data(map: &aya::maps::Map) -> Option<&MapData> {
     use aya::maps::Map;
     match map {
         Map::Array(data)
         | Map::HashMap(data)
         | Map::LruHashMap(data)
         | Map::PerCpuArray(data)
-        | Map::PerCpuHashMap(data) => Some(data),
+        | Map::PerCpuHashMap(data)
+        | Map::RingBuf(data) => Some(data),
         _ => None,
     }
 }

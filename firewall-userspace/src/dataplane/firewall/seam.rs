@@ -91,6 +91,10 @@ impl Dataplane for Firewall {
         Firewall::program_runs(self)
     }
 
+    fn kernel_memory(&self) -> Vec<(&'static str, u64)> {
+        Firewall::kernel_memory(self)
+    }
+
     fn event_counts(&self) -> Result<crate::dataplane::events::EventCounts, FirewallError> {
         Firewall::event_counts(self)
     }

@@ -2,7 +2,11 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use firewall_userspace::{compile::tables::PrefixTables, policy::Loaded};
+use firewall_userspace::{
+    compile::tables::PrefixTables,
+    dataplane::memory::{self, MapCost},
+    policy::{Loaded, Policy},
+};
 
 /// Arguments of `apifw check`.
 #[derive(Debug, clap::Args)]
@@ -51,7 +55,64 @@ pub fn execute(args: CheckArgs) -> anyhow::Result<ExitCode> {
         if policy.dry_run { " in dry run" } else { "" },
         counted(loaded.warnings.len(), "warning")
     );
+    match memory::costs(policy, memory::possible_cpus()) {
+        Ok(costs) => print!(
+            "{}",
+            describe_memory(policy, &costs, memory::possible_cpus())
+        ),
+        Err(err) => eprintln!("warning: kernel memory unknown: {err}"),
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+}
+
+/// What the policy's `[limits]` cost in kernel memory: the total at idle and full, then each
+/// limit's maps.
+fn describe_memory(policy: &Policy, costs: &[MapCost], cpus: u32) -> String {
+    let idle: u64 = costs.iter().map(|cost| cost.idle_bytes).sum();
+    let full: u64 = costs.iter().map(MapCost::full).sum();
+    let mut out = format!(
+        "kernel memory on this host ({cpus} CPUs): {} at idle, {} with every map full\n",
+        mib(idle),
+        mib(full)
+    );
+    let limits = policy.limits;
+    for (limit, value) in [
+        ("max_v4_prefixes", limits.max_v4_prefixes),
+        ("max_v6_prefixes", limits.max_v6_prefixes),
+        ("max_tracked_sources", limits.max_tracked_sources),
+        ("max_tracked_subnets", limits.max_tracked_subnets),
+        ("max_bans", limits.max_bans),
+    ] {
+        let maps: Vec<&MapCost> = costs
+            .iter()
+            .filter(|cost| cost.limit == Some(limit))
+            .collect();
+        let idle: u64 = maps.iter().map(|cost| cost.idle_bytes).sum();
+        let full: u64 = maps.iter().map(|cost| cost.full()).sum();
+        let per_entry: u64 = maps.iter().map(|cost| cost.entry_bytes).sum();
+        let names: Vec<&str> = maps.iter().map(|cost| cost.map).collect();
+        let growth = if per_entry == 0 {
+            "preallocated".to_owned()
+        } else {
+            format!("+{per_entry} B per entry held, {} full", mib(full))
+        };
+        out.push_str(&format!(
+            "  limits.{limit} = {value}: {} at idle, {growth} ({})\n",
+            mib(idle),
+            names.join(", ")
+        ));
+    }
+    let others: u64 = costs
+        .iter()
+        .filter(|cost| cost.limit.is_none())
+        .map(|cost| cost.idle_bytes)
+        .sum();
+    out.push_str(&format!("  fixed maps: {}\n", mib(others)));
+    out
 }
 
 /// `1 interface`, `2 interfaces`, `0 block entries`.

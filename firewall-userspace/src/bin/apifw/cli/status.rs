@@ -54,6 +54,29 @@ pub fn execute(args: StatusArgs) -> anyhow::Result<ExitCode> {
                         100.0 * map.entries as f64 / map.capacity.max(1) as f64
                     ));
                 }
+                if !status.memory.is_empty() {
+                    let in_use: u64 = status.memory.iter().map(|map| map.bytes).sum();
+                    let full: u64 = status.memory.iter().map(|map| map.full_bytes).sum();
+                    let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
+                    out.push_str(&format!(
+                        "kernel memory {:.1} MiB in use, {:.1} MiB with every map full at these \
+                         [limits] ({})\n",
+                        mib(in_use),
+                        mib(full),
+                        status
+                            .memory
+                            .iter()
+                            .filter(|map| map.limit.is_some())
+                            .map(|map| format!(
+                                "{} {:.1}/{:.1} MiB",
+                                map.map,
+                                mib(map.bytes),
+                                mib(map.full_bytes)
+                            ))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                }
                 if let Some(program) = &status.program {
                     out.push_str(&program.describe());
                     out.push('\n');
