@@ -220,31 +220,36 @@ pub fn svg(chart: &Bars) -> anyhow::Result<String> {
         let root =
             SVGBackend::with_string(&mut out, (label_width + 520, height)).into_drawing_area();
         root.fill(&WHITE)?;
+        // Bar i fills the band [2i, 2i + 2] of the y axis, its tick and label at the band's
+        // centre 2i + 1: exactly one tick per bar. (A segmented axis over `0..rows` has
+        // `rows + 1` segments, since an integer range holds both ends: it drew an empty tick
+        // above the first bar.)
+        let band = |i: usize| u32::try_from(2 * i).unwrap_or(u32::MAX);
+        let centres: Vec<u32> = (0..rows).map(|i| band(i) + 1).collect();
         let mut plot = ChartBuilder::on(&root)
             .caption(&chart.title, ("sans-serif", 16))
             .margin(10)
             .x_label_area_size(36)
             .y_label_area_size(label_width)
-            .build_cartesian_2d(0.0..top, (0..rows).into_segmented())?;
+            .build_cartesian_2d(0.0..top, (0..band(rows)).with_key_points(centres.clone()))?;
         // The first row of the table is drawn on top, as it is read.
         let labels: Vec<String> = chart.bars.iter().rev().map(|(l, _, _)| l.clone()).collect();
         let at = |i: usize| rows - 1 - i;
         plot.configure_mesh()
             .disable_y_mesh()
             .x_desc(chart.axis.as_str())
-            .y_labels(rows)
-            .y_label_formatter(&|segment| match segment {
-                SegmentValue::CenterOf(i) => labels.get(*i).cloned().unwrap_or_default(),
-                _ => String::new(),
+            .y_label_formatter(&|y| {
+                centres
+                    .iter()
+                    .position(|centre| centre == y)
+                    .and_then(|i| labels.get(i).cloned())
+                    .unwrap_or_default()
             })
             .draw()?;
         plot.draw_series(chart.bars.iter().enumerate().map(|(i, (label, value, _))| {
             let colour = if is_apifw(label) { APIFW } else { OTHERS };
             let mut bar = Rectangle::new(
-                [
-                    (0.0, SegmentValue::Exact(at(i))),
-                    (*value, SegmentValue::Exact(at(i) + 1)),
-                ],
+                [(0.0, band(at(i))), (*value, band(at(i) + 1))],
                 colour.filled(),
             );
             bar.set_margin(4, 4, 0, 0);
@@ -252,10 +257,7 @@ pub fn svg(chart: &Bars) -> anyhow::Result<String> {
         }))?;
         if let Some(goal) = chart.goal {
             plot.draw_series(std::iter::once(PathElement::new(
-                vec![
-                    (goal, SegmentValue::Exact(0)),
-                    (goal, SegmentValue::Exact(rows)),
-                ],
+                vec![(goal, 0), (goal, band(rows))],
                 GOAL.stroke_width(2),
             )))?
             .label(format!("goal: {goal}"))
@@ -274,10 +276,7 @@ pub fn svg(chart: &Bars) -> anyhow::Result<String> {
                 .filter_map(|(i, (_, _, spread))| spread.map(|s| (i, s)))
                 .map(|(i, (low, high))| {
                     PathElement::new(
-                        vec![
-                            (low, SegmentValue::CenterOf(at(i))),
-                            (high, SegmentValue::CenterOf(at(i))),
-                        ],
+                        vec![(low, centres[at(i)]), (high, centres[at(i)])],
                         BLACK.stroke_width(2),
                     )
                 }),
@@ -436,6 +435,60 @@ mod tests {
         let svg = std::fs::read_to_string(dir.join("packet-1.svg")).unwrap();
         assert!(svg.contains("goal: 1.5"), "{svg}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The y-axis labels of a chart (right-aligned texts), in the SVG's order.
+    fn y_labels(svg: &str) -> Vec<String> {
+        svg.split("<text ")
+            .skip(1)
+            .filter(|text| text.contains("text-anchor=\"end\""))
+            .map(|text| {
+                text.split_once('>')
+                    .map_or("", |(_, rest)| rest.split("</text>").next().unwrap_or(""))
+                    .trim()
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    /// One tick per bar, each labelled: no empty tick above the first bar (a segmented axis
+    /// over `0..rows` has `rows + 1` segments).
+    #[test]
+    fn every_tick_has_its_bar() {
+        for rows in [1usize, 2, 5] {
+            let chart = Bars {
+                title: "t".into(),
+                axis: "ns/packet".into(),
+                bars: (0..rows)
+                    .map(|i| {
+                        (
+                            format!("bar {i}"),
+                            1.0 + i as f64,
+                            Some((0.5, 2.0 + i as f64)),
+                        )
+                    })
+                    .collect(),
+                goal: Some(1.5),
+            };
+            let svg = svg(&chart).unwrap();
+            let mut labels = y_labels(&svg);
+            labels.sort();
+            let expected: Vec<String> = (0..rows).map(|i| format!("bar {i}")).collect();
+            assert_eq!(labels, expected, "{rows} bars:\n{svg}");
+            // Every bar has a height: its top is not its bottom.
+            let heights: Vec<&str> = svg
+                .split("<rect ")
+                .filter(|rect| rect.contains("fill=\"#DE6E14\""))
+                .filter_map(|rect| rect.split("height=\"").nth(1)?.split('"').next())
+                .collect();
+            assert_eq!(heights.len(), rows, "{svg}");
+            assert!(
+                heights
+                    .iter()
+                    .all(|h| h.parse::<i32>().is_ok_and(|h| h > 0)),
+                "{heights:?}"
+            );
+        }
     }
 
     #[test]
