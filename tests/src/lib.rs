@@ -3,6 +3,7 @@
 pub mod adversarial;
 pub mod daemon;
 pub mod generator;
+pub mod lapi;
 pub mod netns;
 /// The crafted frames, shared with the model's tests in `firewall-common`.
 pub use apifw_test_frames as packets;

@@ -39,7 +39,18 @@ const REQUIRED_COMMANDS: &[(&str, &str)] = &[
     ("fail2ban-server", "fail2ban"),
     // The generator test switches GRO on (so a veth takes XDP frames) and reads veth counters.
     ("ethtool", "ethtool"),
+    // The fleet tests: a real CrowdSec Local API (LAPI only, private configuration per test)
+    // that two apifw hosts follow; `cscli` makes the decisions. Installed offline
+    // ([`prepare_offline_crowdsec`]); its system service is stopped after install.
+    ("crowdsec", "crowdsec"),
+    ("cscli", "crowdsec"),
 ];
+
+/// Debian's `crowdsec` package registers with CrowdSec's Central API in its post-install step,
+/// which fails (and fails the install) on a machine without Internet access, unless the online
+/// credentials file exists already; a file holding only a comment is enough and keeps the
+/// Central API off (deploy/crowdsec/LAB-NOTES.md). An existing file is left alone.
+const CROWDSEC_ONLINE_CREDENTIALS: &str = "/etc/crowdsec/online_api_credentials.yaml";
 
 /// The Debian package whose service setup stops right after installing it
 /// ([`stop_prometheus_service`]).
@@ -70,6 +81,7 @@ const BPFFS: &str = "/sys/fs/bpf";
 pub fn run() -> Result<()> {
     ensure_nightly()?;
     ensure_bpf_linker()?;
+    prepare_offline_crowdsec()?;
     let installed = ensure_debian_packages(REQUIRED_COMMANDS)?;
     if installed.contains(&PROMETHEUS_PACKAGE) {
         stop_prometheus_service();
@@ -79,6 +91,9 @@ pub fn run() -> Result<()> {
         if installed.contains(&service) {
             stop_service(service, "the jail tests run their own");
         }
+    }
+    if installed.contains(&"crowdsec") {
+        stop_service("crowdsec", "the fleet tests run their own LAPIs");
     }
     ensure_bpffs()?;
     Ok(())
@@ -92,6 +107,27 @@ pub fn ensure_bench_packages() -> Result<()> {
         // system-wide server on :80 that nobody asked for.
         stop_service("nginx", "the attack benchmark runs its own");
     }
+    Ok(())
+}
+
+/// Before `crowdsec` is installed, writes [`CROWDSEC_ONLINE_CREDENTIALS`] holding a comment, so
+/// that the package installs offline without a Central API.
+fn prepare_offline_crowdsec() -> Result<()> {
+    let path = Path::new(CROWDSEC_ONLINE_CREDENTIALS);
+    if which::which("crowdsec").is_ok() || path.exists() || !root::is_root() {
+        return Ok(());
+    }
+    let dir = path.parent().expect("an absolute path has a parent");
+    fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    fs::write(
+        path,
+        "# Written by apifw's `cargo xtask setup`: no CrowdSec Central API (offline lab).\n",
+    )
+    .with_context(|| format!("write {}", path.display()))?;
+    println!(
+        "setup: wrote {} (CrowdSec without its Central API)",
+        path.display()
+    );
     Ok(())
 }
 

@@ -22,6 +22,8 @@ mod deploy;
 mod events;
 /// Faults around a running daemon: interfaces that go away, dead peers.
 mod faults;
+/// Fleet: two hosts following one real CrowdSec LAPI.
+mod fleet;
 /// The in-kernel flood generator that the benchmarks and the soak test trust.
 mod generator;
 /// Jails: log-driven bans against a real nginx.
