@@ -69,11 +69,20 @@ pub const BENCH_COMMANDS: &[(&str, &str)] = &[
     // The attack benchmark: the HTTP API under attack and its legitimate client.
     ("nginx", "nginx"),
     ("wrk", "wrk"),
+    // The fleet benchmark: Debian's CrowdSec firewall bouncer (nftables mode), next to apifw on
+    // the same LAPI's decisions. Its package registers it with the machine's LAPI (`crowdsec`,
+    // which `run` installs first) and enables its service; the benchmark runs its own, with a
+    // private configuration, in a namespace.
+    ("crowdsec-firewall-bouncer", "crowdsec-firewall-bouncer"),
 ];
 
 /// The Debian package of [`BENCH_COMMANDS`] whose service setup stops right after installing it:
 /// the attack benchmark runs its own nginx, with a private configuration, in a namespace.
 const NGINX_PACKAGE: &str = "nginx";
+
+/// Likewise: a system-wide firewall bouncer would put its nftables table into the host's
+/// ruleset.
+const FIREWALL_BOUNCER_PACKAGE: &str = "crowdsec-firewall-bouncer";
 
 /// Where the programs pin their maps and links.
 const BPFFS: &str = "/sys/fs/bpf";
@@ -106,6 +115,12 @@ pub fn ensure_bench_packages() -> Result<()> {
         // Like Prometheus' (see [`stop_prometheus_service`]), Debian's nginx package starts a
         // system-wide server on :80 that nobody asked for.
         stop_service("nginx", "the attack benchmark runs its own");
+    }
+    if installed.contains(&FIREWALL_BOUNCER_PACKAGE) {
+        stop_service(
+            FIREWALL_BOUNCER_PACKAGE,
+            "the fleet benchmark runs its own, in a namespace",
+        );
     }
     Ok(())
 }
