@@ -2,7 +2,8 @@
 //! writes `docs/BENCHMARKS.md`, one module per section ([`SECTIONS`]): per-packet cost with
 //! `BPF_PROG_TEST_RUN` as ratios to baselines measured in the same run ([`packet`]), loading 1M
 //! CIDRs next to `ipset restore` and `nft -f` ([`loadbench`]), floods over veth ([`flood`]),
-//! many distinct sources ([`sources`]) and an HTTP API under attack ([`attack`]).
+//! many distinct sources ([`sources`]), an HTTP API under attack ([`attack`]), several CPUs
+//! ([`multicore`]) and 100k CrowdSec decisions next to `crowdsec-firewall-bouncer` ([`fleet`]).
 //!
 //! Every case is measured `--runs` times (default 7), interleaved with its baselines so that
 //! machine noise hits both alike; the median and the spread (min..max) are reported.
@@ -12,9 +13,10 @@ use std::{path::PathBuf, time::Instant};
 
 use anyhow::{Context as _, bail};
 // The test library's helpers, under the names the sections use (`crate::netns`, ...).
-use apifw_tests::{daemon, generator, netns, packets, programs, support};
+use apifw_tests::{daemon, generator, lapi, netns, packets, programs, support};
 
 mod attack;
+mod fleet;
 mod flood;
 mod loadbench;
 mod multicore;
@@ -59,6 +61,10 @@ struct Args {
     /// `APIFW_LOG` of the daemon in the `load` section.
     #[arg(long = "load-log", value_name = "LEVEL", default_value = "info")]
     load_log: String,
+    /// Rounds of the `fleet` section (each starts both CrowdSec bouncers fresh; the firewall
+    /// bouncer takes minutes to apply 100k decisions).
+    #[arg(long = "fleet-runs", value_name = "N", default_value_t = 3, value_parser = at_least_one)]
+    fleet_runs: usize,
     /// Older spelling of `--skip load`.
     #[arg(long = "skip-load", hide = true)]
     skip_load: bool,
@@ -118,6 +124,7 @@ const SECTIONS: &[(&str, Measure)] = &[
     ("sources", |args| sources::run(&args.common())),
     ("attack", |args| attack::run(&args.common())),
     ("multicore", |args| multicore::run(&args.common())),
+    ("fleet", |args| fleet::run(&args.common(), args.fleet_runs)),
 ];
 
 fn main() -> anyhow::Result<()> {

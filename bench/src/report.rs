@@ -172,6 +172,15 @@ pub fn header(sections: &[(&str, &str)]) -> Result<String, std::fmt::Error> {
         tool_version("ipset", &[]),
         tool_version("iptables", &[])
     )?;
+    writeln!(
+        md,
+        "- CrowdSec (Debian packages): crowdsec {}, crowdsec-firewall-bouncer {}",
+        tool_version("dpkg-query", &["-W", "-f=${Version}", "crowdsec"]),
+        tool_version(
+            "dpkg-query",
+            &["-W", "-f=${Version}", "crowdsec-firewall-bouncer"]
+        )
+    )?;
     for (name, date) in sections {
         writeln!(md, "- Section `{name}` measured {date}")?;
     }
