@@ -69,6 +69,8 @@ pub struct Running {
     /// Decisions held as the log says: apifw's last `held=`, the firewall bouncer's sum of
     /// `decisions added`.
     held: u64,
+    /// When the log last changed `held`, and the bouncer's CPU time then.
+    last_change: Option<Reached>,
     netns_name: String,
     dirs: Option<Dirs>,
     _dir: TempDir,
@@ -130,6 +132,7 @@ impl Running {
             started,
             log: LogWatch::new(log),
             held: 0,
+            last_change: None,
             netns_name: lab.target.name().to_owned(),
             dirs,
             _dir: dir,
@@ -150,6 +153,7 @@ impl Running {
 
     /// Reads the log's new lines; returns the decisions held as the log says now.
     fn poll(&mut self) -> anyhow::Result<u64> {
+        let before = self.held;
         for line in self.log.new_lines()? {
             match self.kind {
                 Kind::Apifw => {
@@ -159,6 +163,12 @@ impl Running {
                 }
                 Kind::Nftables => self.held += firewall_bouncer_added(&line).unwrap_or(0),
             }
+        }
+        if self.held != before {
+            self.last_change = Some(Reached {
+                at: Instant::now(),
+                cpu: self.cpu()?,
+            });
         }
         if let Some(status) = self.child.try_wait()? {
             bail!(
@@ -287,19 +297,34 @@ pub struct Held {
 #[derive(Clone, Debug)]
 pub enum Wait {
     Reached(Reached),
+    /// Settled short of the target (see [`Settle`]): when it last changed, and what it held.
+    Settled(Reached, u64),
     /// The bouncer exited, or its log could not be read.
     Failed(String),
     /// Not there by the deadline; what it held by its log then.
     Pending(u64),
 }
 
-/// Waits until every bouncer of `running` holds `target` decisions by its log, polling the logs
-/// every 10 ms, or until `deadline`.
+/// When a wait may end short of its target: the bouncer's log changed since the wait began,
+/// then stayed unchanged for `quiet` while the bouncer used less than `busy` of a CPU (so it is
+/// not still working through a batch whose log line comes at its end). The LAPI's delta answers
+/// can miss decisions (deploy/crowdsec/LAB-NOTES.md): such a bouncer would otherwise be waited
+/// for until the hang guard.
+#[derive(Clone, Copy, Debug)]
+pub struct Settle {
+    pub quiet: Duration,
+    pub busy: f64,
+}
+
+/// Waits until every bouncer of `running` holds `target` decisions by its log (polling the logs
+/// every 10 ms), has settled short of it (`settle`), or `deadline` passes.
 pub fn wait_held(
     running: &mut [&mut Running],
     target: u64,
     deadline: Instant,
+    settle: Option<Settle>,
 ) -> anyhow::Result<Vec<Wait>> {
+    let began = Instant::now();
     let mut waits: Vec<Wait> = vec![Wait::Pending(0); running.len()];
     loop {
         let now = Instant::now();
@@ -316,7 +341,25 @@ pub fn wait_held(
                     }),
                     Err(err) => Wait::Failed(format!("{err:#}")),
                 },
-                Ok(held) => Wait::Pending(held),
+                Ok(held) => match (settle, bouncer.last_change) {
+                    (Some(settle), Some(change))
+                        if change.at >= began && now.duration_since(change.at) >= settle.quiet =>
+                    {
+                        match bouncer.cpu() {
+                            Ok(cpu) => {
+                                let idle = cpu.since(change.cpu).total()
+                                    < settle.busy * now.duration_since(change.at).as_secs_f64();
+                                if idle {
+                                    Wait::Settled(change, held)
+                                } else {
+                                    Wait::Pending(held)
+                                }
+                            }
+                            Err(err) => Wait::Failed(format!("{err:#}")),
+                        }
+                    }
+                    _ => Wait::Pending(held),
+                },
                 Err(err) => Wait::Failed(format!("{err:#}")),
             };
         }
