@@ -118,6 +118,8 @@ impl Sizes {
 struct Apply {
     seconds: f64,
     cpu: Cpu,
+    /// The bouncer's own start within that: seconds and CPU until its log said it was up.
+    start: Option<(f64, Cpu)>,
     /// The LAPI's CPU over the same time.
     lapi: Cpu,
     rss_mib: Option<f64>,
@@ -358,6 +360,12 @@ fn apply(
     let sample = Apply {
         seconds: reached.at.duration_since(running.started).as_secs_f64(),
         cpu: reached.cpu,
+        start: running.start_done.map(|done| {
+            (
+                done.at.duration_since(running.started).as_secs_f64(),
+                done.cpu,
+            )
+        }),
         lapi,
         rss_mib: running.rss_mib(),
         held,
@@ -655,6 +663,10 @@ fn markdown(rows: &[Row], setup: &Setup, sizes: &Sizes) -> Result<String, std::f
          threads) over the apply. The kernel's work on its syscalls is its system time: the \
          netlink messages that fill the nftables set, the `bpf()` calls that fill the ban map. \
          **sys**: the system part.\n\
+         - **start**, **start CPU**: the part of the seconds and of the CPU time that the \
+         bouncer's own start took, until its log says it is up and about to ask the LAPI \
+         (apifw: `apifw running`, its XDP program loaded, verified and attached; the firewall \
+         bouncer: `nftables initiated`, its table made).\n\
          - **LAPI CPU s**: the LAPI's CPU time over the same interval (building and sending the \
          answer).\n\
          - **RSS**: the bouncer's resident memory right after (kernel memory of the set or map \
@@ -665,14 +677,17 @@ fn markdown(rows: &[Row], setup: &Setup, sizes: &Sizes) -> Result<String, std::f
     )?;
     writeln!(
         md,
-        "| bouncer | seconds (median) | spread | CPU s (median) | CPU spread | sys | LAPI CPU s | RSS | at rest | held in kernel |"
+        "| bouncer | seconds (median) | spread | start | CPU s (median) | CPU spread | sys | start CPU | LAPI CPU s | RSS | at rest | held in kernel |"
     )?;
-    writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")?;
+    writeln!(
+        md,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+    )?;
     for row in rows {
         if row.applies.is_empty() {
             writeln!(
                 md,
-                "| {} | {} | | | | | | | | |",
+                "| {} | {} | | | | | | | | | | |",
                 row.kind.name(),
                 not_measured(row)
             )?;
@@ -682,6 +697,10 @@ fn markdown(rows: &[Row], setup: &Setup, sizes: &Sizes) -> Result<String, std::f
         let cpu = spread(&row.applies, |a| a.cpu.total());
         let sys = spread(&row.applies, |a| a.cpu.sys);
         let lapi = spread(&row.applies, |a| a.lapi.total());
+        let start = spread(&row.applies, |a| a.start.map_or(f64::NAN, |(s, _)| s));
+        let start_cpu = spread(&row.applies, |a| {
+            a.start.map_or(f64::NAN, |(_, c)| c.total())
+        });
         let rss = spread(&row.applies, |a| a.rss_mib.unwrap_or(f64::NAN));
         let rest = if row.idle.is_empty() {
             "–".to_owned()
@@ -694,15 +713,17 @@ fn markdown(rows: &[Row], setup: &Setup, sizes: &Sizes) -> Result<String, std::f
             .map_or(String::new(), |a| held_text(row.kind, a.held));
         writeln!(
             md,
-            "| {} | {:.2} | {:.2}..{:.2} | {:.2} | {:.2}..{:.2} | {:.2} | {:.2} | {:.0} MiB | {rest} | {held} |",
+            "| {} | {:.2} | {:.2}..{:.2} | {:.2} | {:.2} | {:.2}..{:.2} | {:.2} | {:.2} | {:.2} | {:.0} MiB | {rest} | {held} |",
             row.kind.name(),
             seconds.median,
             seconds.min,
             seconds.max,
+            start.median,
             cpu.median,
             cpu.min,
             cpu.max,
             sys.median,
+            start_cpu.median,
             lapi.median,
             rss.median,
         )?;
@@ -745,6 +766,25 @@ fn markdown(rows: &[Row], setup: &Setup, sizes: &Sizes) -> Result<String, std::f
             "- Goal ({n} decisions applied within seconds: at most {GOAL_SECONDS:.0} s): \
              **not met** — apifw was not measured."
         )?,
+    }
+    if let (Some(seconds), Some(cpu), Some(start), Some(start_cpu)) = (
+        median_of(Kind::Apifw, |a| a.seconds),
+        median_of(Kind::Apifw, |a| a.cpu.total()),
+        median_of(Kind::Apifw, |a| a.start.map_or(f64::NAN, |(s, _)| s)),
+        median_of(Kind::Apifw, |a| {
+            a.start.map_or(f64::NAN, |(_, c)| c.total())
+        }),
+    ) && start.is_finite()
+    {
+        writeln!(
+            md,
+            "- Of apifw's {seconds:.2} s, {start:.2} s ({start_cpu:.2} s of CPU) are its own start, \
+             before its first request to the LAPI; from there to all {n} held (fetching, parsing \
+             and writing them into the ban map): {:.2} s and {:.2} s of CPU (differences of the \
+             medians).",
+            seconds - start,
+            cpu - start_cpu
+        )?;
     }
     if let Some(nft_sys) = median_of(Kind::Nftables, |a| a.cpu.sys) {
         let total = median_of(Kind::Nftables, |a| a.cpu.total()).unwrap_or(f64::NAN);
@@ -877,7 +917,11 @@ fn markdown(rows: &[Row], setup: &Setup, sizes: &Sizes) -> Result<String, std::f
          (it is for a local address) before its source is looked up in the set (a hash set with \
          timeouts). Nothing in the namespace uses connection tracking (the bouncer's rule does \
          not), so none is paid here; on a host whose ruleset tracks connections, each frame of \
-         the flood would also pay a conntrack lookup before the input hook.\n"
+         the flood would also pay a conntrack lookup before the input hook.\n\
+         - Unlike the `flood` section's apifw rows, where every frame matches the same single \
+         prefix, here each frame's source has an entry of its own in a table of over {n} \
+         (apifw's ban map, the firewall bouncer's set), and successive frames touch different \
+         entries.\n"
     )?;
     writeln!(
         md,

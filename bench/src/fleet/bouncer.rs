@@ -49,6 +49,15 @@ impl Kind {
         }
     }
 
+    /// The log line that ends the bouncer's own start, before its first request to the LAPI:
+    /// apifw has loaded, attached and started serving; the firewall bouncer has made its table.
+    pub fn start_marker(self) -> &'static str {
+        match self {
+            Self::Apifw => "apifw running",
+            Self::Nftables => "nftables initiated",
+        }
+    }
+
     /// A short name, for bouncer registrations and logs.
     pub fn tag(self) -> &'static str {
         match self {
@@ -71,6 +80,9 @@ pub struct Running {
     held: u64,
     /// When the log last changed `held`, and the bouncer's CPU time then.
     last_change: Option<Reached>,
+    /// When the log said the bouncer's own start was done (see [`Kind::start_marker`]), and its
+    /// CPU time then.
+    pub start_done: Option<Reached>,
     netns_name: String,
     dirs: Option<Dirs>,
     _dir: TempDir,
@@ -133,6 +145,7 @@ impl Running {
             log: LogWatch::new(log),
             held: 0,
             last_change: None,
+            start_done: None,
             netns_name: lab.target.name().to_owned(),
             dirs,
             _dir: dir,
@@ -155,6 +168,12 @@ impl Running {
     fn poll(&mut self) -> anyhow::Result<u64> {
         let before = self.held;
         for line in self.log.new_lines()? {
+            if self.start_done.is_none() && line.contains(self.kind.start_marker()) {
+                self.start_done = Some(Reached {
+                    at: Instant::now(),
+                    cpu: self.cpu()?,
+                });
+            }
             match self.kind {
                 Kind::Apifw => {
                     if let Some(held) = apifw_held(&line) {
