@@ -12,6 +12,11 @@
 //! report gives the median of the runs and their spread, and each case's share of the no-flood
 //! goodput measured in the same run.
 //!
+//! With no flood, one more case runs apifw with one rate-limit rule on the API's port (issue #16
+//! item 6): the kernel's BPF statistics of its attached program over wrk's run give its own cost
+//! per packet in the real path, next to `BPF_PROG_TEST_RUN` of the same program on one of the
+//! client's request frames.
+//!
 //! CPUs: on this two-CPU machine the first CPU is the attacker's (the flood generator, the
 //! router's forwarding of the flood, the daemon's control plane) and the last one is the
 //! server's: nginx, the server's receive path (its NAPI thread) and, since it needs a CPU too,
@@ -31,6 +36,7 @@ use std::{
 
 use anyhow::{Context as _, ensure};
 use firewall_common::stats::Action;
+use firewall_userspace::dataplane::stats::ProgramRuns;
 
 use self::{
     http::{Load, Nginx},
@@ -40,6 +46,7 @@ use self::{
 };
 use crate::{
     daemon::{Daemon, Dirs},
+    flood::kstats,
     generator::Generator,
     report::{BenchOptions, Spread, tool_version},
 };
@@ -50,11 +57,19 @@ const ATTACK_CPU: usize = 0;
 const NFT_TABLE: &str = "apat_bench";
 /// The goal: share of the no-flood goodput apifw keeps under the flood.
 const GOAL: f64 = 0.9;
+/// The rate-limit rule of the no-flood apifw case: per source, a rate and a burst the client
+/// stays within (as the per-packet section's "tracked source within its limit" row).
+const RULE_RATE: u64 = 1_000_000;
+/// `XDP_PASS`, as `bpftool prog run` reports it.
+const XDP_PASS: u64 = 2;
 
 /// The measured cases, in report order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Case {
     NoFlood,
+    /// No flood, apifw with one rate-limit rule on the API's port: its own cost in the real
+    /// path (kernel BPF statistics).
+    ApifwRateLimit,
     Unprotected,
     Nft,
     Apifw,
@@ -67,6 +82,7 @@ impl Case {
     fn label(self) -> &'static str {
         match self {
             Case::NoFlood => "no flood",
+            Case::ApifwRateLimit => "no flood, apifw (rate-limit rule on port 80)",
             Case::Unprotected => "flood, no protection",
             Case::Nft => "flood, nftables (netdev ingress drop)",
             Case::Apifw => "flood, apifw (blocklist)",
@@ -118,6 +134,14 @@ impl Row {
         }
     }
 
+    /// A row without a flood.
+    const fn quiet(case: Case) -> Self {
+        Self {
+            case,
+            attacker: None,
+        }
+    }
+
     fn label(self) -> String {
         match self.attacker {
             None => self.case.label().to_owned(),
@@ -127,11 +151,9 @@ impl Row {
 }
 
 /// The rows in report order; the first is the baseline of every "% of no flood".
-const ROWS: [Row; 13] = [
-    Row {
-        case: Case::NoFlood,
-        attacker: None,
-    },
+const ROWS: [Row; 14] = [
+    Row::quiet(Case::NoFlood),
+    Row::quiet(Case::ApifwRateLimit),
     Row::new(Case::Unprotected, Attacker::XdpPaced),
     Row::new(Case::Nft, Attacker::XdpPaced),
     Row::new(Case::Apifw, Attacker::XdpPaced),
@@ -195,6 +217,12 @@ struct Sample {
     napi_cpu: f64,
     /// How XDP was attached to the server's interface during the measurement.
     xdp_mode: Option<&'static str>,
+    /// What the kernel's BPF statistics counted for apifw's program over wrk's run (the
+    /// rate-limit case only).
+    kernel: Option<ProgramRuns>,
+    /// `BPF_PROG_TEST_RUN` of the same program on one of the client's request frames, ns per
+    /// run (the rate-limit case only).
+    test_run_ns: Option<f64>,
 }
 
 /// Pins the calling thread (and what it spawns from now on) to `cpus`; restores every CPU on
@@ -281,6 +309,31 @@ fn apifw_policy() -> String {
     format!("[block]\ncidrs = [\"{ATTACK_RANGE}\"]\n\n[metrics]\nlisten = \"off\"\n")
 }
 
+/// apifw's policy of the no-flood rate-limit case: one rule on the API's port.
+fn rate_limit_policy() -> String {
+    format!(
+        "[[rule]]\nname = \"api\"\nprotocol = \"tcp\"\nports = [80]\n\
+         per_source = {{ packets_per_second = {RULE_RATE}, burst_packets = {RULE_RATE} }}\n\n\
+         [metrics]\nlisten = \"off\"\n"
+    )
+}
+
+/// One of the client's requests as it reaches the server (wrk's `GET`, a TCP segment with
+/// ACK and PSH from the client's address to port 80), for `BPF_PROG_TEST_RUN`.
+fn request_frame(router_mac: [u8; 6], server_mac: [u8; 6]) -> anyhow::Result<Vec<u8>> {
+    let request = request();
+    let builder = etherparse::PacketBuilder::ethernet2(router_mac, server_mac)
+        .ipv4(lab::CLIENT_ADDR.octets(), lab::SERVER_ADDR.octets(), 63)
+        .tcp(40_000, 80, 1, 64_240)
+        .ack(1)
+        .psh();
+    let mut frame = Vec::with_capacity(builder.size(request.len()));
+    builder
+        .write(&mut frame, request.as_bytes())
+        .context("build the request frame")?;
+    Ok(frame)
+}
+
 /// The filter of one case, while it is installed.
 enum Protection<'a> {
     None,
@@ -357,6 +410,8 @@ struct Setup<'a> {
     timing: &'a Timing,
     scratch: &'a Path,
     server_cpu: usize,
+    /// `repeat` of the rate-limit case's `BPF_PROG_TEST_RUN`.
+    repeat: u32,
 }
 
 fn measure(setup: &Setup, row: Row) -> anyhow::Result<Sample> {
@@ -367,9 +422,19 @@ fn measure(setup: &Setup, row: Row) -> anyhow::Result<Sample> {
         timing,
         scratch,
         server_cpu,
+        repeat,
     } = *setup;
     let protection = match row.case {
         Case::NoFlood | Case::Unprotected => Protection::None,
+        Case::ApifwRateLimit => {
+            let dirs = Dirs::new("apat");
+            dirs.write_policy(&rate_limit_policy());
+            let daemon = Daemon::start(&lab.server, &dirs, &lab.server_if);
+            Protection::Apifw {
+                _daemon: daemon,
+                dirs,
+            }
+        }
         Case::Nft => Protection::Nft(NftTable::install(lab, scratch)?),
         Case::Apifw => {
             let dirs = Dirs::new("apat");
@@ -394,9 +459,36 @@ fn measure(setup: &Setup, row: Row) -> anyhow::Result<Sample> {
         .map(|attacker| Flood::start(attacker, lab, target, generator))
         .transpose()?;
     std::thread::sleep(timing.warmup);
+    // apifw's own cost over wrk's run, as the kernel counts it (the rate-limit case only).
+    let counted: Vec<u32> = if row.case == Case::ApifwRateLimit {
+        let attached = kstats::attached(&lab.server, &lab.server_if)?;
+        ensure!(!attached.is_empty(), "apifw attached no XDP program");
+        attached.iter().map(|program| program.id).collect()
+    } else {
+        Vec::new()
+    };
+    let counting = if counted.is_empty() {
+        None
+    } else {
+        Some(kstats::Counting::start()?)
+    };
+    let kernel_before = counting
+        .as_ref()
+        .map(|_| kstats::runs(&counted))
+        .transpose()?;
     let before = snapshot(lab, flood.as_ref(), &protection)?;
     let load = http::run_wrk(lab, server_cpu, timing.seconds)?;
     let after = snapshot(lab, flood.as_ref(), &protection)?;
+    let kernel = match kernel_before {
+        Some(start) => Some(kstats::between(&start, &kstats::runs(&counted)?)),
+        None => None,
+    };
+    // Off before the test run: the statistics would add their clock reads to it.
+    drop(counting);
+    let test_run_ns = match counted.first() {
+        Some(id) => Some(test_run(lab, *id, scratch, repeat)?),
+        None => None,
+    };
     if let Some(flood) = flood {
         flood.stop().context("the flood generator failed")?;
     }
@@ -418,7 +510,25 @@ fn measure(setup: &Setup, row: Row) -> anyhow::Result<Sample> {
         filtered: rate(before.filtered, after.filtered),
         napi_cpu: rate(before.napi_ns, after.napi_ns) / 1e9,
         xdp_mode,
+        kernel,
+        test_run_ns,
     })
+}
+
+/// `BPF_PROG_TEST_RUN` of the attached program `id` on one of the client's requests
+/// (`bpftool prog run ... repeat N`), ns per run; the verdict must be a pass. The client's
+/// source is tracked by then and its bucket full again (wrk stays far below the rule's rate),
+/// so this is the path its real packets took.
+fn test_run(lab: &Lab, id: u32, scratch: &Path, repeat: u32) -> anyhow::Result<f64> {
+    let path = scratch.join("request.bin");
+    std::fs::write(&path, request_frame(lab.upstream_mac, lab.server_mac)?)
+        .context("write the request frame")?;
+    let (verdict, ns) = crate::xdpfilter::prog_run(id, &path, repeat)?;
+    ensure!(
+        verdict == XDP_PASS,
+        "apifw returned {verdict} on the client's request, expected XDP_PASS"
+    );
+    Ok(ns)
 }
 
 fn which(program: &str) -> bool {
@@ -494,7 +604,9 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<String> {
     http::run_wrk(&lab, server_cpu, 1)?;
     let rows: Vec<Row> = ROWS
         .into_iter()
-        .filter(|row| row.case != Case::Apifw || apifw_missing.is_none())
+        .filter(|row| {
+            !matches!(row.case, Case::Apifw | Case::ApifwRateLimit) || apifw_missing.is_none()
+        })
         .collect();
     let setup = Setup {
         lab: &lab,
@@ -503,6 +615,7 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<String> {
         timing: &timing,
         scratch: &scratch.0,
         server_cpu,
+        repeat: opts.repeat,
     };
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); ROWS.len()];
     for run in 0..runs {
@@ -521,6 +634,16 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<String> {
                 sample.filtered,
                 sample.napi_cpu * 100.0
             );
+            if let (Some(kernel), Some(test_run)) = (sample.kernel, sample.test_run_ns) {
+                eprintln!(
+                    "bench: attack run {run}: apifw's program {} ns per packet over {} packets \
+                     (kernel BPF statistics), {test_run:.0} ns by BPF_PROG_TEST_RUN",
+                    kernel
+                        .ns_per_packet()
+                        .map_or("–".to_owned(), |ns| format!("{ns:.0}")),
+                    kernel.runs
+                );
+            }
             let index = ROWS.iter().position(|r| *r == row).unwrap_or(0);
             samples[index].push(sample);
         }
@@ -532,6 +655,102 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<String> {
         &samples,
         apifw_missing.as_deref(),
     )?)
+}
+
+/// The subsection on apifw's own cost in the real path: the kernel's BPF statistics of its
+/// program over wrk's run in the rate-limit case, next to `BPF_PROG_TEST_RUN` of the same
+/// program on one of the client's requests, both from the same measurement.
+fn real_path(md: &mut String, opts: &BenchOptions, samples: &[Vec<Sample>]) -> std::fmt::Result {
+    let index = ROWS
+        .iter()
+        .position(|row| *row == Row::quiet(Case::ApifwRateLimit))
+        .unwrap_or(0);
+    let runs: Vec<&Sample> = samples
+        .get(index)
+        .into_iter()
+        .flatten()
+        .filter(|s| s.kernel.and_then(|k| k.ns_per_packet()).is_some() && s.test_run_ns.is_some())
+        .collect();
+    let real: Vec<f64> = runs
+        .iter()
+        .filter_map(|s| s.kernel?.ns_per_packet())
+        .collect();
+    let test: Vec<f64> = runs.iter().filter_map(|s| s.test_run_ns).collect();
+    let packets: Vec<f64> = runs
+        .iter()
+        .filter_map(|s| s.kernel.map(|k| k.runs as f64))
+        .collect();
+    writeln!(md, "### apifw's own cost in the real path\n")?;
+    if real.is_empty() {
+        return writeln!(
+            md,
+            "Not measured: the rate-limit case did not run, or the kernel counted no packet.\n"
+        );
+    }
+    writeln!(
+        md,
+        "The no-flood rate-limit case above: while wrk runs, the kernel's BPF statistics \
+         (`run_time_ns` / `run_cnt` of the program attached to the server's veth, as `apifw \
+         status` shows them; on through a `BPF_ENABLE_STATS` descriptor held for wrk's run) \
+         count every packet that reaches the server: the client's TCP segments to port 80, \
+         all through the rule, one run each. After wrk, with the statistics off again, the \
+         same program (same maps, the client's source tracked and its bucket full) runs one of \
+         the client's requests (a {}-byte frame, a TCP segment to port 80 carrying `GET {}`) \
+         with `BPF_PROG_TEST_RUN` (`bpftool prog run`, `repeat` = {}). Both figures per \
+         measurement, median and spread over the {} runs; \"× TestRun\" is each run's ratio. \
+         The test run repeats one frame in warm caches; real packets arrive one by one, \
+         between nginx's and wrk's work on the same CPU, and miss them. The kernel's figure \
+         also holds what the counting adds (clock reads around each run; the flood section's \
+         sink row is about that much), which the test run does not pay. The per-packet \
+         section's \"tracked source within its limit (passed)\" row measures the same rule \
+         path with `BPF_PROG_TEST_RUN` on a UDP frame.\n",
+        request_len(),
+        http::API_PATH,
+        opts.repeat,
+        real.len()
+    )?;
+    let ratios: Vec<f64> = real
+        .iter()
+        .zip(&test)
+        .map(|(r, t)| r / t.max(1e-9))
+        .collect();
+    let (real, test, ratio) = (Spread::of(&real), Spread::of(&test), Spread::of(&ratios));
+    writeln!(
+        md,
+        "| apifw, one rate-limit rule, no flood | ns/packet (median) | spread | × TestRun (median) | × TestRun spread |"
+    )?;
+    writeln!(md, "|---|---:|---:|---:|---:|")?;
+    writeln!(
+        md,
+        "| real path: nginx + wrk over the veth, kernel BPF statistics ({:.0} packets per run) | {:.0} | {:.0}..{:.0} | {:.2} | {:.2}..{:.2} |",
+        Spread::of(&packets).median,
+        real.median,
+        real.min,
+        real.max,
+        ratio.median,
+        ratio.min,
+        ratio.max
+    )?;
+    writeln!(
+        md,
+        "| TestRun: one of the client's requests, repeated | {:.0} | {:.0}..{:.0} | 1.00 | |",
+        test.median, test.min, test.max
+    )?;
+    writeln!(md)
+}
+
+/// The client's request, as wrk sends it.
+fn request() -> String {
+    format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\n\r\n",
+        http::API_PATH,
+        lab::SERVER_ADDR
+    )
+}
+
+/// The length of [`request_frame`]'s frame: Ethernet, IPv4 and TCP headers and the request.
+fn request_len() -> usize {
+    14 + 20 + 20 + request().len()
 }
 
 /// Milliseconds with two decimals; "n/a" when no request completed (wrk gives no latency).
@@ -629,6 +848,14 @@ fn markdown(
     writeln!(md, "- **no flood**: the client alone.")?;
     writeln!(
         md,
+        "- **no flood, apifw (rate-limit rule on port 80)**: a fresh daemon per measurement \
+         with one rule, `protocol = \"tcp\"`, `ports = [80]`, `per_source = {{ \
+         packets_per_second = {RULE_RATE}, burst_packets = {RULE_RATE} }}` (a limit the client \
+         stays within, so every request passes the rule's bucket), and the kernel's BPF \
+         statistics on for wrk's run: apifw's own cost per packet in the real path (below)."
+    )?;
+    writeln!(
+        md,
         "- **flood, no protection**: the kernel's defaults (SYN cookies)."
     )?;
     writeln!(
@@ -691,7 +918,7 @@ fn markdown(
         }
         let p99 = field(|s| s.load.p99_ms);
         let errors = field(|s| s.load.errors as f64);
-        let flood = *case != Case::NoFlood;
+        let flood = row.attacker.is_some();
         let dash_or = |value: f64| {
             if flood {
                 format!("{value:.0}")
@@ -716,7 +943,7 @@ fn markdown(
             errors.median,
             dash_or(field(|s| s.offered).median),
             dash_or(field(|s| s.lost).median),
-            if matches!(case, Case::Nft | Case::Apifw) {
+            if matches!(case, Case::Nft | Case::Apifw | Case::ApifwRateLimit) {
                 format!("{:.0}", field(|s| s.filtered).median)
             } else {
                 "–".to_owned()
@@ -824,5 +1051,83 @@ fn markdown(
          NAPI CPU\" is the share of CPU 1 the server's receive thread used, for the flood and \
          the legitimate traffic together."
     )?;
+    writeln!(md)?;
+    real_path(&mut md, opts, samples)?;
     Ok(md)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(kernel_ns: Option<u64>, test_run_ns: Option<f64>) -> Sample {
+        Sample {
+            load: Load {
+                requests: 400_000,
+                seconds: 8.0,
+                non_2xx: 0,
+                errors: 0,
+                p99_ms: 1.0,
+            },
+            offered: 0.0,
+            lost: 0.0,
+            filtered: 0.0,
+            napi_cpu: 0.2,
+            xdp_mode: Some("native"),
+            kernel: kernel_ns.map(|ns| ProgramRuns {
+                runs: 400_000,
+                run_time_ns: ns * 400_000,
+                stats_enabled: false,
+            }),
+            test_run_ns,
+        }
+    }
+
+    #[test]
+    fn the_real_path_next_to_the_test_run() {
+        let opts = BenchOptions {
+            runs: 3,
+            repeat: 1_000_000,
+            quick: false,
+        };
+        let mut samples = vec![Vec::new(); ROWS.len()];
+        samples[1] = vec![
+            sample(Some(460), Some(230.0)),
+            sample(Some(400), Some(250.0)),
+            sample(Some(500), Some(200.0)),
+        ];
+        let mut md = String::new();
+        real_path(&mut md, &opts, &samples).unwrap();
+        assert!(
+            md.contains("| real path: nginx + wrk over the veth, kernel BPF statistics (400000 packets per run) | 460 | 400..500 | 2.00 | 1.60..2.50 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| TestRun: one of the client's requests, repeated | 230 | 200..250 | 1.00 | |"
+            ),
+            "{md}"
+        );
+        let mut none = String::new();
+        real_path(&mut none, &opts, &vec![Vec::new(); ROWS.len()]).unwrap();
+        assert!(none.contains("Not measured"), "{none}");
+    }
+
+    #[test]
+    fn the_request_frame_is_the_clients_get() {
+        let frame = request_frame([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]).unwrap();
+        assert_eq!(frame.len(), request_len());
+        let packet = etherparse::SlicedPacket::from_ethernet(&frame).unwrap();
+        let Some(etherparse::NetSlice::Ipv4(ip)) = &packet.net else {
+            panic!("not IPv4");
+        };
+        assert_eq!(ip.header().source_addr(), lab::CLIENT_ADDR);
+        assert_eq!(ip.header().destination_addr(), lab::SERVER_ADDR);
+        let Some(etherparse::TransportSlice::Tcp(tcp)) = &packet.transport else {
+            panic!("not TCP");
+        };
+        assert_eq!(tcp.destination_port(), 80);
+        assert!(tcp.ack() && tcp.psh() && !tcp.syn());
+        assert!(tcp.payload().starts_with(b"GET /api HTTP/1.1\r\n"));
+    }
 }

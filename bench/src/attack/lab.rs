@@ -24,6 +24,8 @@ use crate::netns::Netns;
 
 /// The server's address.
 pub const SERVER_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+/// The legitimate client's address.
+pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 /// The attacker's source range.
 pub const ATTACK_RANGE: &str = "198.18.0.0/15";
 
@@ -138,11 +140,12 @@ impl Lab {
         };
         add_veth(s, &lab.server_if, e, &lab.upstream_if)?;
         add_veth(c, &lab.client_if, e, &edge_client_if)?;
+        let client = format!("{CLIENT_ADDR}/24");
         for (ns, interface, address) in [
             (s, lab.server_if.as_str(), "192.0.2.1/24"),
             (e, lab.upstream_if.as_str(), "192.0.2.254/24"),
             (e, edge_client_if.as_str(), "198.51.100.254/24"),
-            (c, lab.client_if.as_str(), "198.51.100.1/24"),
+            (c, lab.client_if.as_str(), client.as_str()),
         ] {
             ip(ns, &["addr", "add", address, "dev", interface])?;
             ip(ns, &["link", "set", interface, "up"])?;
