@@ -23,6 +23,7 @@ fn settings(url: &str) -> CrowdsecSettings {
             crate::policy::crowdsec::DecisionScope::Ip,
             crate::policy::crowdsec::DecisionScope::Range,
         ],
+        push: None,
     }
 }
 
