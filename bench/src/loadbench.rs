@@ -778,7 +778,7 @@ impl LoadReport {
              `limits.max_v4_prefixes = {}`) is attached and idle; timed is `apifw block import \
              FILE --format plain`: the CLI sends the file over the control socket, the daemon \
              parses it, compiles the prefix tables, and, in parallel, saves its state file and \
-             writes the inactive policy generation into the kernel maps, then flips to it behind \
+             writes the inactive policy generation into the kernel maps (the prefix hash from one thread per CPU, up to 4, since the kernel's inserts are most of the time), then flips to it behind \
              the RCU barrier before it answers.",
             files_capacity(entries)
         )?;

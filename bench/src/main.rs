@@ -1,9 +1,10 @@
 //! `apifw-bench`, run by `cargo xtask bench`: measures apifw against its baselines and peers and
 //! writes `docs/BENCHMARKS.md`, one module per section ([`SECTIONS`]): per-packet cost with
-//! `BPF_PROG_TEST_RUN` as ratios to baselines measured in the same run ([`packet`]), loading 1M
-//! CIDRs next to `ipset restore` and `nft -f` ([`loadbench`]), floods over veth ([`flood`]),
-//! many distinct sources ([`sources`]), an HTTP API under attack ([`attack`]), several CPUs
-//! ([`multicore`]) and 100k CrowdSec decisions next to `crowdsec-firewall-bouncer` ([`fleet`]).
+//! `BPF_PROG_TEST_RUN` as ratios to baselines measured in the same run ([`packet`]), what each
+//! stage of the program costs ([`ablation`]), loading 1M CIDRs next to `ipset restore` and
+//! `nft -f` ([`loadbench`]), floods over veth ([`flood`]), many distinct sources ([`sources`]),
+//! an HTTP API under attack ([`attack`]), several CPUs ([`multicore`]) and 100k CrowdSec
+//! decisions next to `crowdsec-firewall-bouncer` ([`fleet`]).
 //!
 //! Every case is measured `--runs` times (default 7), interleaved with its baselines so that
 //! machine noise hits both alike; the median and the spread (min..max) are reported.
@@ -15,6 +16,7 @@ use anyhow::{Context as _, bail};
 // The test library's helpers, under the names the sections use (`crate::netns`, ...).
 use apifw_tests::{daemon, generator, lapi, netns, packets, programs, support};
 
+mod ablation;
 mod attack;
 mod fleet;
 mod flood;
@@ -119,6 +121,7 @@ fn parse_args() -> Args {
 type Measure = fn(&Args) -> anyhow::Result<String>;
 const SECTIONS: &[(&str, Measure)] = &[
     ("packet", |args| packet::run(&args.common())),
+    ("ablation", |args| ablation::run(&args.common())),
     ("load", |args| Ok(loadbench::run(&args.load())?.markdown()?)),
     ("flood", |args| flood::run(&args.common())),
     ("sources", |args| sources::run(&args.common())),

@@ -2,7 +2,7 @@
 //! empty and one-lookup baselines (`apifw_tests::programs`) measured in the same run, and to
 //! xdp-filter on the same frames.
 
-mod lists;
+pub(crate) mod lists;
 mod measure;
 
 use std::{
@@ -31,22 +31,23 @@ use crate::{
 /// 192.0.0.0/16, 2001:db8:fe00::/23 or 2001:db9::/32 except through these entries, so a case sees
 /// the same neighbourhood in every list (the random entries inside 2001:db8::/32 give its /32 all
 /// four IPv6 lengths, so IPv6 sources there probe four of them).
-const BLOCKED_HOST: Ipv4Addr = xdpfilter::BLOCKED;
+pub(crate) const BLOCKED_HOST: Ipv4Addr = xdpfilter::BLOCKED;
 const BLOCKED_NET: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 0);
 const BLOCKED_NET_MEMBER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 99);
 /// Allowlisted inside the blocked /24 (as in examples/apifw.toml).
-const ALLOWED_HOST: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
+pub(crate) const ALLOWED_HOST: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
 const PASSED_SAME_16: Ipv4Addr = Ipv4Addr::new(203, 0, 114, 1);
 const PASSED_QUIET: Ipv4Addr = xdpfilter::PASSED;
 const BLOCKED_V6_HOST: Ipv6Addr = xdpfilter::BLOCKED_V6;
 /// The /48 entry 2001:db8:ff00::/48 holds it (and [`BLOCKED_V6_HOST`]).
-const BLOCKED_V6_NET_MEMBER: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xff00, 1, 0, 0, 0, 0x99);
+pub(crate) const BLOCKED_V6_NET_MEMBER: Ipv6Addr =
+    Ipv6Addr::new(0x2001, 0xdb8, 0xff00, 1, 0, 0, 0, 0x99);
 const PASSED_V6_SAME_32: Ipv6Addr = xdpfilter::PASSED_V6;
 const PASSED_V6_QUIET: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb9, 0, 0, 0, 0, 0, 0x10);
 
 /// `XDP_DROP` and `XDP_PASS`: the verdict every case is checked to get.
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
+pub(crate) const XDP_DROP: u32 = 1;
+pub(crate) const XDP_PASS: u32 = 2;
 
 /// The blocklist cases: label, source, verdict.
 const LIST_CASES: [(&str, IpAddr, u32); 9] = [

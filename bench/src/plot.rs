@@ -347,7 +347,14 @@ pub fn render(report: &str, dir: &Path, link_prefix: &str) -> anyhow::Result<Str
                 let path = dir.join(&name);
                 std::fs::write(&path, svg(&chart)?)
                     .with_context(|| format!("write {}", path.display()))?;
-                writeln!(out, "\n{PLOT_PREFIX}{}]({link_prefix}{name})", chart.title)?;
+                // A blank line on both sides, whatever follows the table (the tidying below
+                // collapses doubles): a table that ends its section gets the same text on
+                // every run.
+                writeln!(
+                    out,
+                    "\n{PLOT_PREFIX}{}]({link_prefix}{name})\n",
+                    chart.title
+                )?;
             }
         }
         if let Some(line) = line
@@ -489,6 +496,20 @@ mod tests {
                 "{heights:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_table_that_ends_its_section_renders_the_same_twice() {
+        let report = REPORT.replace("\nAfter.\n", "");
+        let dir = std::env::temp_dir().join(format!("apifw-plot-end-{}", std::process::id()));
+        let first = render(&report, &dir, "bench/").unwrap();
+        let second = render(&first, &dir, "bench/").unwrap();
+        assert_eq!(first, second);
+        assert!(
+            first.contains("(bench/packet-1.svg)\n\n<!-- /bench:packet -->"),
+            "{first}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

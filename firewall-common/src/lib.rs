@@ -8,6 +8,7 @@
 #[cfg(feature = "user")]
 extern crate std;
 
+pub mod ablation;
 pub mod admission;
 pub mod config;
 pub mod events;

@@ -3,6 +3,7 @@
 use crate::{
     config::KernelConfig,
     events::DropEvent,
+    lease::Lease,
     prefix::{PrefixV4Key, PrefixV6Key, V4Summary, V6Summary, V6SummaryKey},
     rules::{BanEntry, BanKey, EscalationState, RuleConfig, RuleKey, TrackKey, TrackState},
     stats::Counter,
@@ -39,3 +40,7 @@ unsafe impl aya::Pod for BanEntry {}
 unsafe impl aya::Pod for EscalationState {}
 // SAFETY: see above.
 unsafe impl aya::Pod for DropEvent {}
+// SAFETY: see above: a 20-byte key, a u32 and two u64 arrays, 72 bytes with no padding (the
+// assertion below holds it to that).
+unsafe impl aya::Pod for Lease {}
+const _: () = assert!(size_of::<Lease>() == 72);

@@ -23,6 +23,7 @@ use aya_ebpf::{
 };
 use firewall_common::{
     Action, Counter, KernelConfig, Reason, Verdict,
+    ablation::{self, Stage},
     admission::ADMISSION_SLOTS,
     config::{CONFIG_DEBUG_LOG, CONFIG_EVENTS},
     generation,
@@ -106,6 +107,28 @@ static ADMISSION: PerCpuArray<u64> = PerCpuArray::with_max_entries(ADMISSION_SLO
 #[map(name = "APIFW_RULE_STATS")]
 static RULE_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(RULE_STATS_ENTRIES, 0);
 
+// The stage after which the program stops (`firewall_common::ablation`, whose
+// `STOP_AFTER_GLOBAL` is this symbol's name): set only by the loader of the benchmark and the
+// tests. In `.rodata`, frozen before the program loads, so the verifier knows the value and walks
+// only the branches it takes; the shipped value stops nowhere.
+#[unsafe(no_mangle)]
+static APIFW_STOP_AFTER: u32 = ablation::NEVER;
+
+/// Whether the program stops at or before `stage` (see `firewall_common::ablation`). Marked
+/// unlikely so that LLVM lays the stops out of the packet's way: without it, it spilled an
+/// undefined register in the IPv6 probe loops, which the verifier rejects.
+#[inline(always)]
+fn stops(stage: Stage) -> bool {
+    // SAFETY: a read of a static `u32` through a valid, aligned pointer. Volatile, or LLVM would
+    // fold the initial value in and the loader's value would never be read.
+    let stop_after = unsafe { core::ptr::read_volatile(&raw const APIFW_STOP_AFTER) };
+    core::intrinsics::unlikely(stage.stops(stop_after))
+}
+
+/// What a stage that stops the program returns to the rest of it: the caller leaves at once
+/// (`stops` again), so the verdict is never used or counted.
+const STOPPED: Verdict = Verdict::new(Action::Pass, Reason::Default);
+
 /// The firewall.
 #[xdp]
 pub fn apifw(ctx: XdpContext) -> u32 {
@@ -117,10 +140,17 @@ pub fn apifw(ctx: XdpContext) -> u32 {
     let Some(config) = CONFIG.get(active) else {
         return xdp_action::XDP_PASS;
     };
+    if stops(Stage::Config) {
+        return xdp_action::XDP_PASS;
+    }
     let verdict = match try_apifw(&ctx, config) {
         Ok(verdict) => verdict,
         Err(Malformed) => Verdict::new(config.malformed(), Reason::Malformed),
     };
+    // Every stage up to here: what follows (interface slot, debug log, counters) is the last.
+    if stops(Stage::Events) {
+        return xdp_action::XDP_PASS;
+    }
     let ifindex = ctx.ingress_ifindex() as u32;
     let slot = IFACES.get(ifindex).map_or(0, |slot| *slot);
     // Off by default: one test of a flag in a record already loaded.
@@ -151,10 +181,17 @@ fn try_apifw(ctx: &XdpContext, config: &KernelConfig) -> Result<Verdict, Malform
         Some(packet) => packet,
         None => return Ok(Verdict::new(Action::Pass, Reason::NonIp)),
     };
+    if stops(Stage::Parse) {
+        return Ok(STOPPED);
+    }
     let flags = match packet.source {
         Source::V4(addr) => prefixes::lookup_v4(addr, config.generation),
         Source::V6(hi, lo) => prefixes::lookup_v6(hi, lo, config.v6_short_mask, config.generation),
     };
+    // The summary stage stops inside the lookups.
+    if stops(Stage::Probes) {
+        return Ok(STOPPED);
+    }
     if flags & FLAG_ALLOW != 0 {
         return Ok(Verdict::new(Action::Pass, Reason::Allowlist));
     }
@@ -164,8 +201,15 @@ fn try_apifw(ctx: &XdpContext, config: &KernelConfig) -> Result<Verdict, Malform
     } else {
         ratelimit::check(&packet, len, config)
     };
+    // The rule, ban, state and bucket stages stop inside the check.
+    if stops(Stage::Bucket) {
+        return Ok(STOPPED);
+    }
     if rule != ratelimit::NO_RULE {
         count_in(&RULE_STATS, rule_stats_index(rule, reason), len as usize);
+    }
+    if stops(Stage::RuleCounters) {
+        return Ok(STOPPED);
     }
     let action = match reason {
         Reason::Blocklist

@@ -8,6 +8,7 @@ use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, maps::LruHashMa
 use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 use firewall_common::{
     KernelConfig, Reason,
+    ablation::Stage,
     admission::Sighting,
     config::{CONFIG_BANS, CONFIG_DRY_RUN, RULES_BY_PORT, RULES_BY_PROTOCOL, RULES_FOR_ANY},
     lease::{Field, LEASE_SOURCE, LEASE_SUBNET, Lease},
@@ -19,6 +20,7 @@ use firewall_common::{
 use crate::{
     ADMISSION, LEASES, RULE_MATCH, RULES, SOURCES, SUBNETS, bans,
     parse::{Packet, Source},
+    stops,
 };
 
 /// Compare-and-exchange attempts before a contended refill counts as exceeding: with leases a
@@ -247,6 +249,9 @@ pub fn now_ns(config: &KernelConfig) -> u64 {
 pub fn check(packet: &Packet, len: u64, config: &KernelConfig) -> (u32, Reason) {
     let bans_on = config.flags & CONFIG_BANS != 0;
     let rule = rule_for(packet, config.rule_kinds, config.generation);
+    if stops(Stage::Rule) {
+        return (NO_RULE, Reason::Default);
+    }
     if rule == NO_RULE && !bans_on {
         return (NO_RULE, Reason::Default);
     }
@@ -256,6 +261,9 @@ pub fn check(packet: &Packet, len: u64, config: &KernelConfig) -> (u32, Reason) 
         if banned != Reason::Default {
             return (NO_RULE, banned);
         }
+    }
+    if stops(Stage::Bans) {
+        return (NO_RULE, Reason::Default);
     }
     if rule == NO_RULE {
         return (NO_RULE, Reason::Default);
@@ -421,6 +429,9 @@ fn exceeded(packet: &Packet, len: u64, rule: u32, config: &KernelConfig, now_ns:
     } else {
         None
     };
+    if stops(Stage::State) {
+        return Reason::Default;
+    }
     let mut reason = Reason::Default;
     if source_lease.is_null() {
         // No per-source bucket to charge.

@@ -65,7 +65,7 @@ fn random_prefix(rng: &mut SmallRng) -> Option<IpNet> {
 }
 
 /// The benchmark's own entries plus random ones up to `size` prefixes (at least the own ones).
-pub(super) fn blocklist(size: usize, rng: &mut SmallRng) -> Vec<IpNet> {
+pub(crate) fn blocklist(size: usize, rng: &mut SmallRng) -> Vec<IpNet> {
     let mut list = fixed_entries();
     let mut seen: std::collections::HashSet<IpNet> = list.iter().copied().collect();
     while list.len() < size {
@@ -79,7 +79,7 @@ pub(super) fn blocklist(size: usize, rng: &mut SmallRng) -> Vec<IpNet> {
 }
 
 /// Fills the source-state map with `count` random IPv4 sources of rule 0.
-pub(super) fn preload_sources(
+pub(crate) fn preload_sources(
     firewall: &mut Firewall,
     count: usize,
     rng: &mut SmallRng,

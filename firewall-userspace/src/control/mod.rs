@@ -302,6 +302,33 @@ pub struct CrowdsecStatus {
     pub errors: u64,
     /// Why the last sync failed, when it did (cleared by the next good one).
     pub last_error: Option<String>,
+    /// The push side (this host's bans sent to the LAPI as alerts), when the policy has
+    /// machine credentials; None also from a daemon that predates the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push: Option<CrowdsecPushStatus>,
+}
+
+/// The push side of the CrowdSec link, in `GET /v1/status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrowdsecPushStatus {
+    /// The machine the daemon logs in as.
+    pub machine_id: String,
+    /// Whether jail bans are pushed.
+    pub jail_bans: bool,
+    /// Whether the rate limiter's bans are pushed.
+    pub rate_limit_bans: bool,
+    /// Bans the LAPI took since the daemon started.
+    pub pushed: u64,
+    /// Bans waiting to be pushed.
+    pub queued: u64,
+    /// Seconds since the LAPI last took some; None before the first.
+    pub last_push_secs_ago: Option<u64>,
+    /// Failed pushes since the daemon started.
+    pub errors: u64,
+    /// Bans not pushed (queue full, expired while queued, refused as invalid).
+    pub dropped: u64,
+    /// Why the last push failed, until one succeeds.
+    pub last_error: Option<String>,
 }
 
 /// Kernel memory of one map (`dataplane::memory`).

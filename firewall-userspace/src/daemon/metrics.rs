@@ -472,6 +472,42 @@ impl Collector for Exporter {
                 "CrowdSec decisions not enforced, by reason.",
                 &skipped,
             )?;
+            if let Some(push) = &crowdsec.push {
+                counter(
+                    &mut encoder,
+                    "apifw_crowdsec_pushed",
+                    "This host's bans the CrowdSec LAPI took as alerts.",
+                    &[(Vec::new(), push.pushed)],
+                )?;
+                gauge(
+                    &mut encoder,
+                    "apifw_crowdsec_push_queue",
+                    "This host's bans waiting to be pushed to the CrowdSec LAPI.",
+                    &[(Vec::new(), push.queued as i64)],
+                )?;
+                let errors: Vec<_> = push
+                    .errors
+                    .iter()
+                    .map(|(kind, n)| (vec![("kind", (*kind).to_owned())], *n))
+                    .collect();
+                counter(
+                    &mut encoder,
+                    "apifw_crowdsec_push_errors",
+                    "Failed pushes to the CrowdSec LAPI by kind; the bans stay queued.",
+                    &errors,
+                )?;
+                let dropped: Vec<_> = push
+                    .dropped
+                    .iter()
+                    .map(|(reason, n)| (vec![("reason", (*reason).to_owned())], *n))
+                    .collect();
+                counter(
+                    &mut encoder,
+                    "apifw_crowdsec_push_dropped",
+                    "This host's bans not pushed to the CrowdSec LAPI, by reason.",
+                    &dropped,
+                )?;
+            }
         }
         gauge(
             &mut encoder,
@@ -695,6 +731,7 @@ mod tests {
             last_sync_unix: Some(1_700_000_000),
             errors: [("timeout", 2), ("host_bits", 1)].into(),
             skipped: [("not_ban", 4), ("allowlisted", 1)].into(),
+            push: None,
         });
         let text = classic_text(&exporter.render().expect("render"));
         for line in [
@@ -705,6 +742,31 @@ mod tests {
             "apifw_crowdsec_sync_errors_total{kind=\"host_bits\"} 1",
             "apifw_crowdsec_skipped_decisions_total{reason=\"not_ban\"} 4",
             "apifw_crowdsec_skipped_decisions_total{reason=\"allowlisted\"} 1",
+        ] {
+            assert!(
+                text.lines().any(|found| found == line),
+                "{line} in:\n{text}"
+            );
+        }
+        assert!(
+            !text.contains("apifw_crowdsec_push"),
+            "no credentials, no push side"
+        );
+        if let Some(crowdsec) = &mut exporter.shared.lock().expect("shared").crowdsec {
+            crowdsec.push = Some(crate::engine::CrowdsecPushMetrics {
+                pushed: 12,
+                queued: 3,
+                errors: [("connect", 2), ("forbidden", 1)].into(),
+                dropped: [("queue_full", 5)].into(),
+            });
+        }
+        let text = classic_text(&exporter.render().expect("render"));
+        for line in [
+            "apifw_crowdsec_pushed_total 12",
+            "apifw_crowdsec_push_queue 3",
+            "apifw_crowdsec_push_errors_total{kind=\"connect\"} 2",
+            "apifw_crowdsec_push_errors_total{kind=\"forbidden\"} 1",
+            "apifw_crowdsec_push_dropped_total{reason=\"queue_full\"} 5",
         ] {
             assert!(
                 text.lines().any(|found| found == line),

@@ -2,6 +2,7 @@
 //! runtime entries current until SIGINT/SIGTERM. SIGHUP reloads.
 
 pub mod crowdsec;
+pub mod crowdsec_push;
 pub mod metrics;
 pub mod request;
 pub mod server;
@@ -343,6 +344,8 @@ pub async fn run(mut policy: Policy, options: RunOptions) -> Result<(), DaemonEr
     let server = tokio::spawn(server::serve(listener, engine.clone(), Access { group }));
     // The CrowdSec bouncer (idle without a `[crowdsec]` section; a reload may add one).
     let bouncer = tokio::spawn(crowdsec::follow(engine.clone()));
+    // Its agent side: this host's bans pushed to the LAPI (idle without machine credentials).
+    let pusher = tokio::spawn(crowdsec_push::push(engine.clone()));
     // The one readiness point: attached on every interface and answering on the control socket.
     // systemd (`Type=notify`) learns it from READY=1; everything else polls `apifw status`.
     notify_service_manager(&[NotifyState::Ready, NotifyState::Status("enforcing")]);
@@ -378,6 +381,7 @@ pub async fn run(mut policy: Policy, options: RunOptions) -> Result<(), DaemonEr
     notify_service_manager(&[NotifyState::Stopping]);
     server.abort();
     bouncer.abort();
+    pusher.abort();
     if let Some(task) = metrics_server {
         task.abort();
     }

@@ -119,6 +119,80 @@ pub fn update<K: Pod, V: Pod>(map: &MapData, keys: &[K], values: &[V]) -> Result
     run(map.fd().as_fd(), Op::Update, keys, Some(values), false)
 }
 
+/// Below this many elements [`update_parallel`] stays on the calling thread: a thread costs
+/// more than it saves on small writes.
+const PARALLEL_MIN: usize = 131_072;
+
+/// At most this many threads write one map at once.
+const PARALLEL_MAX_THREADS: usize = 4;
+
+/// Like [`update`], with the elements split into contiguous parts written by up to
+/// `available_parallelism()` threads at once (at most [`PARALLEL_MAX_THREADS`]).
+///
+/// Why: a million-entry prefix list is mostly the kernel's time inserting into the hash (each
+/// insert a bucket lock, an allocation and cache misses over a table of tens of MiB), and the
+/// kernel's hash maps lock per bucket, so inserts from several CPUs proceed side by side. On
+/// failure, which elements are in the map is not said: the failing part's elements before
+/// [`BatchError::Syscall`]'s `done` (counted from the start of `keys`) are, those after it are
+/// not, and other parts may be written wholly or in part. Callers that need the prefix
+/// guarantee of [`update`] use it; the prefix tables do not (a failed generation write is
+/// rewritten whole next time).
+pub fn update_parallel<K: Pod + Sync, V: Pod + Sync>(
+    map: &MapData,
+    keys: &[K],
+    values: &[V],
+) -> Result<(), BatchError> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(PARALLEL_MAX_THREADS);
+    if keys.len() < PARALLEL_MIN || threads < 2 || keys.len() != values.len() {
+        return update(map, keys, values);
+    }
+    check(map, size_of::<K>(), Some(size_of::<V>()))?;
+    let fd = map.fd().as_fd();
+    let all = keys.len();
+    let part = all.div_ceil(threads);
+    let results: Vec<Result<(), BatchError>> = std::thread::scope(|scope| {
+        let writers: Vec<_> = keys
+            .chunks(part)
+            .zip(values.chunks(part))
+            .enumerate()
+            .map(|(index, (keys, values))| {
+                scope.spawn(move || {
+                    run(fd, Op::Update, keys, Some(values), false).map_err(|err| match err {
+                        BatchError::Syscall {
+                            op,
+                            done,
+                            total: _,
+                            source,
+                        } => BatchError::Syscall {
+                            op,
+                            done: index * part + done,
+                            total: all,
+                            source,
+                        },
+                        other => other,
+                    })
+                })
+            })
+            .collect();
+        writers
+            .into_iter()
+            .map(|writer| {
+                writer.join().unwrap_or_else(|_| {
+                    Err(BatchError::Syscall {
+                        op: "BPF_MAP_UPDATE_BATCH",
+                        done: 0,
+                        total: all,
+                        source: io::Error::other("a batch writer thread panicked"),
+                    })
+                })
+            })
+            .collect()
+    });
+    results.into_iter().collect()
+}
+
 /// Deletes `keys`, in order.
 ///
 /// Meant for keys known to be in the map (for instance the difference between the loaded set

@@ -305,6 +305,43 @@ fn lookup_all_reads_back_every_element() {
     ));
 }
 
+#[test]
+fn parallel_update_writes_every_element_and_reports_a_full_map() {
+    if !root() {
+        return;
+    }
+    // Above PARALLEL_MIN, so the work is split whenever the machine has two CPUs.
+    const N: u64 = 2 * PARALLEL_MIN as u64 + 7;
+    let keys = keys(0..N);
+    let values: Vec<u32> = (0..N as u32).collect();
+    for flags in [0, BPF_F_NO_PREALLOC] {
+        let map = hash(N as u32 + 10, flags);
+        update_parallel(map.map(), &keys, &values).expect("parallel update");
+        let read: std::collections::HashMap<u64, u32> = lookup_all::<u64, u32>(map.map())
+            .expect("lookup batch")
+            .expect("supported")
+            .into_iter()
+            .collect();
+        assert_eq!(read.len(), N as usize, "flags {flags}");
+        for (key, value) in keys.iter().zip(&values) {
+            assert_eq!(read.get(key), Some(value), "flags {flags}: key {key:#x}");
+        }
+        // Too small a map: the error says so, whichever part hit the limit.
+        let small = hash(PARALLEL_MIN as u32, flags);
+        let error = update_parallel(small.map(), &keys, &values).expect_err("map too small");
+        assert!(error.is_map_full(), "flags {flags}: {error:?}");
+        let (_, done, total, _) = syscall_error(error);
+        assert_eq!(total, N as usize);
+        assert!(done < N as usize, "done {done}");
+    }
+    // Mismatched lengths are refused as by `update`.
+    let map = hash(16, 0);
+    assert!(matches!(
+        update_parallel(map.map(), &keys, &values[1..]),
+        Err(BatchError::Mismatch { .. })
+    ));
+}
+
 fn timed(f: impl FnOnce()) -> Duration {
     let start = Instant::now();
     f();

@@ -193,4 +193,38 @@ mod tests {
             .collect();
         assert_eq!(maps, expected);
     }
+
+    /// The ablation hook is off in the object that ships: its global sits in `.rodata` (which
+    /// aya freezes, so the verifier prunes the stops) and holds `ablation::NEVER`. Found by
+    /// patching it as the test hooks do and seeing which bytes change; the map aya makes of
+    /// `.rodata` is one of the data sections the test above leaves out of the daemon's maps.
+    #[test]
+    fn the_shipped_object_never_stops() {
+        use firewall_common::ablation::{NEVER, STOP_AFTER_GLOBAL};
+        let shipped = aya_obj::Object::parse(EBPF_OBJECT).expect("the embedded object parses");
+        let mut patched = shipped.clone();
+        let zero = [0u8; 4];
+        patched
+            .patch_map_data(std::collections::HashMap::from([(
+                STOP_AFTER_GLOBAL,
+                (&zero[..], true),
+            )]))
+            .expect("the object has the global, four bytes in a data section");
+        let changed: Vec<(&str, Vec<u8>)> = shipped
+            .maps
+            .iter()
+            .filter(|(name, map)| map.data() != patched.maps[*name].data())
+            .map(|(name, map)| {
+                let bytes = map
+                    .data()
+                    .iter()
+                    .zip(patched.maps[name].data())
+                    .filter(|(before, after)| before != after)
+                    .map(|(before, _)| *before)
+                    .collect();
+                (name.as_str(), bytes)
+            })
+            .collect();
+        assert_eq!(changed, [(".rodata", NEVER.to_le_bytes().to_vec())]);
+    }
 }

@@ -79,13 +79,13 @@ pub struct CrowdsecSync {
 
 /// The allowlist, indexed by prefix length: whether it wholly covers a prefix costs one hash
 /// probe per distinct allowlisted length (at most 33 or 129), whatever its size.
-struct AllowIndex {
+pub(super) struct AllowIndex {
     prefixes: HashSet<IpNet>,
     lengths: Vec<(bool, u8)>,
 }
 
 impl AllowIndex {
-    fn covers(&self, net: &IpNet) -> bool {
+    pub(super) fn covers(&self, net: &IpNet) -> bool {
         let v4 = net.addr().is_ipv4();
         self.lengths
             .iter()
@@ -154,6 +154,45 @@ impl Engine {
                 bans = self.crowdsec.held.len(),
                 "CrowdSec bans kept from the pinned ban map until the first sync"
             );
+        }
+    }
+
+    /// Another ban on `prefix` (a jail's, a manual or a rule's one) expired. If CrowdSec
+    /// decisions ban it too, the longest takes over for what is left of it; one ending with the
+    /// expired ban (the round trip of a ban this host pushed) is forgotten, so what the engine
+    /// holds stays what the kernel enforces.
+    pub(super) fn crowdsec_after_expiry(&mut self, prefix: &IpNet, now_ns: u64) {
+        let Some(ids) = self.crowdsec.held.get(prefix) else {
+            return;
+        };
+        let ends = longest(ids);
+        if ends <= now_ns.saturating_add(SAME_EXPIRY_NS) {
+            self.crowdsec.held.remove(prefix);
+            self.publish_crowdsec();
+            return;
+        }
+        let kind = if is_host(prefix) {
+            BAN_HOST
+        } else {
+            BAN_SUBNET
+        };
+        let key = ban_key(prefix);
+        let entry = BanEntry::new(now_ns, ends - now_ns, CROWDSEC_BAN_RULE, kind);
+        match self.dataplane.insert_ban(key, entry) {
+            Ok(()) => {
+                self.known_bans.insert(key);
+                info!(
+                    %prefix,
+                    remaining_secs = (ends - now_ns) / 1_000_000_000,
+                    "a CrowdSec decision outlasting an expired ban takes over"
+                );
+            }
+            // The next full sync writes it again.
+            Err(err) => error!(
+                %prefix,
+                err = %chain(&err),
+                "cannot write a CrowdSec ban outlasting an expired one"
+            ),
         }
     }
 
@@ -258,8 +297,16 @@ impl Engine {
                 {
                     continue;
                 }
-                // Another ban (manual, a jail's, a rule's) lasting at least as long covers it.
-                Some(ban) if ban.rule != CROWDSEC_BAN_RULE && ban.expires_ns >= ends => continue,
+                // Another ban (manual, a jail's, a rule's) lasting at least as long covers it:
+                // a ban this host pushed comes back ending with it, give or take the LAPI's
+                // clock. When it expires first, the tick lets the decision take over
+                // ([`Engine::crowdsec_after_expiry`]).
+                Some(ban)
+                    if ban.rule != CROWDSEC_BAN_RULE
+                        && ban.expires_ns.saturating_add(SAME_EXPIRY_NS) >= ends =>
+                {
+                    continue;
+                }
                 _ => {}
             }
             if self.crowdsec.held.contains_key(prefix) {
@@ -480,7 +527,7 @@ impl Engine {
         )))
     }
 
-    fn allow_index(&self) -> AllowIndex {
+    pub(super) fn allow_index(&self) -> AllowIndex {
         let prefixes: HashSet<IpNet> = self
             .policy
             .allow
@@ -518,6 +565,7 @@ impl Engine {
                 .map(|at| self.clock.unix_secs().saturating_sub(at)),
             errors: self.crowdsec.errors.values().sum(),
             last_error: self.crowdsec.last_error.clone(),
+            push: self.crowdsec_push_status(),
         })
     }
 
@@ -529,6 +577,7 @@ impl Engine {
             last_sync_unix: self.crowdsec.last_sync_unix,
             errors: self.crowdsec.errors.clone(),
             skipped: self.crowdsec.skipped.clone(),
+            push: self.crowdsec_push_metrics(),
         });
         match self.shared.lock() {
             Ok(mut shared) => shared.crowdsec = metrics,

@@ -58,6 +58,7 @@ impl Engine {
             ) {
                 Ok(_) => {
                     self.jails.banned(&request);
+                    self.push_jail_ban(&request);
                     made.push(request);
                 }
                 Err(err) => {

@@ -97,6 +97,7 @@ impl Engine {
         for net in nets.iter().filter(|net| is_host(net)) {
             self.jails.lifted(net.addr());
         }
+        self.unqueue_lifted(&nets);
         for net in &nets {
             // Lifted by hand, a CrowdSec ban comes back only if the LAPI sends it again (at the
             // next full sync): `cscli decisions delete` lifts it for good.

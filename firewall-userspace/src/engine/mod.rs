@@ -5,6 +5,7 @@
 //!
 //! One file per seam: [`lists`] (runtime block/allow entries), [`manual_bans`], [`reload`],
 //! [`tick`] (the one-second housekeeping), [`jail_requests`] (bans jails and reports ask for),
+//! [`crowdsec`] (a LAPI's decisions as bans), [`crowdsec_push`] (this host's bans to push),
 //! [`attachments`] (interfaces and their links), [`views`] (what the control API and metrics
 //! read); [`inputs`] parses what the engine is given, [`error`] is how a request fails.
 
@@ -27,6 +28,7 @@ use tracing::{debug, error, info, warn};
 mod attachments;
 pub mod clock;
 mod crowdsec;
+mod crowdsec_push;
 mod error;
 mod inputs;
 mod jail_requests;
@@ -42,10 +44,11 @@ mod views;
 pub use attachments::CounterSlots;
 pub use clock::{Clock, SystemClock};
 pub use crowdsec::CrowdsecSync;
+pub use crowdsec_push::{PUSH_QUEUE_CAPACITY, PushBatch};
 pub use error::EngineError;
 use inputs::is_host;
 pub use inputs::{EntryMeta, Feeds, LoadedFeed, Overrides, ban_key, parse_targets, read_feeds};
-pub use shared::{CrowdsecMetrics, Shared};
+pub use shared::{CrowdsecMetrics, CrowdsecPushMetrics, Shared};
 
 use crate::{
     compile::{Compiled, assign_slots},
@@ -98,6 +101,8 @@ pub struct Engine {
     jails_path: PathBuf,
     /// Bans mirrored from a CrowdSec LAPI.
     crowdsec: crowdsec::CrowdsecBans,
+    /// This host's bans waiting to be pushed to the LAPI.
+    push: crowdsec_push::PushQueue,
 }
 
 /// What [`Engine::new`] needs.
@@ -160,6 +165,7 @@ impl Engine {
             jails,
             jails_path,
             crowdsec: crowdsec::CrowdsecBans::default(),
+            push: crowdsec_push::PushQueue::default(),
         };
         // Before the first install: CrowdSec bans a previous daemon left in the pinned ban map
         // keep the ban check on.

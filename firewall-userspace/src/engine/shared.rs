@@ -47,4 +47,19 @@ pub struct CrowdsecMetrics {
     pub errors: std::collections::BTreeMap<&'static str, u64>,
     /// Decisions not enforced, by reason (`not_ban`, `expired`, `allowlisted`, ...).
     pub skipped: std::collections::BTreeMap<&'static str, u64>,
+    /// The push side, when the policy has machine credentials.
+    pub push: Option<CrowdsecPushMetrics>,
+}
+
+/// What the metrics export of the push side (this host's bans sent to the LAPI as alerts).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CrowdsecPushMetrics {
+    /// Bans the LAPI took.
+    pub pushed: u64,
+    /// Bans waiting to be pushed.
+    pub queued: u64,
+    /// Failed pushes by kind (`connect`, `timeout`, `forbidden`, `rejected`, ...).
+    pub errors: std::collections::BTreeMap<&'static str, u64>,
+    /// Bans not pushed, by reason (`queue_full`, `expired`, `rejected`, `disabled`).
+    pub dropped: std::collections::BTreeMap<&'static str, u64>,
 }

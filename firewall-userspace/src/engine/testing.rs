@@ -27,6 +27,13 @@ impl TestClock {
         Arc::new(clock)
     }
 
+    /// A clock at `unix` (a test against a real LAPI needs the real time) and 1000 s of uptime.
+    pub fn at(unix: u64) -> Arc<Self> {
+        let clock = Self::new();
+        clock.unix.store(unix, Ordering::SeqCst);
+        clock
+    }
+
     /// Moves both clocks `secs` on.
     pub fn advance(&self, secs: u64) {
         self.unix.fetch_add(secs, Ordering::SeqCst);

@@ -10,12 +10,13 @@ impl Engine {
     pub fn tick(&mut self) {
         self.run_jails();
         self.publish_program_runs();
-        let swept = self
-            .clock
-            .monotonic_ns()
-            .and_then(|now| self.dataplane.remove_expired_bans(now));
+        let swept = self.clock.monotonic_ns().and_then(|now| {
+            self.dataplane
+                .remove_expired_bans(now)
+                .map(|expired| (now, expired))
+        });
         match swept {
-            Ok(expired) => {
+            Ok((now, expired)) => {
                 // CrowdSec bans lapse by the thousand when a blocklist expires together: one
                 // line and one audit record for all of them.
                 let mut crowdsec_expired = Vec::new();
@@ -28,6 +29,7 @@ impl Engine {
                     }
                     info!(%prefix, rule = ban.rule, "ban expired");
                     self.record("daemon", "ban.expire", json!({"cidr": prefix.to_string()}));
+                    self.crowdsec_after_expiry(&prefix, now);
                 }
                 if !crowdsec_expired.is_empty() {
                     info!(
@@ -57,6 +59,7 @@ impl Engine {
                 .filter(|(key, ban)| ban.active_at(now) && !self.known_bans.contains(key))
                 .collect();
             self.known_bans.extend(unseen.iter().map(|(key, _)| *key));
+            let mut automatic = Vec::new();
             for row in bans::active_of(&unseen, now) {
                 self.known_bans.insert(ban_key(&row.prefix));
                 // Manual and CrowdSec bans are audited where they are made.
@@ -72,8 +75,10 @@ impl Engine {
                         json!({"cidr": row.prefix.to_string(), "kind": row.kind,
                                "rule": rule, "ttl_secs": row.remaining_secs.round()}),
                     );
+                    automatic.push((row, rule));
                 }
             }
+            self.push_rate_limit_bans(&automatic);
         }
         // Nothing to do before the earliest expiry (kept current by every change), so an idle
         // daemon does not scan a million imported entries every second.

@@ -1,10 +1,11 @@
 //! The `[crowdsec]` section: which CrowdSec Local API (LAPI) the daemon's bouncer follows, with
-//! which key, how often, and which decisions it takes. Every default is spelled out here, and
-//! every error names the setting and its value.
+//! which key, how often, and which decisions it takes; and, with machine credentials, which of
+//! this host's bans its agent side pushes to the LAPI as alerts. Every default is spelled out
+//! here, and every error names the setting and its value.
 //!
-//! Only the settings are checked here; the key file is read by the bouncer at each sync (so a
-//! rotated key needs no reload, and `apifw check` of a policy meant for another host does not
-//! need the secret).
+//! Only the settings are checked here; the key and password files are read when they are used
+//! (the key at each sync, the password at each login), so a rotated secret needs no reload, and
+//! `apifw check` of a policy meant for another host does not need the secrets.
 
 use std::{path::Path, path::PathBuf, time::Duration};
 
@@ -81,6 +82,42 @@ impl std::fmt::Debug for ApiKey {
     }
 }
 
+/// The watcher's password (`cscli machines add NAME --password PW`): in the policy, or in a file
+/// of its own. Its `Debug` never shows the password.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Password {
+    /// The password itself (`password`).
+    Inline(String),
+    /// A file holding it (`password_file`, resolved against the policy's directory); surrounding
+    /// whitespace is ignored.
+    File(PathBuf),
+}
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Inline(_) => f.write_str("Inline(<redacted>)"),
+            Self::File(path) => f.debug_tuple("File").field(path).finish(),
+        }
+    }
+}
+
+/// The agent side: which bans this host pushes to the LAPI as alerts with a decision, and the
+/// machine (watcher) credentials it logs in with. Present only when the credentials are given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PushSettings {
+    /// The machine's name in the LAPI (`machine_id`).
+    pub machine_id: String,
+    /// Its password.
+    pub password: Password,
+    /// Whether the jails' bans (abuse reports included) are pushed (`push_jail_bans`, default
+    /// true).
+    pub jail_bans: bool,
+    /// Whether the XDP rate limiter's own bans are pushed (`push_rate_limit_bans`, default
+    /// false).
+    pub rate_limit_bans: bool,
+}
+
 /// A validated `[crowdsec]` section.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CrowdsecSettings {
@@ -103,6 +140,8 @@ pub struct CrowdsecSettings {
     pub origins: Vec<String>,
     /// Only decisions of these scopes are enforced.
     pub scopes: Vec<DecisionScope>,
+    /// What this host pushes to the LAPI, when it has machine credentials.
+    pub push: Option<PushSettings>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -119,6 +158,11 @@ pub(super) struct RawCrowdsec {
     #[serde(default)]
     origins: Vec<Spanned<String>>,
     scopes: Option<Vec<Spanned<String>>>,
+    machine_id: Option<Spanned<String>>,
+    password: Option<Spanned<String>>,
+    password_file: Option<Spanned<PathBuf>>,
+    push_jail_bans: Option<Spanned<bool>>,
+    push_rate_limit_bans: Option<Spanned<bool>>,
 }
 
 /// Checks a LAPI URL: `http://host[:port][/path]`. TLS is not spoken yet, so `https://` is
@@ -299,6 +343,7 @@ pub(super) fn parse_crowdsec(
             }
         }
     }
+    let push = parse_push(raw, policy, section.span().start, &mut fail);
     if errors.len() > before {
         return None;
     }
@@ -312,5 +357,119 @@ pub(super) fn parse_crowdsec(
         max_answer_bytes: max_answer_bytes?,
         origins,
         scopes,
+        push,
+    })
+}
+
+/// The agent side's settings: `None` without machine credentials (and then no `push_*` may be
+/// turned on), errors through `fail`.
+fn parse_push(
+    raw: &RawCrowdsec,
+    policy: &Path,
+    section_start: usize,
+    fail: &mut impl FnMut(usize, String),
+) -> Option<PushSettings> {
+    const HOW: &str = "`cscli machines add apifw-HOST --password PW` creates them";
+    let password = match (&raw.password, &raw.password_file) {
+        (Some(password), None) if password.get_ref().trim().is_empty() => {
+            fail(password.span().start, "crowdsec.password is empty".into());
+            None
+        }
+        (Some(password), None) => Some(Password::Inline(password.get_ref().trim().to_owned())),
+        (None, Some(file)) if file.get_ref().as_os_str().is_empty() => {
+            fail(file.span().start, "crowdsec.password_file is empty".into());
+            None
+        }
+        (None, Some(file)) => Some(Password::File(
+            policy
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join(file.get_ref()),
+        )),
+        (Some(password), Some(_)) => {
+            fail(
+                password.span().start,
+                "crowdsec: set password or password_file, not both".into(),
+            );
+            None
+        }
+        (None, None) => None,
+    };
+    let machine_id = match &raw.machine_id {
+        Some(id) if id.get_ref().trim().is_empty() => {
+            fail(id.span().start, "crowdsec.machine_id is empty".into());
+            None
+        }
+        Some(id) => Some(id.get_ref().trim().to_owned()),
+        None => None,
+    };
+    let credentials = match (
+        &raw.machine_id,
+        raw.password.is_some() || raw.password_file.is_some(),
+    ) {
+        (Some(id), false) => {
+            fail(
+                id.span().start,
+                format!(
+                    "crowdsec.machine_id = \"{}\": set password or password_file too ({HOW})",
+                    id.get_ref()
+                ),
+            );
+            false
+        }
+        (None, true) => {
+            let at = raw
+                .password
+                .as_ref()
+                .map(Spanned::span)
+                .or(raw.password_file.as_ref().map(Spanned::span))
+                .map_or(section_start, |span| span.start);
+            fail(
+                at,
+                format!(
+                    "crowdsec: a password without machine_id: set machine_id to the machine's \
+                     name ({HOW})"
+                ),
+            );
+            false
+        }
+        (Some(_), true) => true,
+        (None, false) => false,
+    };
+    let jail_bans = raw
+        .push_jail_bans
+        .as_ref()
+        .map(|v| (*v.get_ref(), v.span().start));
+    let rate_limit_bans = raw
+        .push_rate_limit_bans
+        .as_ref()
+        .map(|v| (*v.get_ref(), v.span().start));
+    if !credentials {
+        for (name, setting) in [
+            ("push_jail_bans", jail_bans),
+            ("push_rate_limit_bans", rate_limit_bans),
+        ] {
+            if let Some((true, at)) = setting
+                && raw.machine_id.is_none()
+                && raw.password.is_none()
+                && raw.password_file.is_none()
+            {
+                fail(
+                    at,
+                    format!(
+                        "crowdsec.{name} = true: pushing bans to the LAPI needs machine \
+                         credentials: set crowdsec.machine_id and crowdsec.password or \
+                         crowdsec.password_file ({HOW})"
+                    ),
+                );
+            }
+        }
+        return None;
+    }
+    Some(PushSettings {
+        machine_id: machine_id?,
+        password: password?,
+        jail_bans: jail_bans.is_none_or(|(on, _)| on),
+        rate_limit_bans: rate_limit_bans.is_some_and(|(on, _)| on),
     })
 }

@@ -593,3 +593,43 @@ fn a_million_lines() {
     assert_eq!(feed.prefixes[0], net("2001:db8::/64"));
     assert_eq!(feed.prefixes[LINES as usize - 1], net("198.19.255.255/32"));
 }
+
+/// A text over the parallel threshold parses exactly as it does on one thread: same prefixes in
+/// file order, same bad lines with the same line numbers, same host-bit count.
+#[test]
+fn a_large_feed_parses_in_parts_exactly_as_whole() {
+    let mut text = String::new();
+    let mut line = 0u32;
+    while text.len() < 3 * PARALLEL_PARSE_BYTES + 1234 {
+        line += 1;
+        let [a, b, c, d] = line.wrapping_mul(2_654_435_761).to_be_bytes();
+        match line % 97 {
+            0 => text.push_str("not a cidr\r\n"),
+            1 => text.push_str("# a comment\n"),
+            2 => text.push_str(&format!("{a}.{b}.{c}.{d}/8\n")), // host bits
+            3 => text.push_str(&format!("2001:db8:{a:x}{b:x}::/48\n")),
+            4 => text.push('\n'),
+            _ => text.push_str(&format!("{a}.{b}.{c}.{d}\n")),
+        }
+    }
+    text.push_str("198.51.100.7/33"); // bad, and no final newline
+    let whole = {
+        let (mut feed, lines) = parse_lines(&text, FeedFormat::Plain);
+        assert_eq!(lines, line as usize + 1);
+        dedupe(&mut feed.prefixes);
+        feed
+    };
+    assert!(whole.bad_lines.len() > 100 && whole.host_bits_cleared > 100);
+    assert_eq!(parse(&text, FeedFormat::Plain), whole);
+    for parts in 1..=7 {
+        let pieces = split_at_lines(&text, parts);
+        assert!(pieces.len() <= parts);
+        assert_eq!(pieces.concat(), text, "{parts} parts");
+        assert!(
+            pieces[..pieces.len() - 1]
+                .iter()
+                .all(|piece| piece.ends_with('\n')),
+            "{parts} parts"
+        );
+    }
+}

@@ -47,6 +47,38 @@ fn the_shipped_example_is_valid_and_clean() {
 }
 
 #[test]
+fn the_examples_crowdsec_block_is_valid_uncommented_with_every_setting() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let example = std::fs::read_to_string(root.join("examples/apifw.toml")).expect("example");
+    let block: Vec<&str> = example
+        .lines()
+        .skip_while(|line| *line != "# [crowdsec]")
+        .take_while(|line| line.starts_with("# "))
+        .map(|line| line.trim_start_matches("# "))
+        // Settings, not the prose between them.
+        .filter(|line| {
+            line.starts_with('[')
+                || line.split_once(" = ").is_some_and(|(key, _)| {
+                    key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                })
+        })
+        .collect();
+    assert!(block.len() > 10, "{block:?}");
+    let loaded = load(&format!(
+        "[limits]\nmax_bans = 262144\n{}",
+        block.join("\n")
+    ))
+    .unwrap_or_else(|err| panic!("{err}"));
+    let settings = loaded.policy.crowdsec.expect("a [crowdsec] section");
+    let push = settings.push.expect("the agent side");
+    assert_eq!(push.machine_id, "apifw-web1");
+    assert!(push.jail_bans && !push.rate_limit_bans);
+    let corpus = root.join("fuzz/corpus/policy/crowdsec.toml");
+    let loaded = Loaded::from_file(&corpus).unwrap_or_else(|err| panic!("{err}"));
+    assert!(loaded.policy.crowdsec.and_then(|s| s.push).is_some());
+}
+
+#[test]
 fn full_policy_parses() {
     let loaded = load(
         r#"
@@ -434,6 +466,54 @@ origins = ["cscli", "CAPI", "cscli"]
 }
 
 #[test]
+fn machine_credentials_turn_on_pushing_jail_bans_and_nothing_else_by_default() {
+    let base = "[crowdsec]\nlapi_url = \"http://127.0.0.1:8080\"\napi_key = \"k\"\n";
+    let settings = |extra: &str| {
+        load(&format!("{base}{extra}"))
+            .unwrap_or_else(|err| panic!("{err}"))
+            .policy
+            .crowdsec
+            .expect("a [crowdsec] section")
+    };
+    assert_eq!(settings("").push, None, "no credentials: nothing pushed");
+    let inline = settings("machine_id = \"apifw-web1\"\npassword = \"Machine-pw-1\"");
+    assert_eq!(
+        inline.push,
+        Some(crowdsec::PushSettings {
+            machine_id: "apifw-web1".into(),
+            password: crowdsec::Password::Inline("Machine-pw-1".into()),
+            jail_bans: true,
+            rate_limit_bans: false,
+        })
+    );
+    assert!(
+        !format!("{inline:?}").contains("Machine-pw-1"),
+        "the password never shows in Debug"
+    );
+    let loaded = Loaded::from_str(
+        Path::new("/etc/apifw/apifw.toml"),
+        &format!(
+            "{base}machine_id = \"m\"\npassword_file = \"machine.pw\"\npush_jail_bans = \
+             false\npush_rate_limit_bans = true\n"
+        ),
+    )
+    .unwrap_or_else(|err| panic!("{err}"));
+    let push = loaded
+        .policy
+        .crowdsec
+        .and_then(|settings| settings.push)
+        .expect("push settings");
+    assert_eq!(
+        push.password,
+        crowdsec::Password::File(PathBuf::from("/etc/apifw/machine.pw"))
+    );
+    assert!(!push.jail_bans);
+    assert!(push.rate_limit_bans);
+    // Turning pushing off without credentials is no error.
+    assert_eq!(settings("push_jail_bans = false").push, None);
+}
+
+#[test]
 fn crowdsec_errors_name_the_setting_and_the_value() {
     let section = |body: &str| format!("[crowdsec]\n{body}\n");
     for (body, expected) in [
@@ -496,6 +576,38 @@ fn crowdsec_errors_name_the_setting_and_the_value() {
         (
             "lapi_url = \"http://lapi:8080\"\napi_key = \"k\"\nlapi = \"x\"",
             "unknown field `lapi`",
+        ),
+        (
+            "lapi_url = \"http://lapi:8080\"\napi_key = \"k\"\npush_jail_bans = true",
+            "crowdsec.push_jail_bans = true: pushing bans to the LAPI needs machine credentials",
+        ),
+        (
+            "lapi_url = \"http://lapi:8080\"\napi_key = \"k\"\npush_rate_limit_bans = true",
+            "crowdsec.push_rate_limit_bans = true: pushing bans to the LAPI needs machine",
+        ),
+        (
+            "lapi_url = \"http://lapi:8080\"\napi_key = \"k\"\nmachine_id = \"web1\"",
+            "crowdsec.machine_id = \"web1\": set password or password_file too",
+        ),
+        (
+            "lapi_url = \"http://lapi:8080\"\napi_key = \"k\"\npassword = \"pw\"",
+            "crowdsec: a password without machine_id",
+        ),
+        (
+            "lapi_url = \"http://lapi:8080\"\napi_key = \"k\"\nmachine_id = \" \"\npassword = \"pw\"",
+            "crowdsec.machine_id is empty",
+        ),
+        (
+            "lapi_url = \"http://lapi:8080\"\napi_key = \"k\"\nmachine_id = \"m\"\npassword = \"\"",
+            "crowdsec.password is empty",
+        ),
+        (
+            "lapi_url = \"http://lapi:8080\"\napi_key = \"k\"\nmachine_id = \"m\"\npassword = \"pw\"\npassword_file = \"/pw\"",
+            "crowdsec: set password or password_file, not both",
+        ),
+        (
+            "lapi_url = \"http://lapi:8080\"\napi_key = \"k\"\nmachine_id = \"m\"\npassword_file = \"\"",
+            "crowdsec.password_file is empty",
         ),
     ] {
         let found = messages(&errors(&section(body)));

@@ -182,6 +182,7 @@ pub struct ImportRecord {
     /// The file it came from.
     pub origin: String,
     /// The CIDRs, host bits cleared, sorted, without duplicates.
+    #[serde(serialize_with = "serialize_cidrs")]
     pub cidrs: Vec<IpNet>,
     /// When the import lapses, in unix seconds; `None` keeps it until it is removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -208,6 +209,54 @@ impl ImportRecord {
         self.cidrs.sort_unstable();
         self.cidrs.dedup();
     }
+}
+
+/// Writes imported CIDRs as `IpNet`'s own serialisation does (`"ADDR/LEN"` strings), IPv4 ones
+/// without the formatting machinery: a million-entry import's state file is written while the
+/// kernel maps are, on the same CPUs, and `Display` of each address was most of its cost.
+fn serialize_cidrs<S: Serializer>(cidrs: &[IpNet], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(cidrs.iter().map(FastCidr))
+}
+
+/// One CIDR of [`serialize_cidrs`].
+struct FastCidr<'a>(&'a IpNet);
+
+impl Serialize for FastCidr<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            IpNet::V4(net) => {
+                let mut text = [0u8; 18];
+                let len = format_v4_cidr(net.network().octets(), net.prefix_len(), &mut text);
+                let text = std::str::from_utf8(&text[..len]).map_err(serde::ser::Error::custom)?;
+                serializer.serialize_str(text)
+            }
+            IpNet::V6(_) => self.0.serialize(serializer),
+        }
+    }
+}
+
+/// Writes `a.b.c.d/len` into `out` (18 bytes hold the longest) and returns its length.
+fn format_v4_cidr(octets: [u8; 4], len: u8, out: &mut [u8; 18]) -> usize {
+    /// Writes `number` in decimal at `out[at..]`; returns the index after it.
+    fn decimal(number: u8, out: &mut [u8; 18], mut at: usize) -> usize {
+        if number >= 100 {
+            out[at] = b'0' + number / 100;
+            at += 1;
+        }
+        if number >= 10 {
+            out[at] = b'0' + number / 10 % 10;
+            at += 1;
+        }
+        out[at] = b'0' + number % 10;
+        at + 1
+    }
+    let mut at = 0;
+    for (index, octet) in octets.into_iter().enumerate() {
+        at = decimal(octet, out, at);
+        out[at] = if index < 3 { b'.' } else { b'/' };
+        at += 1;
+    }
+    decimal(len, out, at)
 }
 
 /// A CIDR as the policy takes it: `ADDR/LEN`, or a bare address for its host prefix, which an

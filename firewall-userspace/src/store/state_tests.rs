@@ -587,3 +587,26 @@ fn imports_round_trip_shrink_and_lapse() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The state file's fast IPv4 CIDR writer says exactly what `Display` says.
+#[test]
+fn imported_cidrs_are_written_as_display_writes_them() {
+    let mut samples: Vec<IpNet> = [
+        "0.0.0.0/0",
+        "255.255.255.255/32",
+        "10.0.0.0/8",
+        "2001:db8::/32",
+    ]
+    .iter()
+    .map(|text| text.parse().unwrap())
+    .collect();
+    for i in 0..5000u32 {
+        let addr = std::net::Ipv4Addr::from(i.wrapping_mul(2_654_435_761));
+        let len = (i % 33) as u8;
+        samples.push(IpNet::V4(ipnet::Ipv4Net::new(addr, len).unwrap().trunc()));
+    }
+    for net in &samples {
+        let written = serde_json::to_string(&FastCidr(net)).unwrap();
+        assert_eq!(written, format!("\"{net}\""));
+    }
+}

@@ -53,8 +53,14 @@ struct Host {
 impl Host {
     /// Builds the host's lab and joins its server namespace to the LAPI's namespace by a link
     /// of its own (`index` picks the /30 in 198.51.100.0/24).
-    fn new(name: &'static str, tag: &str, lapi_ns: &Netns, index: u8) -> (Self, Ipv4Addr) {
-        let lab = VethLab::new(tag, &SOURCES);
+    fn new(
+        name: &'static str,
+        tag: &str,
+        lapi_ns: &Netns,
+        index: u8,
+        sources: &[Ipv4Addr],
+    ) -> (Self, Ipv4Addr) {
+        let lab = VethLab::new(tag, sources);
         let suffix = std::process::id() % 100_000;
         let lapi_if = format!("l{tag}{suffix}");
         let host_if = format!("h{tag}{suffix}");
@@ -106,17 +112,26 @@ impl Host {
 
     /// The prefixes of the bans whose reason names CrowdSec.
     fn crowdsec_bans(&self) -> Vec<String> {
+        self.bans()
+            .into_iter()
+            .filter(|(_, reason)| reason.to_lowercase().contains("crowdsec"))
+            .map(|(prefix, _)| prefix)
+            .collect()
+    }
+
+    /// Every ban in force: its prefix and reason, from `apifw bans --json`.
+    fn bans(&self) -> Vec<(String, String)> {
         let bans = self.dirs.cli_json(&["bans"]);
         bans["bans"]
             .as_array()
             .expect("bans is an array")
             .iter()
-            .filter(|ban| {
-                ban["reason"]
-                    .as_str()
-                    .is_some_and(|reason| reason.to_lowercase().contains("crowdsec"))
+            .map(|ban| {
+                (
+                    ban["prefix"].as_str().expect("prefix").to_owned(),
+                    ban["reason"].as_str().expect("reason").to_owned(),
+                )
             })
-            .map(|ban| ban["prefix"].as_str().expect("prefix").to_owned())
             .collect()
     }
 
@@ -202,8 +217,8 @@ fn until_bans(hosts: &[&Host], wanted: &[&str], since: Instant) -> Vec<Duration>
 fn a_lapi_decision_is_enforced_on_every_host_and_survives_a_lapi_outage() {
     let lapi_ns = Netns::new("flL");
     let mut lapi = Lapi::start(&lapi_ns, "fleet");
-    let (mut host_a, url_a) = Host::new("A", "fla", &lapi_ns, 0);
-    let (mut host_b, url_b) = Host::new("B", "flb", &lapi_ns, 1);
+    let (mut host_a, url_a) = Host::new("A", "fla", &lapi_ns, 0, &SOURCES);
+    let (mut host_b, url_b) = Host::new("B", "flb", &lapi_ns, 1, &SOURCES);
     host_a.start(&policy(&Lapi::url_at(url_a), &lapi.add_bouncer("apifw-a")));
     host_b.start(&policy(&Lapi::url_at(url_b), &lapi.add_bouncer("apifw-b")));
     let hosts = [&host_a, &host_b];
@@ -322,4 +337,99 @@ fn a_lapi_decision_is_enforced_on_every_host_and_survives_a_lapi_outage() {
         !lapi.logs().is_empty(),
         "the LAPI logged nothing: is it the configured one?"
     );
+}
+
+/// Reported to host A's jail; never decided on by an operator.
+const REPORTED: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 99);
+
+#[test]
+fn a_jail_ban_on_one_host_is_dropped_on_the_other() {
+    let lapi_ns = Netns::new("fjL");
+    let lapi = Lapi::start(&lapi_ns, "fleet-jail");
+    let sources = [REPORTED, NEUTRAL];
+    let (mut host_a, url_a) = Host::new("A", "fja", &lapi_ns, 0, &sources);
+    let (mut host_b, url_b) = Host::new("B", "fjb", &lapi_ns, 1, &sources);
+    lapi.add_machine("apifw-a", "fleet-lab-password-a");
+    let bouncer_a = policy(&Lapi::url_at(url_a), &lapi.add_bouncer("apifw-a"));
+    host_a.start(&format!(
+        r#"{bouncer_a}machine_id = "apifw-a"
+password = "fleet-lab-password-a"
+
+[[jail]]
+name = "app-reports"
+max_retry = 5
+ban_time = "10m"
+"#
+    ));
+    host_b.start(&policy(&Lapi::url_at(url_b), &lapi.add_bouncer("apifw-b")));
+    for host in [&host_a, &host_b] {
+        wait_for(
+            &format!("host {} to sync with the LAPI", host.name),
+            PATIENCE,
+            || host.crowdsec()["syncs"].as_u64().unwrap_or(0) >= 1,
+        );
+    }
+    assert_eq!(
+        host_b.verdicts(&sources, 5),
+        vec![(Action::Pass, Reason::Default, 10)],
+        "host B: nothing banned yet"
+    );
+
+    // A local service on host A reports the source; A's jail bans it and pushes the ban.
+    let reported = Instant::now();
+    let outcome = host_a.dirs.cli_json(&[
+        "report",
+        &REPORTED.to_string(),
+        "--reason",
+        "credential stuffing",
+        "--weight",
+        "5",
+    ]);
+    assert_eq!(outcome["banned"], true, "{outcome}");
+    let took = until_bans(&[&host_b], &["203.0.113.99/32"], reported);
+    println!(
+        "fleet: a jail ban on host A was enforced on host B after {:?}",
+        took[0]
+    );
+    assert_eq!(
+        host_b.verdicts(&sources, 10),
+        vec![
+            (Action::Pass, Reason::Default, 10),
+            (Action::Drop, Reason::Banned, 10),
+        ],
+        "host B drops the source host A's jail banned"
+    );
+    let decisions = lapi.cscli_ok(&["decisions", "list", "--origin", "apifw", "-o", "json"]);
+    assert!(
+        decisions.contains("\"203.0.113.99\""),
+        "the LAPI holds host A's decision: {decisions}"
+    );
+
+    // Host A gets its own decision back through the stream: applied once, its jail's ban stays
+    // the one in force (one ban, not relabelled as CrowdSec's).
+    wait_for("host A to get its own decision back", PATIENCE, || {
+        host_a.crowdsec()["decisions"] == 1
+    });
+    let held: Vec<(String, String)> = host_a
+        .bans()
+        .into_iter()
+        .filter(|(prefix, _)| prefix == "203.0.113.99/32")
+        .collect();
+    assert_eq!(held.len(), 1, "host A: {held:?}");
+    assert!(
+        !held[0].1.to_lowercase().contains("crowdsec"),
+        "host A: the jail's ban stays the one in force: {held:?}"
+    );
+    assert_eq!(
+        host_a.verdicts(&sources, 10),
+        vec![
+            (Action::Pass, Reason::Default, 10),
+            (Action::Drop, Reason::Banned, 10),
+        ],
+        "host A drops it too"
+    );
+    let link = host_a.crowdsec();
+    assert_eq!(link["push"]["pushed"], 1, "host A pushed one ban: {link}");
+    assert_eq!(link["push"]["errors"], 0, "host A: {link}");
+    assert_eq!(link["push"]["queued"], 0, "host A: {link}");
 }

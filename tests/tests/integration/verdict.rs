@@ -3,7 +3,7 @@
 //!
 //! Needs root (CAP_BPF). Each test loads its own copy of the object, so counters are per test.
 
-use std::{collections::HashMap, net::IpAddr};
+use std::{collections::HashMap, net::IpAddr, path::Path};
 
 use apifw_tests::packets;
 use apifw_tests::support::hex;
@@ -13,10 +13,11 @@ const LIST_REASONS: usize = 5;
 
 use firewall_common::{
     Action, Reason, Verdict,
+    ablation::Stage,
     model::{self, ModelPolicy},
     program_names,
 };
-use firewall_userspace::{Firewall, Policy};
+use firewall_userspace::{Firewall, Loaded, Policy};
 use ipnet::IpNet;
 
 fn nets(list: &[&str]) -> Vec<IpNet> {
@@ -300,4 +301,70 @@ fn the_program_stays_well_within_the_verifier_budget() {
         "the verifier walked {verified} of its {BUDGET} instructions: split or simplify before \
          the next feature tips the program over"
     );
+}
+
+/// The ablation hook (`firewall_common::ablation`): a program loaded to stop after a stage
+/// returns `XDP_PASS` without doing or counting what follows it, and the default load stops
+/// nowhere, so the hook cannot stay on unnoticed. The drop event and the per-rule counter show
+/// where each stop is: before or after them.
+#[test]
+fn a_stopped_program_leaves_after_its_stage_and_the_default_never_stops() {
+    let policy = Loaded::from_str(
+        Path::new("ablation.toml"),
+        "[block]\ncidrs = [\"198.51.100.0/24\"]\n\
+         [[rule]]\nname = \"dns\"\nprotocol = \"udp\"\nports = [53]\n\
+         per_source = { packets_per_second = 1000000, burst_packets = 1000000 }\n",
+    )
+    .unwrap_or_else(|err| panic!("{err}"))
+    .policy;
+    let blocked = packets::udp_frame("198.51.100.1".parse().expect("address"));
+    let ruled = packets::udp_frame("192.0.2.10".parse().expect("address"));
+    let events = |firewall: &Firewall| {
+        let counts = firewall.event_counts().expect("event counters");
+        counts.emitted + counts.suppressed + counts.lost
+    };
+
+    let mut full = Firewall::load(&policy).expect("load firewall");
+    assert_eq!(run(&mut full, &blocked), Action::Drop);
+    assert_eq!(run(&mut full, &ruled), Action::Pass);
+    let stats = full.stats().expect("counters");
+    assert_eq!(
+        stats.total_packets(),
+        2,
+        "the default load counts every packet"
+    );
+    assert_eq!(stats.rule(0, Reason::Default).packets, 1);
+    assert_eq!(events(&full), 1, "the default load reports the drop");
+
+    for stage in Stage::ALL {
+        let mut stopped = Firewall::load_stopping_after(&policy, stage)
+            .unwrap_or_else(|err| panic!("load stopping after {stage:?}: {err:?}"));
+        assert_eq!(run(&mut stopped, &blocked), Action::Pass, "{stage:?}");
+        assert_eq!(run(&mut stopped, &ruled), Action::Pass, "{stage:?}");
+        let stats = stopped.stats().expect("counters");
+        assert_eq!(
+            stats.total_packets(),
+            0,
+            "stopped after {stage:?}, yet counted"
+        );
+        assert_eq!(
+            stats.rule(0, Reason::Default).packets,
+            u64::from(stage >= Stage::RuleCounters),
+            "the rule counters against a stop after {stage:?}"
+        );
+        assert_eq!(
+            events(&stopped),
+            u64::from(stage >= Stage::Events),
+            "the drop event against a stop after {stage:?}"
+        );
+    }
+
+    // Loaded over the full firewall's maps, a stopped program counts in them.
+    let mut sibling = full
+        .stopping_after(Stage::RuleCounters)
+        .expect("load over the same maps");
+    assert_eq!(run(&mut sibling, &ruled), Action::Pass);
+    let stats = full.stats().expect("counters");
+    assert_eq!(stats.rule(0, Reason::Default).packets, 2);
+    assert_eq!(stats.total_packets(), 2);
 }

@@ -23,6 +23,7 @@ fn settings(url: &str) -> CrowdsecSettings {
             crate::policy::crowdsec::DecisionScope::Ip,
             crate::policy::crowdsec::DecisionScope::Range,
         ],
+        push: None,
     }
 }
 
@@ -136,9 +137,9 @@ fn only_http_urls_make_a_client() {
         assert_eq!(err.kind(), "config");
     }
     let client = LapiClient::new(&settings("http://[::1]:8080/lapi/")).expect("client");
-    assert_eq!(client.host, "::1");
-    assert_eq!(client.port, 8080);
-    assert_eq!(client.path, "/lapi");
+    assert_eq!(client.endpoint.host, "::1");
+    assert_eq!(client.endpoint.port, 8080);
+    assert_eq!(client.endpoint.path, "/lapi");
 }
 
 /// Against a real LAPI (Debian's `crowdsec`, see `deploy/crowdsec/LAB-NOTES.md`): set

@@ -41,6 +41,9 @@ pub enum FirewallError {
     /// The object lacks a map the userspace expects (object and binary out of sync).
     #[error("map `{0}` is missing from the eBPF object")]
     MissingMap(&'static str),
+    /// A program loaded over another firewall's maps got a map of its own (test hooks only).
+    #[error("map `{0}` is not the one of the firewall it was to share")]
+    NotShared(&'static str),
     /// A map operation failed.
     #[error("map `{name}`: {action} failed")]
     Map {

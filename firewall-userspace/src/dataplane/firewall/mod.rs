@@ -17,6 +17,8 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{ProgramError, Xdp},
 };
+#[cfg(feature = "test-hooks")]
+use firewall_common::ablation::{self, Stage};
 use firewall_common::{
     Counter, KernelConfig, generation,
     map_names::{
@@ -110,13 +112,75 @@ impl Firewall {
     }
 
     fn load_unexplained(policy: &Policy) -> Result<Self, FirewallError> {
+        Self::load_with(policy, loader(policy))
+    }
+
+    fn load_with(policy: &Policy, mut loader: EbpfLoader<'_>) -> Result<Self, FirewallError> {
         let compiled = Compiled::build(policy, &policy.allow, &policy.block, None)?;
-        let ebpf = loader(policy)
+        let ebpf = loader
             .load(EBPF_OBJECT)
             .map_err(|err| FirewallError::Load(Box::new(err)))?;
         let mut firewall = Self::new(ebpf, MapOrigin::Created)?;
         firewall.install(compiled)?;
         Ok(firewall)
+    }
+
+    /// Test hook: [`Firewall::load`], with a program that stops after `stage` and returns
+    /// `XDP_PASS` without counting (`firewall_common::ablation`), for the benchmark's ablation
+    /// table and the tests that hold the stops to their place. Only with the `test-hooks`
+    /// feature, which the shipped binary is built without.
+    #[cfg(feature = "test-hooks")]
+    pub fn load_stopping_after(policy: &Policy, stage: Stage) -> Result<Self, FirewallError> {
+        let stop_after = stage as u32;
+        let mut loader = loader(policy);
+        loader.override_global(ablation::STOP_AFTER_GLOBAL, &stop_after, true);
+        Self::load_with(policy, loader).map_err(explain)
+    }
+
+    /// Test hook: the firewall program loaded again over every map of this firewall (the
+    /// unpinned ones too: same tables, state, leases and counters), stopping after `stage` as
+    /// in [`Firewall::load_stopping_after`]; nothing is installed. aya shares a map between
+    /// loads by pin only, so the maps are pinned in a directory of this process for the moment
+    /// of loading. Only with the `test-hooks` feature.
+    #[cfg(feature = "test-hooks")]
+    pub fn stopping_after(&self, stage: Stage) -> Result<Self, FirewallError> {
+        self.stopping_after_unexplained(stage).map_err(explain)
+    }
+
+    #[cfg(feature = "test-hooks")]
+    fn stopping_after_unexplained(&self, stage: Stage) -> Result<Self, FirewallError> {
+        let pins = TempPins::create()?;
+        let names = || map_names::ALL.into_iter().chain(map_names::UNPINNED);
+        let mut paths = Vec::new();
+        for name in names() {
+            let path = pins.0.join(name);
+            self.map(name)?
+                .pin(&path)
+                .map_err(|source| FirewallError::Pin {
+                    path: path.clone(),
+                    source: Box::new(source),
+                })?;
+            paths.push((name, path));
+        }
+        let stop_after = stage as u32;
+        let mut loader = EbpfLoader::new();
+        loader.override_global(ablation::STOP_AFTER_GLOBAL, &stop_after, true);
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let ebpf = loader
+            .load(EBPF_OBJECT)
+            .map_err(|err| FirewallError::Load(Box::new(err)))?;
+        drop(pins);
+        let stopped = Self::new(ebpf, MapOrigin::Adopted)?;
+        // aya creates a map where a pin path holds none: make sure each is this firewall's,
+        // or the stopped program would silently read empty tables.
+        for name in names() {
+            if map_id(stopped.map(name)?, name)? != map_id(self.map(name)?, name)? {
+                return Err(FirewallError::NotShared(name));
+            }
+        }
+        Ok(stopped)
     }
 
     /// Loads the object with every map pinned under `layout`: maps already pinned there (by a
@@ -250,13 +314,18 @@ impl Firewall {
                 })
                 .collect(),
         };
-        let mut summary: Array<_, V4Summary> = Array::try_from(self.kernel_map_mut(V4_SUMMARY)?)
-            .map_err(map_err(V4_SUMMARY, "open"))?;
-        for (top, value) in summary_changes {
-            summary
-                .set(v4_summary_index(generation, top), value, 0)
-                .map_err(map_err(V4_SUMMARY, "write"))?;
-        }
+        // One batch, not a syscall per /16: a large list changes most of the 65,536 entries,
+        // and one `bpf()` each cost a tenth of a second of a million-prefix import.
+        let (indexes, values): (Vec<u32>, Vec<V4Summary>) = summary_changes
+            .into_iter()
+            .map(|(top, value)| (v4_summary_index(generation, top), value))
+            .unzip();
+        let summary = self.kernel_map_mut(V4_SUMMARY)?;
+        let data = map_data(&*summary).ok_or(FirewallError::MissingMap(V4_SUMMARY))?;
+        batch::update(data, &indexes, &values).map_err(|source| FirewallError::Batch {
+            name: V4_SUMMARY,
+            source,
+        })?;
 
         self.write_hash(
             RULE_MATCH,
@@ -332,8 +401,8 @@ impl Firewall {
         generation_of: impl Fn(&K) -> u32,
     ) -> Result<(), FirewallError>
     where
-        K: aya::Pod + Eq + std::hash::Hash,
-        V: aya::Pod + PartialEq,
+        K: aya::Pod + Eq + std::hash::Hash + Sync,
+        V: aya::Pod + PartialEq + Sync,
         S: std::hash::BuildHasher,
     {
         let map = self.kernel_map_mut(name)?;
@@ -367,7 +436,8 @@ impl Firewall {
             .into_iter()
             .map(|(key, value)| (with_generation(key, generation), value))
             .unzip();
-        batch::update(data, &keys, &values).map_err(batch_err)?;
+        // A million-prefix list is mostly the kernel's inserts: spread them over the CPUs.
+        batch::update_parallel(data, &keys, &values).map_err(batch_err)?;
         Ok(())
     }
 
@@ -568,6 +638,43 @@ impl Firewall {
         };
         Ok(stats::snapshot(&open(STATS)?, &open(RULE_STATS)?)?)
     }
+}
+
+/// A directory of pins under /sys/fs/bpf for the moment of a load (test hooks only), removed
+/// when dropped: the loaded object holds the maps by file descriptor from then on.
+#[cfg(feature = "test-hooks")]
+struct TempPins(PathBuf);
+
+#[cfg(feature = "test-hooks")]
+impl TempPins {
+    fn create() -> Result<Self, FirewallError> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let path = PathBuf::from(format!(
+            "/sys/fs/bpf/apifw-stopped-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir(&path).map_err(|source| FirewallError::PinDir {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Self(path))
+    }
+}
+
+#[cfg(feature = "test-hooks")]
+impl Drop for TempPins {
+    fn drop(&mut self) {
+        // Best effort: a pin left behind only keeps a test's maps alive until it is removed.
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The kernel's id of the map `name`, which tells two handles of one map from two maps.
+#[cfg(feature = "test-hooks")]
+fn map_id(map: &aya::maps::Map, name: &'static str) -> Result<u32, FirewallError> {
+    let data = map_data(map).ok_or(FirewallError::MissingMap(name))?;
+    Ok(data.info().map_err(map_err(name, "read info"))?.id())
 }
 
 /// The map data behind any kind of map this program has.

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use crate::cli::{ControlArgs, failed, print};
-use firewall_userspace::control::Status;
+use firewall_userspace::control::{CrowdsecPushStatus, Status};
 
 /// Arguments of `apifw status`.
 #[derive(Debug, clap::Args)]
@@ -98,6 +98,9 @@ pub fn execute(args: StatusArgs) -> anyhow::Result<ExitCode> {
                             .map(|err| format!(" (last: {err})"))
                             .unwrap_or_default()
                     ));
+                    if let Some(push) = &crowdsec.push {
+                        out.push_str(&push_line(push));
+                    }
                 }
                 out.push_str(&format!(
                     "reloads {} ok, {} failed{}\n",
@@ -120,5 +123,66 @@ pub fn execute(args: StatusArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(err) => Ok(failed(&err)),
+    }
+}
+
+/// The push side's line: `crowdsec push as apifw-web1 (jail bans): 12 bans pushed, 0 queued,
+/// last 3s ago, 0 errors, 0 dropped`.
+fn push_line(push: &CrowdsecPushStatus) -> String {
+    let what = match (push.jail_bans, push.rate_limit_bans) {
+        (true, true) => "jail and rate-limit bans",
+        (true, false) => "jail bans",
+        (false, true) => "rate-limit bans",
+        (false, false) => "nothing",
+    };
+    format!(
+        "crowdsec push as {} ({what}): {} bans pushed, {} queued, last {}, {} errors, {} \
+         dropped{}\n",
+        push.machine_id,
+        push.pushed,
+        push.queued,
+        push.last_push_secs_ago
+            .map(|secs| format!("{secs}s ago"))
+            .unwrap_or_else(|| "never".into()),
+        push.errors,
+        push.dropped,
+        push.last_error
+            .as_ref()
+            .map(|err| format!(" (last: {err})"))
+            .unwrap_or_default()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_push_line_says_what_is_pushed_and_how_it_goes() {
+        let mut push = CrowdsecPushStatus {
+            machine_id: "apifw-web1".into(),
+            jail_bans: true,
+            rate_limit_bans: false,
+            pushed: 12,
+            queued: 0,
+            last_push_secs_ago: Some(3),
+            errors: 0,
+            dropped: 0,
+            last_error: None,
+        };
+        assert_eq!(
+            push_line(&push),
+            "crowdsec push as apifw-web1 (jail bans): 12 bans pushed, 0 queued, last 3s ago, 0 \
+             errors, 0 dropped\n"
+        );
+        push.rate_limit_bans = true;
+        push.last_push_secs_ago = None;
+        push.errors = 2;
+        push.last_error = Some("cannot connect".into());
+        assert_eq!(
+            push_line(&push),
+            "crowdsec push as apifw-web1 (jail and rate-limit bans): 12 bans pushed, 0 queued, \
+             last never, 2 errors, 0 dropped (last: cannot connect)\n"
+        );
     }
 }
