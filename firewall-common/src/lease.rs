@@ -17,9 +17,11 @@
 //!   window that starts later may see up to `K × L` more than `burst + rate × t`, and units
 //!   parked in other CPUs' leases may refuse a packet that exact GCRA would pass (at most `K × L`
 //!   at any moment).
-//! - A lease expires [`LEASE_NS`] after it was taken; its unspent units go back to the bucket at
-//!   the slot's next refill, as do those of a slot that passes to another key (a bucket that
-//!   has meanwhile refilled completely stays full: such units are lost, as a full bucket's are).
+//! - A lease expires [`LEASE_NS`] after it was taken, or when `now` passes the TAT its refill
+//!   left, whichever is first. Until then its unspent units go back to the bucket at the slot's
+//!   next refill, as do those of a slot that passes to another key; after, they are lost. Past
+//!   that TAT the bucket may have refilled completely and another CPU charged it afresh, which
+//!   forgave the lease's units: given back then, they would be credited twice.
 //! - Below 1,000 units/s L is 0: every unit is its own compare-and-exchange, exactly as GCRA
 //!   (a SYN limit of 20/s stays exact). At 10⁶ packets/s with a burst of 4,000 or more, L is
 //!   1,000: 16 CPUs may be 16,000 packets (16 ms of the rate) off at a moment, 0.16% of ten
@@ -130,16 +132,37 @@ impl Lease {
         *left = left.saturating_sub(cost);
     }
 
-    /// After a refill at `now`: `left` units of `field`, for [`LEASE_TICKS`].
+    /// After a refill at `now` that left the bucket's TAT at `tat`: `left` units of `field`,
+    /// for [`LEASE_TICKS`] or until `tat`, whichever comes first.
+    ///
+    /// Why until `tat`: the lease's units lie in the TAT before `tat`, and once `now` passes it
+    /// the bucket may have refilled completely (another CPU's charge then starts afresh from
+    /// `now`), which forgives them. Given back after that, they would be credited a second time
+    /// (seen: a lease left over from before an idle second returned 100 units on top of a full
+    /// bucket). Before `tat` no refill can have forgotten them, so giving them back is exact.
     #[inline(always)]
-    pub fn refilled(&mut self, field: Field, now: u64, left: u64) {
+    pub fn refilled(&mut self, field: Field, now: u64, left: u64, tat: u64) {
         let (slot_left, expires) = match field {
             Field::Packets => (&mut self.left[0], &mut self.expires[0]),
             Field::Bytes => (&mut self.left[1], &mut self.expires[1]),
             Field::Syn => (&mut self.left[2], &mut self.expires[2]),
         };
         *slot_left = left;
-        *expires = now.saturating_add(LEASE_TICKS);
+        let lasts = now.saturating_add(LEASE_TICKS);
+        *expires = if tat < lasts { tat } else { lasts };
+    }
+
+    /// The units of `field` that may go back to the bucket at `now`: those left, while the
+    /// lease has not expired; none after (see [`Self::refilled`]: they may be forgiven already,
+    /// and a unit lost can only refuse a packet later, never admit one).
+    #[inline(always)]
+    pub fn returnable(&self, field: Field, now: u64) -> u64 {
+        let (left, expires) = match field {
+            Field::Packets => (self.left[0], self.expires[0]),
+            Field::Bytes => (self.left[1], self.expires[1]),
+            Field::Syn => (self.left[2], self.expires[2]),
+        };
+        if now < expires { left } else { 0 }
     }
 
     /// The slot, empty, for `key` (the units of the key it held have been given back).
@@ -192,7 +215,7 @@ mod tests {
         let key = TrackKey::v4(0, 1, 32);
         let mut lease = Lease::default();
         lease.claim(&key);
-        lease.refilled(Field::Bytes, 1_000, 500);
+        lease.refilled(Field::Bytes, 1_000, 500, u64::MAX);
         assert!(lease.covers(Field::Bytes, 1_000, 500));
         assert!(!lease.covers(Field::Bytes, 1_000, 501));
         assert!(
@@ -203,6 +226,47 @@ mod tests {
         assert!(!lease.covers(Field::Bytes, 1_000 + LEASE_TICKS, 1));
         lease.spend(Field::Bytes, 200);
         assert_eq!(lease.left(Field::Bytes), 300);
+    }
+
+    /// A lease taken before the bucket refilled completely gives nothing back: its units were
+    /// forgiven by the refill, and crediting them again let two CPUs admit a lease more than
+    /// `burst + rate × t` from the full bucket (the two-CPU kernel test saw 30,500 of 30,400).
+    #[test]
+    fn a_lease_older_than_a_full_refill_gives_nothing_back() {
+        const SECOND: u64 = crate::ratelimit::TICKS_PER_SECOND;
+        let bucket = Bucket::new(100_000, 500);
+        let units = bucket.lease_units();
+        assert_eq!(units, 100);
+        let key = TrackKey::v4(0, 1, 32);
+        let (mut a, mut b) = (Lease::default(), Lease::default());
+        a.claim(&key);
+        b.claim(&key);
+        let t0 = 7 * SECOND;
+        let (tat, left) = bucket
+            .refill(0, t0, a.returnable(Field::Packets, t0), 1)
+            .expect("room");
+        a.refilled(Field::Packets, t0, left, tat);
+        assert_eq!(
+            a.returnable(Field::Packets, t0 + 1),
+            units,
+            "fresh: all of it"
+        );
+        // A second later the bucket is full again; another CPU charges it from scratch.
+        let t1 = t0 + SECOND;
+        let (tat_b, left_b) = bucket
+            .refill(tat, t1, b.returnable(Field::Packets, t1), 1)
+            .expect("room");
+        b.refilled(Field::Packets, t1, left_b, tat_b);
+        assert_eq!(tat_b, t1 + bucket.interval * (1 + units));
+        assert_eq!(
+            a.returnable(Field::Packets, t1),
+            0,
+            "forgiven by the refill"
+        );
+        let (tat_a, _) = bucket
+            .refill(tat_b, t1, a.returnable(Field::Packets, t1), 1)
+            .expect("room");
+        assert_eq!(tat_a, tat_b + bucket.interval * (1 + units));
     }
 
     /// `K` CPUs, each with a lease, charging one bucket in random interleavings at moments
@@ -244,10 +308,10 @@ mod tests {
                     lease.spend(Field::Packets, 1);
                     admitted += 1;
                 } else if let Some((next_tat, left)) =
-                    bucket.refill(tat, now, lease.left(Field::Packets), 1)
+                    bucket.refill(tat, now, lease.returnable(Field::Packets, now), 1)
                 {
                     tat = next_tat;
-                    lease.refilled(Field::Packets, now, left);
+                    lease.refilled(Field::Packets, now, left, next_tat);
                     admitted += 1;
                 } else {
                     let parked: u64 = leases.iter().map(|l| l.left(Field::Packets)).sum();

@@ -465,10 +465,10 @@ impl Model {
                 Field::Bytes => &mut state.bytes,
                 Field::Syn => &mut state.syn,
             };
-            let refilled = bucket.refill(*tat, now, lease.left(field), cost);
+            let refilled = bucket.refill(*tat, now, lease.returnable(field, now), cost);
             if let Some((next, left)) = refilled {
                 *tat = next;
-                lease.refilled(field, now, left);
+                lease.refilled(field, now, left, next);
             }
             self.leases.insert(slot, lease);
             if refilled.is_some() {
@@ -567,7 +567,7 @@ impl Model {
                 (true, Field::Bytes) => (config.subnet_bytes, &mut state.bytes),
                 (true, Field::Syn) => (Bucket::UNLIMITED, &mut state.syn),
             };
-            *tat = bucket.give_back(*tat, now, lease.left(field));
+            *tat = bucket.give_back(*tat, now, lease.returnable(field, now));
         }
     }
 

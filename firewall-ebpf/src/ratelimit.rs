@@ -58,14 +58,15 @@ fn rule_for(packet: &Packet, kinds: u32, generation: u32) -> u32 {
     rule
 }
 
-/// What [`refill`] returns when the bucket has no room (nothing was written).
+/// What [`refill`] returns as units left when the bucket has no room (nothing was written).
 const NO_ROOM: u64 = u64::MAX;
 
 /// Refills a lease from the TAT at `tat`: gives its `left` units back and takes a new lease for a
-/// packet of `cost` (`Bucket::refill`, shared with the model), by compare-and-exchange. The
-/// units left after this packet, or [`NO_ROOM`]. A bucket without room is only read.
+/// packet of `cost` (`Bucket::refill`, shared with the model), by compare-and-exchange. The TAT
+/// after it and the units left after this packet, or [`NO_ROOM`] as the units. A bucket without
+/// room is only read.
 #[inline(always)]
-fn refill(tat: *mut u64, bucket: &Bucket, now: u64, left: u64, cost: u64) -> u64 {
+fn refill(tat: *mut u64, bucket: &Bucket, now: u64, left: u64, cost: u64) -> (u64, u64) {
     for _ in 0..CAS_ATTEMPTS {
         // An aligned 8-byte load is one instruction, so it never sees a torn value (BPF v3 has
         // no atomic-load instruction for LLVM to select).
@@ -74,10 +75,10 @@ fn refill(tat: *mut u64, bucket: &Bucket, now: u64, left: u64, cost: u64) -> u64
         let current = unsafe { core::ptr::read_volatile(tat) };
         let (next, left_after) = match bucket.refill(current, now, left, cost) {
             Some(refilled) => refilled,
-            None => return NO_ROOM,
+            None => return (current, NO_ROOM),
         };
         if next == current {
-            return left_after;
+            return (next, left_after);
         }
         // SAFETY: as above.
         let (_, swapped) = unsafe {
@@ -86,10 +87,10 @@ fn refill(tat: *mut u64, bucket: &Bucket, now: u64, left: u64, cost: u64) -> u64
             )
         };
         if swapped {
-            return left_after;
+            return (next, left_after);
         }
     }
-    NO_ROOM
+    (0, NO_ROOM)
 }
 
 /// Gives `left` unspent units back to the TAT at `tat` (a slot changing hands), with one
@@ -145,11 +146,17 @@ fn charge(
         lease.spend(field, cost);
         return true;
     }
-    let left = refill(tat_of(state, field), bucket, now, lease.left(field), cost);
+    let (next, left) = refill(
+        tat_of(state, field),
+        bucket,
+        now,
+        lease.returnable(field, now),
+        cost,
+    );
     if left == NO_ROOM {
         return false;
     }
-    lease.refilled(field, now, left);
+    lease.refilled(field, now, left, next);
     true
 }
 
@@ -190,7 +197,12 @@ fn give_back_slot(lease: &Lease, kind: u32, now: u64, generation: u32) {
             (true, Field::Bytes) => config.subnet_bytes,
             (true, Field::Syn) => Bucket::UNLIMITED,
         };
-        give_back(tat_of(state, field), &bucket, now, lease.left(field));
+        give_back(
+            tat_of(state, field),
+            &bucket,
+            now,
+            lease.returnable(field, now),
+        );
     }
 }
 

@@ -169,6 +169,38 @@ fn unix_ms(time: SystemTime) -> u64 {
     })
 }
 
+/// How long [`ends_torn`] watches a tail without its newline before calling it torn.
+const TORN_SETTLE: Duration = Duration::from_millis(20);
+
+/// Whether the file ends in a line without its newline that nobody is still writing.
+///
+/// Another process (the daemon while the CLI opens, or the other way round) may be appending
+/// right now, and a filesystem makes a write visible page by page: the size read here can stop
+/// inside its record. Terminating that would leave a stray empty line after it. A tail torn by a
+/// crash stays as it is, so the tail is believed torn only when the size has not moved for
+/// [`TORN_SETTLE`] (a write in progress takes microseconds); a moving size is read again.
+fn ends_torn(file: &File) -> std::io::Result<bool> {
+    let mut len = file.metadata()?.len();
+    for _ in 0..50 {
+        let Some(last) = len.checked_sub(1) else {
+            return Ok(false);
+        };
+        let mut byte = [0];
+        file.read_exact_at(&mut byte, last)?;
+        if byte == *b"\n" {
+            return Ok(false);
+        }
+        std::thread::sleep(TORN_SETTLE);
+        let now = file.metadata()?.len();
+        if now == len {
+            return Ok(true);
+        }
+        len = now;
+    }
+    // Written to without pause for a second: whoever writes ends its own lines.
+    Ok(false)
+}
+
 /// An audit log opened for appending.
 #[derive(Debug)]
 pub struct AuditLog {
@@ -205,17 +237,12 @@ impl AuditLog {
             .open(path)
             .map_err(io)?;
 
-        let len = file.metadata().map_err(io)?.len();
-        if let Some(last) = len.checked_sub(1) {
-            let mut byte = [0];
-            file.read_exact_at(&mut byte, last).map_err(io)?;
-            if byte != *b"\n" {
-                tracing::warn!(
-                    path = %path.display(),
-                    "audit log ends in a partial record (torn by a crash?); terminating it"
-                );
-                (&file).write_all(b"\n").map_err(io)?;
-            }
+        if ends_torn(&file).map_err(io)? {
+            tracing::warn!(
+                path = %path.display(),
+                "audit log ends in a partial record (torn by a crash?); terminating it"
+            );
+            (&file).write_all(b"\n").map_err(io)?;
         }
         Ok(Self {
             path: path.to_owned(),

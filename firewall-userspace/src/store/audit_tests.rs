@@ -246,3 +246,36 @@ fn concurrent_appenders_never_interleave() {
         assert_eq!(seqs, (0..PER_THREAD).collect::<Vec<_>>(), "{actor}");
     }
 }
+
+/// Opening the log while another handle appends must not take the record being written for a
+/// line torn by a crash: a filesystem shows a write page by page, and terminating such a "tail"
+/// left a stray empty line (seen as a flaky line count above).
+#[test]
+fn opening_during_an_append_adds_no_line() {
+    let dir = TempDir::new("open-during-append");
+    let path = dir.join("audit.log");
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (path, done) = (path.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut log = AuditLog::open(&path).expect("open");
+            let mut written = 0u64;
+            // Records of several pages, so that each write crosses page boundaries.
+            while !done.load(std::sync::atomic::Ordering::Relaxed) || written < 200 {
+                let object = json!({ "seq": written, "pad": "x".repeat(9_000) });
+                log.append(&AuditRecord::now("daemon", "block.add", object))
+                    .expect("append");
+                written += 1;
+            }
+            written
+        })
+    };
+    for _ in 0..300 {
+        AuditLog::open(&path).expect("open beside the writer");
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = writer.join().expect("writer");
+    let text = std::fs::read_to_string(&path).expect("read");
+    assert_eq!(text.lines().filter(|line| line.is_empty()).count(), 0);
+    assert_eq!(text.lines().count() as u64, written);
+}
