@@ -21,7 +21,6 @@
 
 pub(crate) mod bouncer;
 mod cpu;
-mod lab;
 pub(crate) mod lapi;
 
 use std::{
@@ -341,7 +340,7 @@ fn apply(
     index: usize,
     sizes: &Sizes,
 ) -> anyhow::Result<(Running, Link, Lab, Apply)> {
-    let lab = lab::new(index)?;
+    let lab = Lab::named(&format!("fleetG{index}"), &format!("fleetT{index}"))?;
     let link = Link::new(source, &lab.target, u8::try_from(index)?)?;
     let key = source.add_bouncer(&format!("{}-{round}", kind.tag()))?;
     let lapi_before = source.cpu();

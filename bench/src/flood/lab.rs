@@ -87,7 +87,14 @@ pub struct Lab {
 static LABS: AtomicU32 = AtomicU32::new(0);
 
 impl Lab {
+    /// The flood benchmark's lab (namespaces `apfl-gen`, `apfl-tgt`): one at a time per process.
     pub fn new() -> anyhow::Result<Self> {
+        Self::named("apfl-gen", "apfl-tgt")
+    }
+
+    /// A lab whose namespaces are tagged `generator_tag` and `target_tag`: labs with tags of
+    /// their own can exist side by side (the fleet benchmark floods two bouncers at once).
+    pub fn named(generator_tag: &str, target_tag: &str) -> anyhow::Result<Self> {
         let n = LABS.fetch_add(1, Ordering::Relaxed) % 1000;
         let pid = std::process::id() % 100;
         // 10 characters: `napi/<name>` is exactly the 15 characters a thread's comm keeps.
@@ -95,8 +102,8 @@ impl Lab {
             format!("apfl{pid:02}{n:03}a"),
             format!("apfl{pid:02}{n:03}b"),
         );
-        let generator = Netns::new("apfl-gen");
-        let target = Netns::new("apfl-tgt");
+        let generator = Netns::new(generator_tag);
+        let target = Netns::new(target_tag);
         let mut lab = Self {
             generator_if,
             target_if,
@@ -415,5 +422,6 @@ mod tests {
             parse_mac("02:00:0a:ff:00:01").unwrap(),
             [2, 0, 10, 255, 0, 1]
         );
+        assert!(parse_mac("02:00").is_err());
     }
 }
