@@ -5,8 +5,8 @@
 //! expensive thing the program does: it takes a per-CPU free list, may evict (a lock and a walk),
 //! and writes a hash bucket other CPUs read. A key gets state only on its *second* sighting
 //! within [`ADMISSION_WINDOW_NS`]; the first is recorded in a direct-mapped, per-CPU array of
-//! [`ADMISSION_SLOTS`] words: a slot chosen by one hash of the key holds a 32-bit tag from
-//! another hash and the sighting's time. An array slot is a plain store that the JIT inlines and
+//! [`ADMISSION_SLOTS`] words: a slot chosen by one hash of the key holds a 47-bit tag (another
+//! hash, and the bits of the slot's hash that did not choose the slot) and the sighting's time. An array slot is a plain store that the JIT inlines and
 //! that no other CPU touches, so a flood of one-packet sources costs two hashes and a store per
 //! key and never evicts the state of sources that are really talking.
 //!
@@ -18,8 +18,14 @@
 //!   when two of its packets reach one CPU within that time: any source sending faster than
 //!   `R / ADMISSION_SLOTS` packets per second on a CPU (15/s at 10⁶/s), that is, every source a
 //!   rate limit has to stop. A NIC's RSS keeps a flow's packets on one CPU.
-//! - Two keys sharing a slot and a tag (odds 2⁻³² per collision) admit each other early: a
-//!   source gets state on its first packet instead of its second.
+//! - Two keys sharing a slot and a tag admit each other early: a source gets state on its first
+//!   packet instead of its second. Every new key is compared with the key its slot holds, so the
+//!   odds are per packet of a flood: 2⁻⁴⁷, one early admission per 1.4·10¹⁴ spoofed packets
+//!   (about 4.5 years of 1 Mpps on one CPU). A 31-bit tag made it one per 2·10⁹: the soak test
+//!   of issue #7, 140M spoofed sources, met one at its 127,635,121st packet.
+//! - Times are kept in 16 bits of 2²⁴ ns (16.8 ms), which wrap every 18 minutes: a key whose
+//!   slot still holds its own sighting from a multiple of 18 minutes ago (nothing else hashed
+//!   there since) is admitted on its first packet, the same harmless early admission.
 //!
 //! The reference model keeps one CPU's array with these same functions, so the verdict tests
 //! hold the kernel to it slot by slot.
@@ -32,44 +38,51 @@ pub const ADMISSION_SLOTS: u32 = 1 << 16;
 const SLOT_SEED: u32 = 0x3C6E_F372;
 /// Seed of [`TrackKey::hash`] for the tag (independent of the slot's).
 const TAG_SEED: u32 = 0xA54F_F53A;
-/// Sighting times are kept in units of 2^20 ns (about 1.05 ms), in 32 bits (wrapping after
-/// 52 days, compared by wrapping difference).
-const TIME_SHIFT: u32 = 20;
+/// Sighting times are kept in units of 2^24 ns (about 16.8 ms), in the slot's low 16 bits
+/// (wrapping after 18 minutes, compared by wrapping difference).
+const TIME_SHIFT: u32 = 24;
+/// The slot bits that hold the time.
+const TIME_BITS: u32 = 16;
+const TIME_MASK: u64 = (1 << TIME_BITS) - 1;
 /// [`ADMISSION_WINDOW_NS`] in those units.
-const WINDOW_UNITS: u32 = (ADMISSION_WINDOW_NS >> TIME_SHIFT) as u32;
+const WINDOW_UNITS: u64 = ADMISSION_WINDOW_NS >> TIME_SHIFT;
+const _: () = assert!(WINDOW_UNITS < TIME_MASK / 2, "the window must fit the time field");
 
 /// A key as the admission array sees it: its slot and its tag.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sighting {
     /// Index into the per-CPU array.
     pub slot: u32,
-    /// What the slot holds (high 32 bits) while it records this key; never 0, so an empty
-    /// slot records no key.
-    tag: u32,
+    /// What the slot holds above its time while it records this key: 48 bits, the lowest
+    /// always 1, so an empty slot records no key.
+    tag: u64,
 }
 
 impl Sighting {
-    /// The sighting of `key`.
+    /// The sighting of `key`. The tag is a second hash of the key (32 bits) and the 16 bits of
+    /// the slot's hash that did not pick the slot: keys in one slot agree on the slot's low
+    /// bits only, so those 16 bits tell them apart at no extra hashing.
     #[inline(always)]
     pub fn of(key: &TrackKey) -> Self {
+        let slot_hash = key.hash(SLOT_SEED);
         Self {
-            slot: key.hash(SLOT_SEED) & (ADMISSION_SLOTS - 1),
-            tag: key.hash(TAG_SEED) | 1,
+            slot: slot_hash & (ADMISSION_SLOTS - 1),
+            tag: u64::from(key.hash(TAG_SEED)) << 16 | u64::from(slot_hash >> 16) | 1,
         }
     }
 
     /// The slot's value that records this key as seen at `now_ns`.
     #[inline(always)]
     pub fn recorded_at(&self, now_ns: u64) -> u64 {
-        u64::from(self.tag) << 32 | u64::from((now_ns >> TIME_SHIFT) as u32)
+        self.tag << TIME_BITS | (now_ns >> TIME_SHIFT) & TIME_MASK
     }
 
     /// Whether the slot's `value` records this key as seen within the window before `now_ns`.
     #[inline(always)]
     pub fn seen_recently(&self, value: u64, now_ns: u64) -> bool {
-        let seen = value as u32;
-        (value >> 32) as u32 == self.tag
-            && ((now_ns >> TIME_SHIFT) as u32).wrapping_sub(seen) <= WINDOW_UNITS
+        let seen = value & TIME_MASK;
+        value >> TIME_BITS == self.tag
+            && ((now_ns >> TIME_SHIFT).wrapping_sub(seen) & TIME_MASK) <= WINDOW_UNITS
     }
 }
 
@@ -115,10 +128,25 @@ mod tests {
     fn the_clock_wrapping_its_units_keeps_the_window() {
         let key = TrackKey::v6(3, 0x2001_0db8_0000_0000, 7, 128);
         let sighting = Sighting::of(&key);
-        let before_wrap = (u64::from(u32::MAX) << TIME_SHIFT) - SECOND;
+        let before_wrap = (TIME_MASK << TIME_SHIFT) - SECOND;
         let value = sighting.recorded_at(before_wrap);
         assert!(sighting.seen_recently(value, before_wrap + 2 * SECOND));
         assert!(!sighting.seen_recently(value, before_wrap + 11 * SECOND));
+    }
+
+    #[test]
+    fn the_two_soak_sources_that_shared_a_31_bit_tag_are_told_apart() {
+        // Sources 127,624,850 and 127,635,121 of the soak test's flood (rule 0, /128s): one
+        // slot, and one 31-bit tag in the earlier encoding, so the second got state on its
+        // first packet and the soak found two keys in its state map where one belongs.
+        let first = TrackKey::v6(0, 0x2001_0db8_f5e3_d6cb, 2, 128);
+        let second = TrackKey::v6(0, 0x2001_0db8_b833_5ab9, 2, 128);
+        let (first, second) = (Sighting::of(&first), Sighting::of(&second));
+        assert_eq!(first.slot, second.slot);
+        assert_eq!(first.tag >> 16 | 1, second.tag >> 16 | 1, "the old 31-bit tags differ");
+        let value = first.recorded_at(SECOND);
+        assert!(!second.seen_recently(value, SECOND + 1));
+        assert!(first.seen_recently(value, SECOND + 1));
     }
 
     #[test]
