@@ -12,12 +12,14 @@ pub mod ablation;
 pub mod admission;
 pub mod config;
 pub mod events;
+pub mod handoff;
 pub mod lease;
 pub mod packet;
 pub mod prefix;
 pub mod ratelimit;
 pub mod rules;
 pub mod stats;
+pub mod syncookie;
 
 #[cfg(feature = "user")]
 pub mod model;
@@ -95,15 +97,25 @@ pub mod map_names {
     /// sources and subnets not yet tracked (see [`crate::admission`]). Not pinned.
     pub const ADMISSION: &str = "APIFW_ADMISSION";
 
+    /// `PerCpuArray<SynDetector>` of [`crate::syncookie::DETECTOR_SLOTS`]: each CPU's SYN meter
+    /// per cookie port. Not pinned.
+    pub const SYN_DETECTOR: &str = "APIFW_SYN_DETECTOR";
+    /// `ProgramArray` of [`crate::handoff::JUMP_SLOTS`]: the programs the firewall tail-calls.
+    /// Pinned, or the kernel would empty it when the daemon exits.
+    pub const JUMP: &str = "APIFW_JUMP";
+    /// `PerCpuArray<Handoff>` of 1: each CPU's packet between the programs
+    /// ([`crate::handoff`]). Pinned, so that an attached program and its successor share it.
+    pub const HANDOFF: &str = "APIFW_HANDOFF";
+
     /// Maps of the object the daemon does not pin: a new program starts them empty. The leases
     /// are a per-CPU cache of units already charged to the pinned buckets; losing them on a
     /// restart refuses at most a lease's worth per slot, never admits more. Losing the
     /// admission array makes each untracked source and subnet send one more packet before it is
-    /// tracked.
-    pub const UNPINNED: [&str; 2] = [LEASES, ADMISSION];
+    /// tracked. The SYN detectors start every port ready.
+    pub const UNPINNED: [&str; 3] = [LEASES, ADMISSION, SYN_DETECTOR];
 
     /// Every map the daemon pins.
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 20] = [
         ACTIVE,
         CONFIG,
         STATS,
@@ -122,6 +134,8 @@ pub mod map_names {
         EVENTS,
         EVENT_TAT,
         EVENT_STATS,
+        JUMP,
+        HANDOFF,
     ];
 }
 
@@ -129,4 +143,6 @@ pub mod map_names {
 pub mod program_names {
     /// The firewall itself.
     pub const FIREWALL: &str = "apifw";
+    pub const LIMITS: &str = "apifw_limits";
+    pub const SYN_COOKIE: &str = "apifw_syn_cookie";
 }

@@ -72,11 +72,19 @@ pub enum Reason {
     SubnetBanned = 9,
     /// Under dry run, the source would have been banned now: counted, passed.
     WouldBan = 10,
+    /// A SYN to a port in cookie mode, answered in XDP with a cookie SYN-ACK (`XDP_TX`): counted
+    /// under `drop`, since the network stack never sees it.
+    SynCookie = 11,
+    /// An ACK to a port in cookie mode that carried a valid cookie: passed, and its source is
+    /// proven (it gets per-source state).
+    CookieValid = 12,
+    /// An ACK to a listener in cookie mode whose cookie is not valid: dropped.
+    BadCookie = 13,
 }
 
 impl Reason {
     /// Every reason defined so far, in counter-index order.
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 14] = [
         Reason::Default,
         Reason::Allowlist,
         Reason::Blocklist,
@@ -88,6 +96,9 @@ impl Reason {
         Reason::Banned,
         Reason::SubnetBanned,
         Reason::WouldBan,
+        Reason::SynCookie,
+        Reason::CookieValid,
+        Reason::BadCookie,
     ];
 
     /// Snake-case name, as used in JSON and metrics.
@@ -104,6 +115,9 @@ impl Reason {
             Reason::Banned => "banned",
             Reason::SubnetBanned => "subnet_banned",
             Reason::WouldBan => "would_ban",
+            Reason::SynCookie => "syn_cookie",
+            Reason::CookieValid => "cookie_valid",
+            Reason::BadCookie => "bad_cookie",
         }
     }
 }

@@ -11,9 +11,11 @@
 
 mod bans;
 mod events;
+mod limits;
 mod parse;
 mod prefixes;
 mod ratelimit;
+mod syncookie;
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, xdp_action},
@@ -147,23 +149,42 @@ pub fn apifw(ctx: XdpContext) -> u32 {
         Ok(verdict) => verdict,
         Err(Malformed) => Verdict::new(config.malformed(), Reason::Malformed),
     };
+    finish_logged(&ctx, config, verdict)
+}
+
+/// Counts the verdict under the receiving interface and turns it into the XDP action, with the
+/// debug log when it is on: the last stage of the firewall program.
+#[inline(always)]
+fn finish_logged(ctx: &XdpContext, config: &KernelConfig, verdict: Verdict) -> u32 {
     // Every stage up to here: what follows (interface slot, debug log, counters) is the last.
     if stops(Stage::Events) {
         return xdp_action::XDP_PASS;
     }
-    let ifindex = ctx.ingress_ifindex() as u32;
-    let slot = IFACES.get(ifindex).map_or(0, |slot| *slot);
     // Off by default: one test of a flag in a record already loaded.
     if config.flags & CONFIG_DEBUG_LOG != 0 {
         aya_log_ebpf::debug!(
-            &ctx,
+            ctx,
             "apifw: ifindex {} len {} -> action {} reason {}",
-            ifindex,
+            ctx.ingress_ifindex() as u32,
             ctx.data_end() - ctx.data(),
             verdict.action as u32,
             verdict.reason as u32
         );
     }
+    finish(ctx, verdict)
+}
+
+/// Counts the verdict under the receiving interface and turns it into the XDP action: the last
+/// stage of the firewall program and of the limits and cookie programs it tail-calls (those
+/// without the debug log: its formatting code, called from three programs, becomes a BPF
+/// subprogram whose stack frame the limits program has no room for).
+#[inline(always)]
+fn finish(ctx: &XdpContext, verdict: Verdict) -> u32 {
+    if stops(Stage::Events) {
+        return xdp_action::XDP_PASS;
+    }
+    let ifindex = ctx.ingress_ifindex() as u32;
+    let slot = IFACES.get(ifindex).map_or(0, |slot| *slot);
     count_in(
         &STATS,
         stats_index_at(slot, verdict.action, verdict.reason),
@@ -199,29 +220,52 @@ fn try_apifw(ctx: &XdpContext, config: &KernelConfig) -> Result<Verdict, Malform
     let (rule, reason) = if flags & FLAG_BLOCK != 0 {
         (ratelimit::NO_RULE, Reason::Blocklist)
     } else {
-        ratelimit::check(&packet, len, config)
+        let checked = ratelimit::check(&packet, config);
+        if checked.limits {
+            limits::hand_over(ctx, &packet, len, checked.rule, config, checked.now_ns);
+            // Not reached while the limits program is in its (pinned) array: if it is not,
+            // the packet passes under its rule, uncharged.
+        }
+        (checked.rule, checked.reason)
     };
-    // The rule, ban, state and bucket stages stop inside the check.
+    // The state, bucket and later stages stop in the limits program.
     if stops(Stage::Bucket) {
         return Ok(STOPPED);
     }
+    Ok(verdict_of(ctx, config, &packet.source, rule, reason, len))
+}
+
+/// The verdict of `reason` under `rule` (none: [`ratelimit::NO_RULE`]): counted under the rule,
+/// and reported when it drops.
+#[inline(always)]
+fn verdict_of(
+    ctx: &XdpContext,
+    config: &KernelConfig,
+    source: &Source,
+    rule: u32,
+    reason: Reason,
+    len: u64,
+) -> Verdict {
     if rule != ratelimit::NO_RULE {
         count_in(&RULE_STATS, rule_stats_index(rule, reason), len as usize);
     }
     if stops(Stage::RuleCounters) {
-        return Ok(STOPPED);
+        return STOPPED;
     }
     let action = match reason {
         Reason::Blocklist
         | Reason::RateLimited
         | Reason::SynLimited
         | Reason::Banned
-        | Reason::SubnetBanned => Action::Drop,
+        | Reason::SubnetBanned
+        | Reason::SynCookie
+        | Reason::BadCookie => Action::Drop,
         _ => Action::Pass,
     };
-    if action == Action::Drop && config.flags & CONFIG_EVENTS != 0 {
+    // A SYN answered with a cookie is no source's misdeed: a flood would only fill the ring.
+    if action == Action::Drop && reason != Reason::SynCookie && config.flags & CONFIG_EVENTS != 0 {
         events::emit(
-            &packet.source,
+            source,
             reason,
             rule,
             len,
@@ -229,7 +273,7 @@ fn try_apifw(ctx: &XdpContext, config: &KernelConfig) -> Result<Verdict, Malform
             config,
         );
     }
-    Ok(Verdict::new(action, reason))
+    Verdict::new(action, reason)
 }
 
 #[inline(always)]

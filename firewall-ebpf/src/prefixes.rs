@@ -31,7 +31,11 @@ pub fn lookup_v4(addr: u32, generation: u32) -> u32 {
 
 /// Resolved flags of the longest prefix containing the IPv6 address `(hi, lo)` in policy
 /// generation `generation`, or 0.
-#[inline(always)]
+///
+/// A BPF subprogram (not inlined): LLVM's register allocation of its probe loops inside the
+/// caller spilled a register that one path never set (`R2 !read_ok`), which the verifier
+/// rejects; on its own it has a clean frame, and the caller's state does not multiply its walk.
+#[inline(never)]
 pub fn lookup_v6(hi: u64, lo: u64, short_mask: u64, generation: u32) -> u32 {
     let top = V6SummaryKey {
         generation,

@@ -255,32 +255,57 @@ pub fn now_ns(config: &KernelConfig) -> u64 {
     }
 }
 
-/// Bans, then the rule that takes the packet: the rule ([`NO_RULE`] if none, or when a ban
-/// decided) and the outcome (`Banned`/`SubnetBanned`, or that of the rule's buckets).
+/// What [`check`] found: a verdict, or a rule whose buckets decide.
+pub struct Checked {
+    /// The rule ([`NO_RULE`] if none, or when a ban decided).
+    pub rule: u32,
+    /// `Banned`/`SubnetBanned`, or `Default`.
+    pub reason: Reason,
+    /// Whether the rule's buckets decide ([`exceeded`], in the limits program).
+    pub limits: bool,
+    /// The program's clock when `limits`, read once for both programs.
+    pub now_ns: u64,
+}
+
+/// Bans, then the rule that takes the packet: a ban's verdict, no rule, or the rule whose
+/// buckets decide next.
 #[inline(always)]
-pub fn check(packet: &Packet, len: u64, config: &KernelConfig) -> (u32, Reason) {
+pub fn check(packet: &Packet, config: &KernelConfig) -> Checked {
+    const NOTHING: Checked = Checked {
+        rule: NO_RULE,
+        reason: Reason::Default,
+        limits: false,
+        now_ns: 0,
+    };
     let bans_on = config.flags & CONFIG_BANS != 0;
     let rule = rule_for(packet, config.rule_kinds, config.generation);
     if stops(Stage::Rule) {
-        return (NO_RULE, Reason::Default);
+        return NOTHING;
     }
     if rule == NO_RULE && !bans_on {
-        return (NO_RULE, Reason::Default);
+        return NOTHING;
     }
     let now_ns = now_ns(config);
     if bans_on {
         let banned = bans::check(packet.source, config, now_ns);
         if banned != Reason::Default {
-            return (NO_RULE, banned);
+            return Checked {
+                rule: NO_RULE,
+                reason: banned,
+                limits: false,
+                now_ns: 0,
+            };
         }
     }
-    if stops(Stage::Bans) {
-        return (NO_RULE, Reason::Default);
+    if stops(Stage::Bans) || rule == NO_RULE {
+        return NOTHING;
     }
-    if rule == NO_RULE {
-        return (NO_RULE, Reason::Default);
+    Checked {
+        rule,
+        reason: Reason::Default,
+        limits: true,
+        now_ns,
     }
-    (rule, exceeded(packet, len, rule, config, now_ns))
 }
 
 /// What charging needs to know of the packet.
@@ -391,7 +416,7 @@ fn charge_subnet(
 /// `Reason::Default` when every bucket has room, else the reason of the first full one
 /// (`WouldDrop` under dry run).
 #[inline(always)]
-fn exceeded(packet: &Packet, len: u64, rule: u32, config: &KernelConfig, now_ns: u64) -> Reason {
+pub fn exceeded(packet: &Packet, len: u64, rule: u32, config: &KernelConfig, now_ns: u64) -> Reason {
     // Borrowed from the map rather than copied: a RuleConfig is 128 bytes of a 512-byte stack.
     let Some(rule_config) = RULES.get(rule_index(config.generation, rule)) else {
         return Reason::Default;

@@ -14,8 +14,9 @@ pub const DEFAULT_RUN_DIR: &str = "/run/apifw";
 pub const DEFAULT_AUDIT_LOG: &str = "/var/log/apifw/audit.log";
 /// Version of the pinned map layout. Bump it whenever a pinned map's key, value or size
 /// semantics change. 3: the candidate map gave way to the unpinned admission array, and the
-/// plain hashes stopped being preallocated.
-pub const LAYOUT_VERSION: u32 = 3;
+/// plain hashes stopped being preallocated. 4: the rule's buckets moved to a tail-called
+/// program, reached through the pinned `APIFW_JUMP` and `APIFW_HANDOFF`.
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Where one daemon instance pins its maps and links.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,11 +77,11 @@ mod tests {
         let layout = PinLayout::new("/sys/fs/bpf/apifw");
         assert_eq!(
             layout.map("APIFW_STATS"),
-            PathBuf::from("/sys/fs/bpf/apifw/v3/maps/APIFW_STATS")
+            PathBuf::from("/sys/fs/bpf/apifw/v4/maps/APIFW_STATS")
         );
         assert_eq!(
             layout.link("eth0"),
-            PathBuf::from("/sys/fs/bpf/apifw/v3/links/eth0")
+            PathBuf::from("/sys/fs/bpf/apifw/v4/links/eth0")
         );
     }
 }

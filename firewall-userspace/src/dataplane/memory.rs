@@ -28,6 +28,7 @@ use crate::policy::Policy;
 /// `BPF_MAP_TYPE_*` values the object uses.
 const HASH: u32 = 1;
 const ARRAY: u32 = 2;
+const PROG_ARRAY: u32 = 3;
 const PERCPU_ARRAY: u32 = 6;
 const LRU_HASH: u32 = 9;
 const RINGBUF: u32 = 27;
@@ -152,7 +153,8 @@ pub fn costs(policy: &Policy, cpus: u32) -> Result<Vec<MapCost>, MemoryError> {
                     (fixed + element * (capacity + cpus) + 8 * cpus, 0)
                 }
             }
-            ARRAY => (ARRAY_HEADER + value * capacity, 0),
+            // A program array's slots are pointers: accounted as an array of 8-byte values.
+            ARRAY | PROG_ARRAY => (ARRAY_HEADER + value * capacity, 0),
             PERCPU_ARRAY => (ARRAY_HEADER + 8 * capacity + value * capacity * cpus, 0),
             RINGBUF => {
                 let data_pages = capacity / PAGE;

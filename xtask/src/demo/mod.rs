@@ -214,8 +214,8 @@ fn run_in_lab(lab: &mut Lab, name: &str, apifw: &Path, policy: &str) -> Result<(
     }
     claims.check(
         "apifw removes its pins on exit",
-        !daemon.pin_dir.join("v3").exists(),
-        format!("{} after exit", describe_dir(&daemon.pin_dir.join("v3"))),
+        !daemon.pin_dir.join("v4").exists(),
+        format!("{} after exit", describe_dir(&daemon.pin_dir.join("v4"))),
     );
     claims.finish()
 }

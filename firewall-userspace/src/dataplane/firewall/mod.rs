@@ -14,8 +14,8 @@ use std::path::PathBuf;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray},
-    programs::{ProgramError, Xdp},
+    maps::{Array, HashMap, MapData, PerCpuArray, ProgramArray},
+    programs::{ProgramError, ProgramFd, Xdp},
 };
 #[cfg(feature = "test-hooks")]
 use firewall_common::ablation::{self, Stage};
@@ -28,6 +28,7 @@ use firewall_common::{
     prefix::{V4_SUMMARY_ENTRIES, V4Summary, V6Summary, V6SummaryKey, v4_summary_index},
     program_names,
     rules::{MAX_RULES, RuleConfig, rule_index},
+    handoff::{JUMP_COOKIE, JUMP_LIMITS},
 };
 use tracing::debug;
 
@@ -150,7 +151,15 @@ impl Firewall {
     #[cfg(feature = "test-hooks")]
     fn stopping_after_unexplained(&self, stage: Stage) -> Result<Self, FirewallError> {
         let pins = TempPins::create()?;
-        let names = || map_names::ALL.into_iter().chain(map_names::UNPINNED);
+        // Every map but the jump array and its hand-off slot: the stopped object fills its own
+        // jump array with its own limits and cookie programs, which must not replace this
+        // firewall's.
+        let names = || {
+            map_names::ALL
+                .into_iter()
+                .chain(map_names::UNPINNED)
+                .filter(|name| ![map_names::JUMP, map_names::HANDOFF].contains(name))
+        };
         let mut paths = Vec::new();
         for name in names() {
             let path = pins.0.join(name);
@@ -230,7 +239,44 @@ impl Firewall {
         };
         firewall.active = firewall.read_active()?;
         firewall.load_program(program_names::FIREWALL)?;
+        firewall.install_programs()?;
         Ok(firewall)
+    }
+
+    /// Loads the programs the firewall program tail-calls (the limits and the SYN cookie
+    /// programs, `firewall_common::handoff`) and puts them in its jump array, which is pinned
+    /// with the other maps: an attached program that outlives the daemon still reaches them.
+    fn install_programs(&mut self) -> Result<(), FirewallError> {
+        let limits = self.program_fd(program_names::LIMITS)?;
+        let cookie = self.program_fd(program_names::SYN_COOKIE)?;
+        let jump = map_names::JUMP;
+        let mut array = ProgramArray::try_from(self.kernel_map_mut(jump)?).map_err(|source| {
+            FirewallError::Map {
+                name: jump,
+                action: "open",
+                source: Box::new(source),
+            }
+        })?;
+        for (slot, fd) in [(JUMP_LIMITS, &limits), (JUMP_COOKIE, &cookie)] {
+            array.set(slot, fd, 0).map_err(|source| FirewallError::Map {
+                name: jump,
+                action: "fill",
+                source: Box::new(source),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The program `name`, loaded: a descriptor of it.
+    fn program_fd(&mut self, name: &'static str) -> Result<ProgramFd, FirewallError> {
+        self.load_program(name)?
+            .fd()
+            .and_then(|fd| fd.try_clone().map_err(ProgramError::from))
+            .map_err(|source| FirewallError::Program {
+                name,
+                action: "get the descriptor of",
+                source: Box::new(source),
+            })
     }
 
     /// Whether the maps were created or adopted.
