@@ -45,7 +45,8 @@ const TCP_FIN: u8 = 0x01;
 const TCP_RST: u8 = 0x04;
 /// `TCP_LISTEN` of the kernel's `enum tcp_state`.
 const TCP_LISTEN: u32 = 10;
-/// `-EACCES`: `bpf_tcp_check_syncookie`'s answer for a cookie that is not valid.
+/// `bpf_tcp_check_syncookie`'s answers for a cookie that is not valid (see `check_ack`).
+const ENOENT: i64 = 2;
 const EACCES: i64 = 13;
 /// The SYN-ACK's TCP header: 20 bytes and the MSS option.
 const REPLY_TCP_LEN: usize = 24;
@@ -393,12 +394,14 @@ fn check_ack(
     };
     // SAFETY: releases the reference the lookup took, once.
     unsafe { bpf_sk_release(sk.cast()) };
-    if checked == -EACCES {
+    // A bad cookie: -ENOENT from mainline kernels (which also answer -ENOENT when the listener
+    // sent no cookie for two minutes: then no cookie is good, and the kernel would answer the
+    // ACK with a reset), -EACCES from those with the reworked error codes.
+    if checked == -ENOENT || checked == -EACCES {
         return (Action::Drop, Reason::BadCookie, xdp_action::XDP_DROP);
     }
     if checked != 0 {
-        // No recent cookie from this listener (the kernel would not take one either): as
-        // without cookies.
+        // Not a packet the helper judges (-EINVAL): as without cookies.
         return PASSED;
     }
     prove(at, handoff, rule);

@@ -100,7 +100,7 @@ pub struct Snapshot {
 }
 
 /// Reasons a rule counts under (banned / subnet_banned: the bans it made).
-const RULE_REASONS: [Reason; 7] = [
+const RULE_REASONS: [Reason; 10] = [
     Reason::Default,
     Reason::RateLimited,
     Reason::SynLimited,
@@ -108,6 +108,9 @@ const RULE_REASONS: [Reason; 7] = [
     Reason::WouldBan,
     Reason::Banned,
     Reason::SubnetBanned,
+    Reason::SynCookie,
+    Reason::CookieValid,
+    Reason::BadCookie,
 ];
 
 impl Snapshot {

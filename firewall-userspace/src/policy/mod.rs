@@ -23,6 +23,7 @@ use firewall_common::{
     packet::{IPPROTO_TCP, IPPROTO_UDP},
     ratelimit::Bucket,
     rules::{ANY_PORT, ANY_PROTOCOL, MAX_RULES, RULE_BAN, RULE_DRY_RUN, RuleConfig, RuleKey},
+    syncookie::{RULE_SYN_COOKIES_ALWAYS, RULE_SYN_COOKIES_AUTO},
 };
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -98,6 +99,33 @@ pub enum RuleProtocol {
     Any,
 }
 
+/// When a rule's TCP ports answer SYNs with cookies in XDP (`firewall_common::syncookie`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SynCookies {
+    /// When this CPU's SYN-rate detector of the port says the port is flooded, and the kernel
+    /// would send cookies itself (the listener's SYN queue is full, or
+    /// `net.ipv4.tcp_syncookies = 2`).
+    #[default]
+    Auto,
+    /// Every SYN to the port takes the cookie path (still only answered with a cookie when the
+    /// kernel would send one).
+    Always,
+    /// Never: SYNs take the rule's buckets and go to the kernel.
+    Off,
+}
+
+impl SynCookies {
+    /// The policy's spelling.
+    pub const fn name(self) -> &'static str {
+        match self {
+            SynCookies::Auto => "auto",
+            SynCookies::Always => "always",
+            SynCookies::Off => "off",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawSourceLimit {
@@ -158,6 +186,7 @@ struct RawRule {
     per_source: Option<RawSourceLimit>,
     per_subnet: Option<RawSubnetLimit>,
     syn_per_source: Option<RawSynLimit>,
+    syn_cookies: Option<SynCookies>,
     #[serde(default)]
     on_exceed: OnExceed,
     ban_after: Option<String>,
@@ -177,6 +206,8 @@ pub struct Rule {
     pub ports: Vec<u16>,
     /// The kernel's view: buckets, subnet lengths, dry-run flag.
     pub config: RuleConfig,
+    /// SYN cookies on the rule's TCP ports (`Off` for a UDP rule).
+    pub syn_cookies: SynCookies,
 }
 
 impl Rule {
@@ -817,6 +848,25 @@ fn parse_rules(
             fail("syn_per_source needs TCP: set protocol = \"tcp\" or \"any\"".into());
             continue;
         }
+        let syn_cookies = match (rule.syn_cookies, rule.protocol) {
+            (Some(SynCookies::Off), _) | (None, RuleProtocol::Udp) => SynCookies::Off,
+            (Some(cookies), RuleProtocol::Udp) => {
+                fail(format!(
+                    "syn_cookies = \"{}\" needs TCP: set protocol = \"tcp\" or \"any\", or \
+                     remove it",
+                    cookies.name()
+                ));
+                continue;
+            }
+            (Some(cookies), _) => cookies,
+            (None, _) => SynCookies::default(),
+        };
+        let mut config = config;
+        config.flags |= match syn_cookies {
+            SynCookies::Auto => RULE_SYN_COOKIES_AUTO,
+            SynCookies::Always => RULE_SYN_COOKIES_ALWAYS,
+            SynCookies::Off => 0,
+        };
         let validated = Rule {
             name: rule.name.clone(),
             protocol: match rule.protocol {
@@ -826,6 +876,7 @@ fn parse_rules(
             },
             ports: rule.ports.clone(),
             config,
+            syn_cookies,
         };
         let mut clash = None;
         for key in validated.keys() {

@@ -732,6 +732,7 @@ fn map_data(map: &aya::maps::Map) -> Option<&MapData> {
         | Map::LruHashMap(data)
         | Map::PerCpuArray(data)
         | Map::PerCpuHashMap(data)
+        | Map::ProgramArray(data)
         | Map::RingBuf(data) => Some(data),
         _ => None,
     }
