@@ -44,7 +44,10 @@ const TIME_SHIFT: u32 = 24;
 const TIME_MASK: u32 = (1 << 16) - 1;
 /// [`ADMISSION_WINDOW_NS`] in those units.
 const WINDOW_UNITS: u32 = (ADMISSION_WINDOW_NS >> TIME_SHIFT) as u32;
-const _: () = assert!(WINDOW_UNITS < TIME_MASK / 2, "the window must fit the time field");
+const _: () = assert!(
+    WINDOW_UNITS < TIME_MASK / 2,
+    "the window must fit the time field"
+);
 
 /// A key as the admission array sees it: its slot and its tag.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,7 +77,8 @@ impl Sighting {
     /// The slot's value that records this key as seen at `now_ns`.
     #[inline(always)]
     pub fn recorded_at(&self, now_ns: u64) -> u64 {
-        u64::from(self.tag) << 32 | u64::from(self.check | (now_ns >> TIME_SHIFT) as u32 & TIME_MASK)
+        u64::from(self.tag) << 32
+            | u64::from(self.check | (now_ns >> TIME_SHIFT) as u32 & TIME_MASK)
     }
 
     /// Whether the slot's `value` records this key as seen within the window before `now_ns`.
@@ -161,7 +165,11 @@ mod tests {
                 *slot = sighting.recorded_at(now);
             }
         }
-        assert_eq!(early, std::vec::Vec::<u32>::new(), "admitted on a first packet");
+        assert_eq!(
+            early,
+            std::vec::Vec::<u32>::new(),
+            "admitted on a first packet"
+        );
     }
 
     #[test]

@@ -100,6 +100,9 @@ pub mod map_names {
     /// `PerCpuArray<SynDetector>` of [`crate::syncookie::DETECTOR_SLOTS`]: each CPU's SYN meter
     /// per cookie port. Not pinned.
     pub const SYN_DETECTOR: &str = "APIFW_SYN_DETECTOR";
+    /// `Array<u64>` of [`crate::syncookie::DETECTOR_SLOTS`]: when a cookie for each port slot
+    /// last went out ([`crate::syncookie::cookie_sent`]). Not pinned.
+    pub const COOKIE_SENT: &str = "APIFW_COOKIE_SENT";
     /// `ProgramArray` of [`crate::handoff::JUMP_SLOTS`]: the programs the firewall tail-calls.
     /// Pinned, or the kernel would empty it when the daemon exits.
     pub const JUMP: &str = "APIFW_JUMP";
@@ -112,7 +115,7 @@ pub mod map_names {
     /// restart refuses at most a lease's worth per slot, never admits more. Losing the
     /// admission array makes each untracked source and subnet send one more packet before it is
     /// tracked. The SYN detectors start every port ready.
-    pub const UNPINNED: [&str; 3] = [LEASES, ADMISSION, SYN_DETECTOR];
+    pub const UNPINNED: [&str; 4] = [LEASES, ADMISSION, SYN_DETECTOR, COOKIE_SENT];
 
     /// Every map the daemon pins.
     pub const ALL: [&str; 20] = [

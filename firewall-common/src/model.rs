@@ -55,6 +55,7 @@ use crate::{
         BAN_HOST, BAN_SUBNET, BanEntry, BanKey, EscalationState, RuleConfig, TrackKey, TrackState,
     },
     stats::{Action, Reason, Verdict},
+    syncookie::{RULE_SYN_COOKIES_ALWAYS, RULE_SYN_COOKIES_AUTO, SynDetector, detector_slot},
 };
 
 /// A rate-limit rule as the model reads it.
@@ -256,6 +257,8 @@ pub struct Model {
     admission: HashMap<u32, u64>,
     /// The leases of the one CPU the model is, by slot (see [`crate::lease`]).
     leases: HashMap<u32, Lease>,
+    /// The SYN detectors of the one CPU the model is, by slot (see [`crate::syncookie`]).
+    detectors: HashMap<u32, SynDetector>,
     /// Bans made so far (expired ones included; they no longer count).
     pub bans: HashMap<BanKey, BanEntry>,
 }
@@ -297,6 +300,52 @@ impl Model {
     /// model is.
     pub fn admission(&self) -> &HashMap<u32, u64> {
         &self.admission
+    }
+
+    /// The SYN detectors' non-empty slots, as the kernel's array holds them on the CPU the
+    /// model is.
+    pub fn detectors(&self) -> &HashMap<u32, SynDetector> {
+        &self.detectors
+    }
+
+    /// Whether a packet of a rule with `config` takes the SYN cookie path
+    /// ([`crate::syncookie`]), metering this CPU's detector of the port for a SYN: the limits
+    /// program hands a SYN or ACK to the cookie program when the rule has cookies (`auto`: for an
+    /// ACK, when the port's detector is not ready); the cookie program takes a SYN when it can
+    /// read its headers ([`cookie_headers`]) and the port is in cookie mode, and an ACK only
+    /// after a cookie went out. Anything else goes back to the buckets.
+    fn takes_cookie_path(
+        &mut self,
+        frame: &[u8],
+        packet: &IpPacket,
+        config: &RuleConfig,
+        now_ns: u64,
+    ) -> bool {
+        let always = config.flags & RULE_SYN_COOKIES_ALWAYS != 0;
+        let auto = config.flags & RULE_SYN_COOKIES_AUTO != 0;
+        let Some(flags) = packet.tcp_flags else {
+            return false;
+        };
+        if packet.protocol != IPPROTO_TCP || flags & (TCP_SYN | TCP_ACK) == 0 || !(always || auto) {
+            return false;
+        }
+        let Some((_, port)) = packet.ports else {
+            return false;
+        };
+        let slot = detector_slot(port);
+        let pure_syn = flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_SYN;
+        if !pure_syn {
+            // An ACK is checked in XDP only within two minutes of a cookie sent for its port
+            // (`syncookie::cookie_recent`): the model's world has no listener, so no cookie ever
+            // goes out, and ACKs take the buckets.
+            return false;
+        }
+        if !cookie_headers(frame) {
+            return false;
+        }
+        let detector = self.detectors.entry(slot).or_default();
+        let metered = detector.meter(port, now_ns);
+        always || metered.cookies
     }
 
     /// The index of the rule that takes `packet`.
@@ -368,6 +417,15 @@ impl Model {
                 )
             }
         };
+        if self.takes_cookie_path(frame, &packet, &config, now_ns) {
+            // In the kernel the cookie program answers the SYN with the listener's cookie; the
+            // model's world has no sockets, so the kernel finds no listener either: it passes the
+            // SYN, under the rule, without charging a bucket.
+            return Decision {
+                verdict: Verdict::new(Action::Pass, Reason::Default),
+                rule: Some(rule),
+            };
+        }
         let is_syn = packet.tcp_flags.is_some_and(opens_connection);
 
         // (bucket, which state, which field, cost, reason when exceeded), in charging order.
@@ -657,6 +715,50 @@ pub fn decide(policy: &ModelPolicy, parsed: &Parsed) -> Verdict {
             }
         }
     }
+}
+
+/// Whether the cookie program can read `frame`'s headers: Ethernet with up to two VLAN tags,
+/// IPv4 without options and not a fragment, or IPv6 without extension headers, and a whole TCP
+/// header (data offset 5 to 15 words). Others go back to the rule's buckets.
+pub fn cookie_headers(frame: &[u8]) -> bool {
+    let Some(mut ethertype) = be16(frame, 12) else {
+        return false;
+    };
+    let mut l3 = 14;
+    for _ in 0..2 {
+        if ethertype == 0x8100 || ethertype == 0x88A8 {
+            let Some(inner) = be16(frame, l3 + 2) else {
+                return false;
+            };
+            ethertype = inner;
+            l3 += 4;
+        }
+    }
+    let l4 = match ethertype {
+        0x0800 => {
+            let (Some(&version_ihl), Some(fragment), Some(&protocol)) =
+                (frame.get(l3), be16(frame, l3 + 6), frame.get(l3 + 9))
+            else {
+                return false;
+            };
+            if version_ihl != 0x45 || fragment & 0x3fff != 0 || protocol != IPPROTO_TCP {
+                return false;
+            }
+            l3 + 20
+        }
+        0x86DD => {
+            if frame.get(l3 + 6) != Some(&IPPROTO_TCP) || frame.len() < l3 + 40 {
+                return false;
+            }
+            l3 + 40
+        }
+        _ => return false,
+    };
+    let Some(&offset) = frame.get(l4 + 12) else {
+        return false;
+    };
+    let tcp_len = usize::from(offset >> 4) * 4;
+    tcp_len >= 20 && frame.len() >= l4 + tcp_len
 }
 
 /// The verdict for `frame` from the lists alone (rate-limit rules are not applied).

@@ -50,6 +50,10 @@ pub const UDP_HLEN: usize = 8;
 pub const TCP_SYN: u8 = 0x02;
 /// TCP flag ACK.
 pub const TCP_ACK: u8 = 0x10;
+/// TCP FIN flag.
+pub const TCP_FIN: u8 = 0x01;
+/// TCP RST flag.
+pub const TCP_RST: u8 = 0x04;
 
 /// Whether TCP `flags` open a connection (SYN without ACK): what `syn_per_source` limits. Shared
 /// by the XDP program and the reference model.

@@ -45,6 +45,30 @@ pub const OFF_SYNS: u32 = 32;
 /// Quiet windows (about 10 s) before cookie mode switches off.
 pub const GRACE_WINDOWS: u32 = 75;
 
+/// Windows (about two minutes) during which the kernel takes the cookies of a listener after
+/// its last one: ACKs are checked in XDP only within them. Before the first cookie no cookie
+/// can be good, and an ACK that belongs to no connection goes to the kernel, which resets it
+/// (the kernel's helper cannot tell "bad cookie" from "no cookies sent": both are -ENOENT).
+pub const COOKIE_VALID_WINDOWS: u32 = 894;
+
+/// The value of a port's slot in the shared array `APIFW_COOKIE_SENT` when a cookie for it went
+/// out at `now_ns`: the port above the window plus one (0: no cookie yet). Shared by all CPUs
+/// (an ACK may reach another CPU than its SYN) and written once per window, not per cookie.
+#[inline(always)]
+pub const fn cookie_sent(port: u16, now_ns: u64) -> u64 {
+    (port as u64) << 32 | window_of(now_ns).wrapping_add(1) as u64
+}
+
+/// Whether the slot value `sent` ([`cookie_sent`]) says a cookie for `port` went out within
+/// [`COOKIE_VALID_WINDOWS`] before `now_ns`.
+#[inline(always)]
+pub const fn cookie_recent(sent: u64, port: u16, now_ns: u64) -> bool {
+    let window = sent as u32;
+    (sent >> 32) as u16 == port
+        && window != 0
+        && window_of(now_ns).wrapping_add(1).wrapping_sub(window) <= COOKIE_VALID_WINDOWS
+}
+
 /// Detector state: cookies off.
 pub const MODE_READY: u32 = 0;
 /// Detector state: cookies on, the flood is going on.
@@ -91,7 +115,7 @@ pub const fn detector_slot(port: u16) -> u32 {
 }
 
 #[inline(always)]
-const fn window_of(now_ns: u64) -> u32 {
+pub const fn window_of(now_ns: u64) -> u32 {
     (now_ns >> WINDOW_SHIFT) as u32
 }
 
@@ -216,8 +240,7 @@ mod tests {
     fn traffic_under_the_threshold_never_switches() {
         let mut detector = SynDetector::default();
         for window in 0..1000 {
-            let (cookies, switched) =
-                syns(&mut detector, (5000 + window) * WINDOW_NS, ON_SYNS - 1);
+            let (cookies, switched) = syns(&mut detector, (5000 + window) * WINDOW_NS, ON_SYNS - 1);
             assert!(!cookies);
             assert_eq!(switched, 0);
         }
@@ -282,6 +305,18 @@ mod tests {
         let metered = detector.meter(PORT, start + 1000 * WINDOW_NS);
         assert_eq!(metered.cookies, false);
         assert_eq!(metered.switched, SWITCHED_OFF);
+    }
+
+    #[test]
+    fn an_ack_is_checked_only_within_two_minutes_of_a_cookie() {
+        let start = 50_000 * WINDOW_NS;
+        assert!(!cookie_recent(0, PORT, start));
+        let sent = cookie_sent(PORT, start);
+        assert!(cookie_recent(sent, PORT, start));
+        let last = start + u64::from(COOKIE_VALID_WINDOWS) * WINDOW_NS;
+        assert!(cookie_recent(sent, PORT, last));
+        assert!(!cookie_recent(sent, PORT, last + WINDOW_NS));
+        assert!(!cookie_recent(sent, PORT + 1, start));
     }
 
     #[test]

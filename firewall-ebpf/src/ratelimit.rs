@@ -416,7 +416,13 @@ fn charge_subnet(
 /// `Reason::Default` when every bucket has room, else the reason of the first full one
 /// (`WouldDrop` under dry run).
 #[inline(always)]
-pub fn exceeded(packet: &Packet, len: u64, rule: u32, config: &KernelConfig, now_ns: u64) -> Reason {
+pub fn exceeded(
+    packet: &Packet,
+    len: u64,
+    rule: u32,
+    config: &KernelConfig,
+    now_ns: u64,
+) -> Reason {
     // Borrowed from the map rather than copied: a RuleConfig is 128 bytes of a 512-byte stack.
     let Some(rule_config) = RULES.get(rule_index(config.generation, rule)) else {
         return Reason::Default;

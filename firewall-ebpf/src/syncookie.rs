@@ -11,20 +11,20 @@ use aya_ebpf::{
         bpf_xdp_adjust_tail, bpf_xdp_load_bytes, bpf_xdp_store_bytes,
     },
     macros::{map, xdp},
-    maps::PerCpuArray,
+    maps::{Array, PerCpuArray},
     programs::XdpContext,
 };
 use firewall_common::{
     Action, Reason,
     handoff::{Handoff, JUMP_LIMITS},
     packet::{
-        ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, TCP_ACK, TCP_SYN,
-        VLAN_HLEN,
+        ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, TCP_ACK, TCP_FIN,
+        TCP_RST, TCP_SYN, VLAN_HLEN,
     },
     rules::{RuleConfig, TrackKey, TrackState, rule_index},
     syncookie::{
         DETECTOR_SLOTS, MODE_READY, RULE_SYN_COOKIES_ALWAYS, RULE_SYN_COOKIES_AUTO, SynDetector,
-        detector_slot,
+        cookie_recent, cookie_sent, detector_slot,
     },
 };
 
@@ -40,9 +40,12 @@ use crate::{
 #[map(name = "APIFW_SYN_DETECTOR")]
 static SYN_DETECTOR: PerCpuArray<SynDetector> = PerCpuArray::with_max_entries(DETECTOR_SLOTS, 0);
 
-/// TCP flags beyond `firewall_common::packet`'s.
-const TCP_FIN: u8 = 0x01;
-const TCP_RST: u8 = 0x04;
+/// For each port slot, when a cookie for it last went out (`firewall_common::syncookie::
+/// cookie_sent`), on any CPU. Not pinned: after a restart ACKs are checked again from the next
+/// cookie on.
+#[map(name = "APIFW_COOKIE_SENT")]
+static COOKIE_SENT: Array<u64> = Array::with_max_entries(DETECTOR_SLOTS, 0);
+
 /// `TCP_LISTEN` of the kernel's `enum tcp_state`.
 const TCP_LISTEN: u32 = 10;
 /// `bpf_tcp_check_syncookie`'s answers for a cookie that is not valid (see `check_ack`).
@@ -132,7 +135,12 @@ fn decide(
     }
     if flags & (TCP_SYN | TCP_ACK | TCP_RST) != TCP_ACK
         || !(always || detector.cookies_on(port, now_ns))
-        || crate::SOURCES.get_ptr(&source_key(at, handoff, rule)).is_some()
+        || !COOKIE_SENT
+            .get(detector_slot(port))
+            .is_some_and(|sent| cookie_recent(*sent, port, now_ns))
+        || crate::SOURCES
+            .get_ptr(&source_key(at, handoff, rule))
+            .is_some()
     {
         return Decision::HandBack;
     }
@@ -177,7 +185,13 @@ pub fn apifw_syn_cookie(ctx: XdpContext) -> u32 {
         return hand_back(&ctx, handoff);
     }
     let (_, reason, code) = match decide(rule_config, rule, &at, handoff, now_ns) {
-        Decision::Answer => answer_syn(&ctx, &at, handoff),
+        Decision::Answer => {
+            let answered = answer_syn(&ctx, &at, handoff);
+            if answered.1 == Reason::SynCookie {
+                record_cookie(handoff, now_ns);
+            }
+            answered
+        }
         Decision::Check => check_ack(&ctx, &at, handoff, rule),
         Decision::HandBack => return hand_back(&ctx, handoff),
     };
@@ -189,6 +203,23 @@ pub fn apifw_syn_cookie(ctx: XdpContext) -> u32 {
         counted
     } else {
         code
+    }
+}
+
+/// Records that a cookie for the SYN's port went out: ACKs to the port are checked for two
+/// minutes. The slot is shared by all CPUs: written once per window, not once per cookie.
+#[inline(always)]
+fn record_cookie(handoff: &Handoff, now_ns: u64) {
+    let port = u16::from_be_bytes([handoff.tcp[2], handoff.tcp[3]]);
+    let sent = cookie_sent(port, now_ns);
+    if let Some(slot) = COOKIE_SENT.get_ptr_mut(detector_slot(port)) {
+        // SAFETY: a slot of an array map, valid for the map's life; a racing CPU writes the same
+        // or a later window, either of which is right.
+        unsafe {
+            if *slot != sent {
+                *slot = sent;
+            }
+        }
     }
 }
 
@@ -248,7 +279,12 @@ fn locate(ctx: &XdpContext) -> Option<Located> {
     if tcp_len < 20 {
         return None;
     }
-    Some(Located { l3, l4, v6, tcp_len })
+    Some(Located {
+        l3,
+        l4,
+        v6,
+        tcp_len,
+    })
 }
 
 /// Copies the IP and TCP headers into the scratch space, and fills the socket tuple.
@@ -432,7 +468,11 @@ fn source_key(at: &Located, handoff: &Handoff, rule: u32) -> TrackKey {
         ]);
         TrackKey::v6(rule, hi, lo, 128)
     } else {
-        TrackKey::v4(rule, u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]), 32)
+        TrackKey::v4(
+            rule,
+            u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]),
+            32,
+        )
     }
 }
 

@@ -34,9 +34,9 @@ mod memory;
 mod metrics;
 /// Least privilege: the daemon as an unprivileged user with capabilities.
 mod privilege;
-/// SYN cookies in XDP with real sockets and a real flood.
-mod syncookie;
 /// Kernel verdicts of the rate-limit rules, bans and escalation, with the test clock.
 mod ratelimit;
+/// SYN cookies in XDP with real sockets and a real flood.
+mod syncookie;
 /// Kernel verdicts under `BPF_PROG_TEST_RUN`: lists, parsing.
 mod verdict;

@@ -182,7 +182,10 @@ fn send_frames(lab: &VethLab, frames: Vec<Vec<u8>>) {
 
 /// The client's and the server's MAC addresses (each read with `ip`: once per test).
 fn macs(lab: &VethLab) -> ([u8; 6], [u8; 6]) {
-    (lab.client.mac(&lab.client_if), lab.server.mac(&lab.server_if))
+    (
+        lab.client.mac(&lab.client_if),
+        lab.server.mac(&lab.server_if),
+    )
 }
 
 /// An Ethernet/IPv4/TCP frame from `source` to the server's port with `flags` set by `tcp`.
@@ -250,7 +253,11 @@ fn connections_through_xdp_cookies_are_served_and_a_forged_ack_is_dropped() {
     let stats = quiet(&dirs);
     // Every SYN was answered in XDP; the first connection's ACK proved the client (its later
     // ACKs take the rule's buckets); the forged ACK was dropped.
-    assert_eq!(stats.rule(0, Reason::SynCookie).packets, CONNECTIONS, "{stats:?}");
+    assert_eq!(
+        stats.rule(0, Reason::SynCookie).packets,
+        CONNECTIONS,
+        "{stats:?}"
+    );
     assert_eq!(stats.rule(0, Reason::CookieValid).packets, 1, "{stats:?}");
     assert_eq!(stats.rule(0, Reason::BadCookie).packets, 1, "{stats:?}");
     // The proven client has state; the forger has none.

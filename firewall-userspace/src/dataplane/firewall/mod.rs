@@ -21,6 +21,7 @@ use aya::{
 use firewall_common::ablation::{self, Stage};
 use firewall_common::{
     Counter, KernelConfig, generation,
+    handoff::{JUMP_COOKIE, JUMP_LIMITS},
     map_names::{
         self, ACTIVE, CONFIG, RULE_MATCH, RULE_STATS, RULES, SOURCES, STATS, SUBNETS, V4_PREFIXES,
         V4_SUMMARY, V6_PREFIXES, V6_SUMMARY,
@@ -28,7 +29,6 @@ use firewall_common::{
     prefix::{V4_SUMMARY_ENTRIES, V4Summary, V6Summary, V6SummaryKey, v4_summary_index},
     program_names,
     rules::{MAX_RULES, RuleConfig, rule_index},
-    handoff::{JUMP_COOKIE, JUMP_LIMITS},
 };
 use tracing::debug;
 
@@ -258,11 +258,13 @@ impl Firewall {
             }
         })?;
         for (slot, fd) in [(JUMP_LIMITS, &limits), (JUMP_COOKIE, &cookie)] {
-            array.set(slot, fd, 0).map_err(|source| FirewallError::Map {
-                name: jump,
-                action: "fill",
-                source: Box::new(source),
-            })?;
+            array
+                .set(slot, fd, 0)
+                .map_err(|source| FirewallError::Map {
+                    name: jump,
+                    action: "fill",
+                    source: Box::new(source),
+                })?;
         }
         Ok(())
     }
