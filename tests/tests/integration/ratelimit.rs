@@ -113,7 +113,7 @@ fn frame(rng: &mut SmallRng, src: IpAddr) -> Vec<u8> {
     out
 }
 
-fn run(firewall: &mut Firewall, frame: &[u8]) -> Action {
+pub(crate) fn run(firewall: &mut Firewall, frame: &[u8]) -> Action {
     let program = firewall
         .program_mut(program_names::FIREWALL)
         .expect("program");
@@ -149,7 +149,7 @@ fn replay(dry_run: bool, seed: u64, count: usize, check_reasons: bool) -> HashMa
 /// Replays `count` frames through kernel and model, `next` giving each one's delay (ns after
 /// the previous), source and bytes; returns how often each reason came up. Every verdict must
 /// match, every counter at the end, and with `check_reasons` each frame's counter as it goes.
-fn replay_frames(
+pub(crate) fn replay_frames(
     policy: Policy,
     seed: u64,
     count: usize,

@@ -296,3 +296,200 @@ fn a_spoofed_syn_flood_in_cookie_mode_adds_no_state_entry() {
     assert_eq!(state_keys(&dirs, map_names::SOURCES), Vec::new());
     assert_eq!(state_keys(&dirs, map_names::SUBNETS), Vec::new());
 }
+
+/// The cookie path against the reference model, frame by frame (`BPF_PROG_TEST_RUN` with the
+/// test clock): `always`, `auto` and `off` rules on three ports, hostile TCP handshakes (SYN
+/// with payload, SYN+FIN, SYN+RST, SYN+ACK, ACKs, RSTs), TCP options of every size and MSS edge
+/// values, a data offset past the frame's end, VLAN tags, IPv4 fragments, IPv6 with an
+/// extension header, in bursts that switch `auto` on. The test's namespace has no listener on
+/// these ports, as the model's world has none: a SYN on the cookie path passes uncharged.
+mod differential {
+    use std::{
+        net::{IpAddr, Ipv4Addr, Ipv6Addr},
+        path::Path,
+    };
+
+    use etherparse::{PacketBuilder, TcpOptionElement};
+    use firewall_common::{Action, Reason};
+    use firewall_userspace::{Firewall, Loaded, Policy};
+    use rand::{Rng as _, rngs::SmallRng};
+
+    const ALWAYS: u16 = 7443;
+    const AUTO: u16 = 7080;
+    const OFF: u16 = 7022;
+
+    fn policy() -> Policy {
+        Loaded::from_str(
+            Path::new("cookies.toml"),
+            &format!(
+                r#"
+[[rule]]
+name = "always"
+protocol = "tcp"
+ports = [{ALWAYS}]
+syn_cookies = "always"
+syn_per_source = {{ per_second = 1, burst = 2 }}
+per_source = {{ packets_per_second = 50, burst_packets = 5 }}
+
+[[rule]]
+name = "auto"
+protocol = "tcp"
+ports = [{AUTO}]
+syn_per_source = {{ per_second = 1, burst = 2 }}
+per_subnet = {{ packets_per_second = 100, burst_packets = 10, prefix_v4 = 24, prefix_v6 = 64 }}
+
+[[rule]]
+name = "off"
+protocol = "tcp"
+ports = [{OFF}]
+syn_cookies = "off"
+syn_per_source = {{ per_second = 1, burst = 2 }}
+"#
+            ),
+        )
+        .unwrap_or_else(|err| panic!("{err}"))
+        .policy
+    }
+
+    fn sources() -> Vec<IpAddr> {
+        let mut sources: Vec<IpAddr> = (1..=4)
+            .map(|host| IpAddr::V4(Ipv4Addr::new(198, 51, 100, host)))
+            .collect();
+        sources.push(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9)));
+        for host in [1, 2] {
+            sources.push(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xc, 1, 0, 0, 0, host)));
+        }
+        sources
+    }
+
+    /// A hostile or ordinary TCP frame from `src` to one of the three ports.
+    fn frame(rng: &mut SmallRng, src: IpAddr) -> Vec<u8> {
+        let port = [ALWAYS, AUTO, AUTO, OFF][rng.random_range(0..4)];
+        let vlan = rng.random_range(0..6) == 0;
+        let ethernet = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1]);
+        let mut out = Vec::new();
+        let payload = vec![0xAB; [0, 0, 0, 1, 100][rng.random_range(0..5)]];
+        let tcp = |ip: etherparse::PacketBuilderStep<etherparse::IpHeaders>,
+                   rng: &mut SmallRng| {
+            let tcp = ip.tcp(40_000 + rng.random_range(0..4), port, rng.random(), 1000);
+            let tcp = match rng.random_range(0..10) {
+                0..=3 => tcp.syn(),
+                4 => tcp.syn().fin(),
+                5 => tcp.syn().rst(),
+                6 => tcp.syn().ack(rng.random()),
+                7 | 8 => tcp.ack(rng.random()),
+                _ => tcp.rst(),
+            };
+            let options: Vec<TcpOptionElement> = match rng.random_range(0..5) {
+                0 => vec![],
+                1 => vec![TcpOptionElement::MaximumSegmentSize(
+                    [0, 1, 536, 1220, 1460, 9000, 65535][rng.random_range(0..7)],
+                )],
+                2 => vec![
+                    TcpOptionElement::MaximumSegmentSize(1460),
+                    TcpOptionElement::SelectiveAcknowledgementPermitted,
+                    TcpOptionElement::Timestamp(rng.random(), 0),
+                    TcpOptionElement::Noop,
+                    TcpOptionElement::WindowScale(7),
+                ],
+                3 => vec![TcpOptionElement::WindowScale(14)],
+                _ => vec![TcpOptionElement::Noop; 40],
+            };
+            tcp.options(&options).expect("TCP options")
+        };
+        let written = match (src, vlan) {
+            (IpAddr::V4(src), false) => tcp(
+                ethernet.ipv4(src.octets(), [192, 0, 2, 254], 64).into(),
+                rng,
+            )
+            .write(&mut out, &payload),
+            (IpAddr::V4(src), true) => tcp(
+                ethernet
+                    .single_vlan(0x123.try_into().expect("VLAN id"))
+                    .ipv4(src.octets(), [192, 0, 2, 254], 64)
+                    .into(),
+                rng,
+            )
+            .write(&mut out, &payload),
+            (IpAddr::V6(src), _) => tcp(
+                ethernet
+                    .ipv6(
+                        src.octets(),
+                        Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1).octets(),
+                        64,
+                    )
+                    .into(),
+                rng,
+            )
+            .write(&mut out, &payload),
+        };
+        written.expect("write the frame");
+        let l3 = if vlan { 18 } else { 14 };
+        match (src, rng.random_range(0..8)) {
+            // An IPv4 first fragment (more fragments): the cookie path leaves it to the buckets.
+            (IpAddr::V4(_), 0) => out[l3 + 6] |= 0x20,
+            // A data offset past the frame's end.
+            (IpAddr::V4(_), 1) => out[l3 + 20 + 12] = 0xF0,
+            // A hop-by-hop extension header before TCP.
+            (IpAddr::V6(_), 0) => {
+                out[l3 + 6] = 0;
+                let len = u16::from_be_bytes([out[l3 + 4], out[l3 + 5]]) + 8;
+                out[l3 + 4..l3 + 6].copy_from_slice(&len.to_be_bytes());
+                out.splice(l3 + 40..l3 + 40, [6, 0, 1, 4, 0, 0, 0, 0]);
+            }
+            _ => {}
+        }
+        out
+    }
+
+    #[test]
+    fn the_cookie_path_matches_the_model_frame_by_frame() {
+        let sources = sources();
+        let reasons = crate::ratelimit::replay_frames(policy(), 0xC00C_1E15, 6_000, true, |rng| {
+            // Bursts at the same instant or microseconds apart (which switch `auto` on), and
+            // pauses long enough for its grace to end.
+            let step = match rng.random_range(0..100) {
+                0..=89 => rng.random_range(0..20_000),
+                90..=98 => rng.random_range(0..50_000_000),
+                _ => rng.random_range(5_000_000_000..15_000_000_000),
+            };
+            let src = sources[rng.random_range(0..sources.len())];
+            (step, src, frame(rng, src))
+        });
+        // The `off` rule and `auto` before it switches on refuse SYNs; the rest pass.
+        for reason in [Reason::Default, Reason::SynLimited, Reason::RateLimited] {
+            assert!(reasons.get(&reason).copied().unwrap_or(0) > 0, "{reason:?}: {reasons:?}");
+        }
+    }
+
+    /// Twenty SYNs from one source at one instant: the `off` rule passes three (the first is
+    /// only sighted, admission; its SYN bucket holds two) and refuses seventeen; the `always`
+    /// rule answers (here: passes, no listener) every one without charging it.
+    #[test]
+    fn syns_on_the_cookie_path_charge_no_bucket() {
+        let _one_cpu = apifw_tests::support::OneCpu::pin();
+        let mut firewall = Firewall::load(&policy()).expect("load firewall");
+        firewall.set_test_clock(1_000_000_000).expect("clock");
+        let syn = |port: u16| {
+            let mut out = Vec::new();
+            PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1])
+                .ipv4([198, 51, 100, 7], [192, 0, 2, 254], 64)
+                .tcp(40_000, port, 1, 1000)
+                .syn()
+                .write(&mut out, &[])
+                .expect("frame");
+            out
+        };
+        let passed = |firewall: &mut Firewall, port: u16| {
+            (0..20)
+                .filter(|_| crate::ratelimit::run(firewall, &syn(port)) == Action::Pass)
+                .count()
+        };
+        assert_eq!(passed(&mut firewall, OFF), 3);
+        assert_eq!(passed(&mut firewall, ALWAYS), 20);
+        let stats = firewall.stats().expect("counters");
+        assert_eq!(stats.rule(2, Reason::SynLimited).packets, 17);
+        assert_eq!(stats.rule(0, Reason::Default).packets, 20);
+        assert_eq!(stats.rule(0, Reason::SynLimited).packets, 0);
+    }
+}
