@@ -44,6 +44,9 @@ impl Engine {
         for warning in &loaded.warnings {
             warn!("{warning}");
         }
+        for warning in loaded.host_warnings() {
+            warn!("{warning}");
+        }
         let mut policy = loaded.policy;
         self.overrides.apply(&mut policy);
         if policy.limits != self.policy.limits {

@@ -5,6 +5,7 @@
 //! validation into `Policy` are one pass with one error list, so that every problem of a file is
 //! reported at once with its location; the jail and feed settings are already their own files.
 
+pub mod cookies;
 pub mod crowdsec;
 pub mod feeds;
 pub mod jails;
@@ -684,6 +685,11 @@ impl Loaded {
             warnings,
             interface_spans,
         })
+    }
+
+    /// Warnings about this host for the policy's SYN cookies (see [`cookies::host_warnings`]).
+    pub fn host_warnings(&self) -> Vec<String> {
+        cookies::host_warnings(&self.policy)
     }
 
     /// Errors for configured interfaces that do not exist in this network namespace.

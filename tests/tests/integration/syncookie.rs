@@ -357,7 +357,9 @@ syn_per_source = {{ per_second = 1, burst = 2 }}
             .collect();
         sources.push(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9)));
         for host in [1, 2] {
-            sources.push(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0xc, 1, 0, 0, 0, host)));
+            sources.push(IpAddr::V6(Ipv6Addr::new(
+                0x2001, 0xdb8, 0xc, 1, 0, 0, 0, host,
+            )));
         }
         sources
     }
@@ -369,8 +371,7 @@ syn_per_source = {{ per_second = 1, burst = 2 }}
         let ethernet = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1]);
         let mut out = Vec::new();
         let payload = vec![0xAB; [0, 0, 0, 1, 100][rng.random_range(0..5)]];
-        let tcp = |ip: etherparse::PacketBuilderStep<etherparse::IpHeaders>,
-                   rng: &mut SmallRng| {
+        let tcp = |ip: etherparse::PacketBuilderStep<etherparse::IpHeaders>, rng: &mut SmallRng| {
             let tcp = ip.tcp(40_000 + rng.random_range(0..4), port, rng.random(), 1000);
             let tcp = match rng.random_range(0..10) {
                 0..=3 => tcp.syn(),
@@ -458,7 +459,10 @@ syn_per_source = {{ per_second = 1, burst = 2 }}
         });
         // The `off` rule and `auto` before it switches on refuse SYNs; the rest pass.
         for reason in [Reason::Default, Reason::SynLimited, Reason::RateLimited] {
-            assert!(reasons.get(&reason).copied().unwrap_or(0) > 0, "{reason:?}: {reasons:?}");
+            assert!(
+                reasons.get(&reason).copied().unwrap_or(0) > 0,
+                "{reason:?}: {reasons:?}"
+            );
         }
     }
 

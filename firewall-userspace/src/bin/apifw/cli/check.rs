@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode};
 use firewall_userspace::{
     compile::tables::PrefixTables,
     dataplane::memory::{self, MapCost},
-    policy::{Loaded, Policy},
+    policy::{Loaded, Policy, cookies},
 };
 
 /// Arguments of `apifw check`.
@@ -31,6 +31,15 @@ pub fn execute(args: CheckArgs) -> anyhow::Result<ExitCode> {
     for warning in &loaded.warnings {
         eprintln!("warning: {warning}");
     }
+    // What this host would do with the policy's SYN cookies, unless it is for another host.
+    let host_warnings = if args.no_interfaces {
+        Vec::new()
+    } else {
+        loaded.host_warnings()
+    };
+    for warning in &host_warnings {
+        eprintln!("warning: {warning}");
+    }
     let mut errors: Vec<String> = Vec::new();
     if !args.no_interfaces {
         errors.extend(loaded.missing_interfaces().iter().map(ToString::to_string));
@@ -53,8 +62,11 @@ pub fn execute(args: CheckArgs) -> anyhow::Result<ExitCode> {
         counted(policy.block.len(), "block entry"),
         counted(policy.rules.len(), "rate-limit rule"),
         if policy.dry_run { " in dry run" } else { "" },
-        counted(loaded.warnings.len(), "warning")
+        counted(loaded.warnings.len() + host_warnings.len(), "warning")
     );
+    for cookies in cookies::cookie_ports(policy) {
+        println!("{}", cookies::describe(&cookies));
+    }
     match memory::costs(policy, memory::possible_cpus()) {
         Ok(costs) => print!(
             "{}",

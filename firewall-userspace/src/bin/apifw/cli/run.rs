@@ -60,9 +60,14 @@ pub enum XdpModeArg {
 /// Runs the daemon.
 pub fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
     let loaded = Loaded::from_file(&args.config)?;
+    let host_warnings = loaded.host_warnings();
     let policy = loaded.policy;
     init_logging(policy.daemon.log_format);
     for warning in &loaded.warnings {
+        warn!("{warning}");
+    }
+    // Warnings, not errors: the unit starts before the services it protects.
+    for warning in &host_warnings {
         warn!("{warning}");
     }
     let overrides = Overrides {
