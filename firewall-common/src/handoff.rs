@@ -46,6 +46,9 @@ pub struct Handoff {
     pub tcp: [u8; 60],
     /// The SYN-ACK's IP and TCP headers (IPv6: 40 + 24 bytes).
     pub reply: [u8; 64],
-    /// `struct bpf_sock_tuple` of the packet (IPv6: 36 bytes).
-    pub tuple: [u8; 40],
+    /// `struct bpf_sock_tuple` of the packet (IPv6: 36 bytes; 44 so that the struct has no
+    /// tail padding).
+    pub tuple: [u8; 44],
 }
+
+const _: () = assert!(size_of::<Handoff>() == 272);

@@ -44,3 +44,6 @@ unsafe impl aya::Pod for DropEvent {}
 // assertion below holds it to that).
 unsafe impl aya::Pod for Lease {}
 const _: () = assert!(size_of::<Lease>() == 72);
+// SAFETY: see above: six u32 fields, 24 bytes with no padding.
+unsafe impl aya::Pod for crate::syncookie::SynDetector {}
+const _: () = assert!(size_of::<crate::syncookie::SynDetector>() == 24);

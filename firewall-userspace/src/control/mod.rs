@@ -285,6 +285,32 @@ pub struct Status {
     /// that predates the field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crowdsec: Option<CrowdsecStatus>,
+    /// SYN cookies of each port that has them; empty from a daemon that predates the field.
+    #[serde(default)]
+    pub syn_cookies: Vec<CookieStatus>,
+}
+
+/// One port's SYN cookies (`firewall_common::syncookie`), in `GET /v1/status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CookieStatus {
+    /// The rule.
+    pub rule: String,
+    /// The TCP port; None for a rule without ports (every TCP port it takes, metered each on
+    /// its own).
+    pub port: Option<u16>,
+    /// `auto` or `always`.
+    pub setting: String,
+    /// CPUs whose detector has the port in cookie mode now (`auto`; `always` is always on).
+    pub cpus_in_cookie_mode: u32,
+    /// Times a CPU switched the port's cookie mode on or off.
+    pub switches: u64,
+}
+
+impl CookieStatus {
+    /// Whether SYNs to the port are answered with cookies now (on at least one CPU).
+    pub fn on(&self) -> bool {
+        self.setting == "always" || self.cpus_in_cookie_mode > 0
+    }
 }
 
 /// The daemon's link to a CrowdSec Local API, in `GET /v1/status`.

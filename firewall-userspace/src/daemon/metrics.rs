@@ -309,6 +309,34 @@ impl Collector for Exporter {
             "Kernel memory per map when full at the policy's [limits].",
             &memory(&|map| map.full_bytes),
         )?;
+        let cookie_ports = |value: &dyn Fn(&crate::control::CookieStatus) -> i64| {
+            shared
+                .syn_cookies
+                .iter()
+                .filter_map(|cookies| {
+                    let port = cookies.port?;
+                    Some((
+                        vec![("rule", cookies.rule.clone()), ("port", port.to_string())],
+                        value(cookies),
+                    ))
+                })
+                .collect::<Vec<_>>()
+        };
+        gauge(
+            &mut encoder,
+            "apifw_syn_cookie_mode",
+            "1 while SYNs to the port are answered with cookies in XDP (on at least one CPU).",
+            &cookie_ports(&|cookies| i64::from(cookies.on())),
+        )?;
+        counter(
+            &mut encoder,
+            "apifw_syn_cookie_mode_switches",
+            "Times a CPU switched the port's cookie mode on or off.",
+            &cookie_ports(&|cookies| i64::try_from(cookies.switches).unwrap_or(i64::MAX))
+                .into_iter()
+                .map(|(labels, value)| (labels, value as u64))
+                .collect::<Vec<_>>(),
+        )?;
         gauge(
             &mut encoder,
             "apifw_tracked_sources",

@@ -172,6 +172,10 @@ impl Dataplane for FakeDataplane {
         Vec::new()
     }
 
+    fn syn_detectors(&self, _port: u16) -> Vec<firewall_common::syncookie::SynDetector> {
+        Vec::new()
+    }
+
     fn attach(
         &mut self,
         _interface: &str,

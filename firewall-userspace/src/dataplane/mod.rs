@@ -71,6 +71,8 @@ pub trait Dataplane: Send {
     fn program_runs(&self) -> Option<ProgramRuns>;
     /// The kernel memory of each map, in bytes (`memory::memlock`); empty when unknown.
     fn kernel_memory(&self) -> Vec<(&'static str, u64)>;
+    /// Each CPU's SYN detector of `port` (`firewall_common::syncookie`); empty when unknown.
+    fn syn_detectors(&self, port: u16) -> Vec<firewall_common::syncookie::SynDetector>;
 
     /// Attaches the program to `interface`, pinning the link at `pin`.
     fn attach(

@@ -53,7 +53,8 @@ pub use shared::{CrowdsecMetrics, CrowdsecPushMetrics, Shared};
 use crate::{
     compile::{Compiled, assign_slots},
     control::{
-        Changed, InterfaceStatus, JailView, ListRow, MapFill, MapMemory, ReportOutcome, Status,
+        Changed, CookieStatus, InterfaceStatus, JailView, ListRow, MapFill, MapMemory,
+        ReportOutcome, Status,
     },
     dataplane::bans::{self, MANUAL_BAN_RULE},
     dataplane::top::TopTracker,
@@ -198,14 +199,17 @@ impl Engine {
         Ok(engine)
     }
 
-    /// Refreshes the program's run statistics the metrics endpoint exports.
+    /// Refreshes what the metrics endpoint exports of the kernel's moving state: the program's
+    /// run statistics and the SYN cookie mode of each port.
     pub(super) fn publish_program_runs(&self) {
         let runs = self.dataplane.program_runs();
+        let syn_cookies = views::syn_cookies(self.dataplane.as_ref(), &self.policy);
         let mut shared = match self.shared.lock() {
             Ok(shared) => shared,
             Err(poisoned) => poisoned.into_inner(),
         };
         shared.program = runs;
+        shared.syn_cookies = syn_cookies;
     }
 
     /// Publishes what the metrics endpoint exports.
@@ -258,6 +262,7 @@ impl Engine {
         shared.policy_version = self.policy_version;
         shared.program = self.dataplane.program_runs();
         shared.memory = views::map_memory(self.dataplane.as_ref(), &self.policy);
+        shared.syn_cookies = views::syn_cookies(self.dataplane.as_ref(), &self.policy);
         shared.reloads = self.reloads;
         shared.reload_failures = self.failed_reloads;
     }

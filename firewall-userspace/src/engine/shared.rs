@@ -30,6 +30,8 @@ pub struct Shared {
     pub program: Option<crate::dataplane::stats::ProgramRuns>,
     /// Kernel memory of each map, as of the last tick.
     pub memory: Vec<crate::control::MapMemory>,
+    /// SYN cookies of each cookie port, as of the last tick.
+    pub syn_cookies: Vec<crate::control::CookieStatus>,
     /// The CrowdSec link, when the policy has one.
     pub crowdsec: Option<CrowdsecMetrics>,
 }

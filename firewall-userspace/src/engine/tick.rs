@@ -5,8 +5,8 @@ use super::*;
 
 impl Engine {
     /// Once a second: sweeps expired kernel bans, notices automatic bans, expires runtime
-    /// entries (everything it does is audited), and refreshes the program's run statistics for
-    /// the metrics.
+    /// entries (everything it does is audited), and refreshes the program's run statistics and the
+    /// SYN cookie modes for the metrics.
     pub fn tick(&mut self) {
         self.run_jails();
         self.publish_program_runs();

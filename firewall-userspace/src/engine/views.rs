@@ -85,8 +85,42 @@ impl Engine {
             program: self.dataplane.program_runs(),
             crowdsec: self.crowdsec_status(),
             memory: map_memory(self.dataplane.as_ref(), &self.policy),
+            syn_cookies: syn_cookies(self.dataplane.as_ref(), &self.policy),
         }
     }
+}
+
+/// SYN cookies of each cookie port of the policy: how many CPUs have it in cookie mode now
+/// (read the way the XDP program reads its detectors, at the kernel's monotonic clock), and
+/// how often CPUs switched it.
+pub(super) fn syn_cookies(dataplane: &dyn Dataplane, policy: &Policy) -> Vec<CookieStatus> {
+    let now_ns = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|now| now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64)
+        .unwrap_or(0);
+    let mut out = Vec::new();
+    for cookies in crate::policy::cookies::cookie_ports(policy) {
+        if cookies.ports.is_empty() {
+            out.push(CookieStatus {
+                rule: cookies.rule.clone(),
+                port: None,
+                setting: cookies.mode.name().into(),
+                cpus_in_cookie_mode: 0,
+                switches: 0,
+            });
+        }
+        for port in cookies.ports {
+            let detectors = dataplane.syn_detectors(port);
+            let mine = || detectors.iter().filter(|d| d.port == u32::from(port));
+            out.push(CookieStatus {
+                rule: cookies.rule.clone(),
+                port: Some(port),
+                setting: cookies.mode.name().into(),
+                cpus_in_cookie_mode: mine().filter(|d| d.cookies_on(port, now_ns)).count() as u32,
+                switches: mine().map(|d| u64::from(d.switches)).sum(),
+            });
+        }
+    }
+    out
 }
 
 /// Kernel memory of each map: in use (from the dataplane) next to full at the policy's limits.

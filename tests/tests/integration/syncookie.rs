@@ -52,9 +52,13 @@ struct EchoServer {
 
 impl EchoServer {
     fn start(lab: &VethLab) -> Self {
-        let listener = lab
-            .server
-            .enter(|| TcpListener::bind((SERVER_ADDR, PORT)).expect("bind"));
+        Self::serve(
+            lab.server
+                .enter(|| TcpListener::bind((SERVER_ADDR, PORT)).expect("bind")),
+        )
+    }
+
+    fn serve(listener: TcpListener) -> Self {
         listener.set_nonblocking(true).expect("nonblocking");
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -295,6 +299,91 @@ fn a_spoofed_syn_flood_in_cookie_mode_adds_no_state_entry() {
     assert_eq!(stats.rule(0, Reason::RateLimited).packets, 0, "{stats:?}");
     assert_eq!(state_keys(&dirs, map_names::SOURCES), Vec::new());
     assert_eq!(state_keys(&dirs, map_names::SUBNETS), Vec::new());
+}
+
+/// `syn_cookies = "auto"` with the kernel's default `tcp_syncookies = 1`: a spoofed SYN flood
+/// switches the port's cookie mode on; SYNs go to the kernel until the listener's SYN queue is
+/// full (the helper gives a cookie only then), and from then on XDP answers them; status and
+/// metrics show the mode; after the grace (about 10 s without the flood) the mode is off
+/// again and a client's connection is the kernel's to answer.
+#[test]
+fn auto_switches_cookie_mode_on_under_a_flood_and_off_after_it() {
+    let lab = VethLab::new("sca", &[]);
+    let _peer = peer_receives_xdp_tx(&lab);
+    // Replies to the spoofed sources go to the client's side, which drops them: the lab's
+    // blackhole router.
+    lab.server.ip(&[
+        "route",
+        "add",
+        "198.18.0.0/15",
+        "via",
+        &CLIENT_ADDR.to_string(),
+    ]);
+    let dirs = Dirs::new("sca");
+    dirs.write_policy(&policy("auto"));
+    let _daemon = Daemon::start(&lab.server, &dirs, &lab.server_if);
+    // A listener with a SYN queue of 16: the flood fills it at once.
+    let listener = lab.server.enter(|| {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        socket.set_reuse_address(true).expect("reuse");
+        socket
+            .bind(&std::net::SocketAddr::from((SERVER_ADDR, PORT)).into())
+            .expect("bind");
+        socket.listen(16).expect("listen");
+        TcpListener::from(socket)
+    });
+    let _server = EchoServer::serve(listener);
+
+    const SOURCES: u32 = 1 << 16;
+    let macs = macs(&lab);
+    let frames: Vec<Vec<u8>> = (0..SOURCES)
+        .map(|host| {
+            let source = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + host);
+            tcp_frame(macs, source, |tcp| tcp.syn())
+        })
+        .collect();
+    send_frames(&lab, frames);
+    let stats = quiet(&dirs);
+    let answered = stats.rule(0, Reason::SynCookie).packets;
+    let passed = stats.rule(0, Reason::Default).packets;
+    // Every SYN counted under the rule; all but those before the detector switched on and
+    // those that filled the SYN queue answered in XDP.
+    assert_eq!(answered + passed, u64::from(SOURCES), "{stats:?}");
+    assert!(answered >= u64::from(SOURCES) - 1000, "{stats:?}");
+    let cookies = |dirs: &Dirs| dirs.cli_json(&["status"])["syn_cookies"][0].clone();
+    let during = cookies(&dirs);
+    assert_eq!(during["port"], PORT, "{during}");
+    assert!(
+        during["cpus_in_cookie_mode"].as_u64() >= Some(1),
+        "{during}"
+    );
+    assert!(during["switches"].as_u64() >= Some(1), "{during}");
+    // The metrics follow the engine's tick.
+    let mode = || {
+        apifw_tests::traffic::scrape(&lab.server).get(
+            "apifw_syn_cookie_mode",
+            &[("rule", "api"), ("port", "8080")],
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while mode() != Some(1.0) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(mode(), Some(1.0));
+
+    // The grace: 75 windows of 134 ms without the flood.
+    std::thread::sleep(Duration::from_secs(11));
+    let after = cookies(&dirs);
+    assert_eq!(after["cpus_in_cookie_mode"], 0, "{after}");
+    let reply = request(&lab, CLIENT_ADDR, "after the flood".into()).expect("connection");
+    assert_eq!(reply, "echo: after the flood");
+    let stats = quiet(&dirs);
+    assert_eq!(
+        stats.rule(0, Reason::SynCookie).packets,
+        answered,
+        "a SYN answered in XDP after the grace: {stats:?}"
+    );
 }
 
 /// The cookie path against the reference model, frame by frame (`BPF_PROG_TEST_RUN` with the

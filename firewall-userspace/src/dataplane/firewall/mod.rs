@@ -585,6 +585,25 @@ impl Firewall {
             .collect()
     }
 
+    /// Each CPU's SYN detector of `port` (`firewall_common::syncookie`).
+    pub fn syn_detectors(
+        &self,
+        port: u16,
+    ) -> Result<Vec<firewall_common::syncookie::SynDetector>, FirewallError> {
+        let name = map_names::SYN_DETECTOR;
+        let map = |source| FirewallError::Map {
+            name,
+            action: "read",
+            source: Box::new(source),
+        };
+        let array: PerCpuArray<&MapData, firewall_common::syncookie::SynDetector> =
+            PerCpuArray::try_from(self.map(name)?).map_err(map)?;
+        let values = array
+            .get(&firewall_common::syncookie::detector_slot(port), 0)
+            .map_err(map)?;
+        Ok(values.iter().copied().collect())
+    }
+
     /// The map `name`, read-only.
     pub fn map(&self, name: &'static str) -> Result<&aya::maps::Map, FirewallError> {
         self.ebpf.map(name).ok_or(FirewallError::MissingMap(name))

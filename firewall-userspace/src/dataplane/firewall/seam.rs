@@ -95,6 +95,10 @@ impl Dataplane for Firewall {
         Firewall::kernel_memory(self)
     }
 
+    fn syn_detectors(&self, port: u16) -> Vec<firewall_common::syncookie::SynDetector> {
+        Firewall::syn_detectors(self, port).unwrap_or_default()
+    }
+
     fn event_counts(&self) -> Result<crate::dataplane::events::EventCounts, FirewallError> {
         Firewall::event_counts(self)
     }

@@ -77,6 +77,10 @@ pub fn execute(args: StatusArgs) -> anyhow::Result<ExitCode> {
                             .join(", ")
                     ));
                 }
+                for cookies in &status.syn_cookies {
+                    out.push_str(&describe_cookies(cookies));
+                    out.push('\n');
+                }
                 if let Some(program) = &status.program {
                     out.push_str(&program.describe());
                     out.push('\n');
@@ -124,6 +128,29 @@ pub fn execute(args: StatusArgs) -> anyhow::Result<ExitCode> {
         }
         Err(err) => Ok(failed(&err)),
     }
+}
+
+/// A cookie port's line: `syn cookies for rule `api` on TCP 8080 (auto): on (2 CPUs), 4
+/// switches`.
+fn describe_cookies(cookies: &firewall_userspace::control::CookieStatus) -> String {
+    let port = cookies
+        .port
+        .map_or("every TCP port".to_owned(), |port| format!("TCP {port}"));
+    let mode = match (cookies.setting.as_str(), cookies.cpus_in_cookie_mode) {
+        ("always", _) => "on".to_owned(),
+        (_, 0) => "off (ready)".to_owned(),
+        (_, 1) => "on (1 CPU)".to_owned(),
+        (_, cpus) => format!("on ({cpus} CPUs)"),
+    };
+    let switches = if cookies.port.is_some() {
+        format!(", {} switches", cookies.switches)
+    } else {
+        String::new()
+    };
+    format!(
+        "syn cookies for rule `{}` on {port} ({}): {mode}{switches}",
+        cookies.rule, cookies.setting
+    )
 }
 
 /// The push side's line: `crowdsec push as apifw-web1 (jail bans): 12 bans pushed, 0 queued,
