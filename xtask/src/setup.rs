@@ -44,6 +44,8 @@ const REQUIRED_COMMANDS: &[(&str, &str)] = &[
     // ([`prepare_offline_crowdsec`]); its system service is stopped after install.
     ("crowdsec", "crowdsec"),
     ("cscli", "crowdsec"),
+    // The SYN cookie tests: wrk's connections to nginx through XDP's cookie SYN-ACKs.
+    ("wrk", "wrk"),
 ];
 
 /// Debian's `crowdsec` package registers with CrowdSec's Central API in its post-install step,
@@ -66,9 +68,8 @@ pub const BENCH_COMMANDS: &[(&str, &str)] = &[
     // The flood benchmark: its iptables peers, and GRO on the receiving veth.
     ("iptables", "iptables"),
     ("ethtool", "ethtool"),
-    // The attack benchmark: the HTTP API under attack and its legitimate client.
+    // The attack benchmark: the HTTP API under attack (its client, wrk, the tests need too).
     ("nginx", "nginx"),
-    ("wrk", "wrk"),
     // The fleet benchmark: Debian's CrowdSec firewall bouncer (nftables mode), next to apifw on
     // the same LAPI's decisions. Its package registers it with the machine's LAPI (`crowdsec`,
     // which `run` installs first) and enables its service; the benchmark runs its own, with a
