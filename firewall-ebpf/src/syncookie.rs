@@ -139,7 +139,7 @@ fn decide(
             .get(detector_slot(port))
             .is_some_and(|sent| cookie_recent(*sent, port, now_ns))
         || crate::SOURCES
-            .get_ptr(&source_key(at, handoff, rule))
+            .get_ptr(source_key(at, handoff, rule))
             .is_some()
     {
         return Decision::HandBack;
@@ -453,7 +453,7 @@ fn check_ack(
 #[inline(always)]
 fn prove(at: &Located, handoff: &Handoff, rule: u32) {
     let key = source_key(at, handoff, rule);
-    let _ = crate::SOURCES.insert(&key, &TrackState::default(), u64::from(BPF_NOEXIST));
+    let _ = crate::SOURCES.insert(key, TrackState::default(), u64::from(BPF_NOEXIST));
 }
 
 /// The per-source state key of the packet's source under `rule`, as the firewall program

@@ -704,27 +704,21 @@ syn_per_source = {{ per_second = 1, burst = 2 }}
             tcp.options(&options).expect("TCP options")
         };
         let written = match (src, vlan) {
-            (IpAddr::V4(src), false) => tcp(
-                ethernet.ipv4(src.octets(), [192, 0, 2, 254], 64).into(),
-                rng,
-            )
-            .write(&mut out, &payload),
+            (IpAddr::V4(src), false) => tcp(ethernet.ipv4(src.octets(), [192, 0, 2, 254], 64), rng)
+                .write(&mut out, &payload),
             (IpAddr::V4(src), true) => tcp(
                 ethernet
                     .single_vlan(0x123.try_into().expect("VLAN id"))
-                    .ipv4(src.octets(), [192, 0, 2, 254], 64)
-                    .into(),
+                    .ipv4(src.octets(), [192, 0, 2, 254], 64),
                 rng,
             )
             .write(&mut out, &payload),
             (IpAddr::V6(src), _) => tcp(
-                ethernet
-                    .ipv6(
-                        src.octets(),
-                        Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1).octets(),
-                        64,
-                    )
-                    .into(),
+                ethernet.ipv6(
+                    src.octets(),
+                    Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1).octets(),
+                    64,
+                ),
                 rng,
             )
             .write(&mut out, &payload),
