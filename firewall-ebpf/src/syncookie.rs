@@ -387,7 +387,9 @@ fn answer_syn(ctx: &XdpContext, at: &Located, handoff: &mut Handoff) -> (Action,
         return PASSED;
     }
     let cookie = generated as u32;
-    let mss = (generated >> 32) as u16;
+    // The client's MSS as the cookie rounded it; announced as ours too, capped at Ethernet's
+    // (the route's MTU is not known here).
+    let mss = ((generated >> 32) as u16).min(if at.v6 { 1440 } else { 1460 });
     build_reply(at, handoff, cookie, mss);
     if !send_reply(ctx, at, handoff) {
         return PASSED;

@@ -90,6 +90,9 @@ pub struct Engine {
     last_reload_error: Option<String>,
     started: Instant,
     known_bans: HashSet<BanKey>,
+    /// Each cookie port's SYN cookie mode at the last tick (on: at least one CPU), to log and
+    /// audit its switches.
+    cookie_modes: HashMap<(String, u16), bool>,
     /// The earliest expiry in `runtime` (unix seconds).
     next_expiry: Option<u64>,
     /// What the metrics endpoint exports.
@@ -160,6 +163,7 @@ impl Engine {
             last_reload_error: None,
             started: Instant::now(),
             known_bans: HashSet::new(),
+            cookie_modes: HashMap::new(),
             next_expiry: None,
             shared: Arc::new(Mutex::new(Shared::default())),
             top: Arc::new(Mutex::new(TopTracker::new(parts.policy_top))),
@@ -200,10 +204,37 @@ impl Engine {
     }
 
     /// Refreshes what the metrics endpoint exports of the kernel's moving state: the program's
-    /// run statistics and the SYN cookie mode of each port.
-    pub(super) fn publish_program_runs(&self) {
+    /// run statistics and the SYN cookie mode of each port; a port whose mode switched since
+    /// the last tick is logged and audited (`syncookie.on`, `syncookie.off`).
+    pub(super) fn publish_program_runs(&mut self) {
         let runs = self.dataplane.program_runs();
         let syn_cookies = views::syn_cookies(self.dataplane.as_ref(), &self.policy);
+        for cookies in &syn_cookies {
+            let Some(port) = cookies.port else {
+                continue;
+            };
+            let on = cookies.on();
+            let was = self
+                .cookie_modes
+                .insert((cookies.rule.clone(), port), on)
+                .unwrap_or(false);
+            if on == was || cookies.setting == "always" {
+                continue;
+            }
+            let details = json!({"rule": cookies.rule, "port": port});
+            if on {
+                warn!(
+                    rule = cookies.rule,
+                    port,
+                    cpus = cookies.cpus_in_cookie_mode,
+                    "SYN flood: answering SYNs with cookies in XDP"
+                );
+                self.record("daemon", "syncookie.on", details);
+            } else {
+                info!(rule = cookies.rule, port, "SYN flood over: cookies off");
+                self.record("daemon", "syncookie.off", details);
+            }
+        }
         let mut shared = match self.shared.lock() {
             Ok(shared) => shared,
             Err(poisoned) => poisoned.into_inner(),

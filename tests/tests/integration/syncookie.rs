@@ -371,11 +371,26 @@ fn auto_switches_cookie_mode_on_under_a_flood_and_off_after_it() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(mode(), Some(1.0));
+    // The switch is audited (and logged) at the tick that noticed it.
+    let audited = |action: &str| {
+        std::fs::read_to_string(dirs.audit_log())
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| line.contains(&format!("\"action\":\"{action}\"")))
+            .count()
+    };
+    assert_eq!(audited("syncookie.on"), 1);
+    assert_eq!(audited("syncookie.off"), 0);
 
     // The grace: 75 windows of 134 ms without the flood.
     std::thread::sleep(Duration::from_secs(11));
     let after = cookies(&dirs);
     assert_eq!(after["cpus_in_cookie_mode"], 0, "{after}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while audited("syncookie.off") == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!((audited("syncookie.on"), audited("syncookie.off")), (1, 1));
     let reply = request(&lab, CLIENT_ADDR, "after the flood".into()).expect("connection");
     assert_eq!(reply, "echo: after the flood");
     let stats = quiet(&dirs);
