@@ -26,6 +26,7 @@ mod packet;
 mod plot;
 mod report;
 mod sources;
+mod syncookie;
 mod xdpfilter;
 
 /// Measures apifw against its baselines and peers and writes the report (run through
@@ -125,6 +126,7 @@ const SECTIONS: &[(&str, Measure)] = &[
     ("load", |args| Ok(loadbench::run(&args.load())?.markdown()?)),
     ("flood", |args| flood::run(&args.common())),
     ("sources", |args| sources::run(&args.common())),
+    ("syncookie", |args| syncookie::run(&args.common())),
     ("attack", |args| attack::run(&args.common())),
     ("multicore", |args| multicore::run(&args.common())),
     ("fleet", |args| fleet::run(&args.common(), args.fleet_runs)),

@@ -326,7 +326,13 @@ impl Model {
         let Some(flags) = packet.tcp_flags else {
             return false;
         };
-        if packet.protocol != IPPROTO_TCP || flags & (TCP_SYN | TCP_ACK) == 0 || !(always || auto) {
+        // A rule under dry run changes no traffic: no cookies either.
+        if packet.protocol != IPPROTO_TCP
+            || flags & (TCP_SYN | TCP_ACK) == 0
+            || !(always || auto)
+            || self.policy.dry_run
+            || config.dry_run()
+        {
             return false;
         }
         let Some((_, port)) = packet.ports else {

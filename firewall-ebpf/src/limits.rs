@@ -128,7 +128,7 @@ pub fn apifw_limits(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_PASS;
     };
     let packet = packet_of(handoff);
-    if handoff.returned == 0 && syncookie::wants(&packet, rule_config) {
+    if handoff.returned == 0 && syncookie::wants(&packet, rule_config, config) {
         jump(&ctx, JUMP_COOKIE);
         // No cookie program: the rule's buckets, as without cookies.
     }

@@ -15,7 +15,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use firewall_common::{
-    Action, Reason,
+    Action, KernelConfig, Reason,
+    config::CONFIG_DRY_RUN,
     handoff::{Handoff, JUMP_LIMITS},
     packet::{
         ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, TCP_ACK, TCP_FIN,
@@ -64,12 +65,15 @@ const REPLY_TTL: u8 = 64;
 /// hands back what is not its own (a SYN while the port is not in cookie mode, an ACK from a
 /// proven source), which then takes the rule's buckets in the limits program.
 #[inline(always)]
-pub fn wants(packet: &Packet, rule_config: &RuleConfig) -> bool {
+pub fn wants(packet: &Packet, rule_config: &RuleConfig, config: &KernelConfig) -> bool {
     let flags = packet.tcp_flags;
     let always = rule_config.flags & RULE_SYN_COOKIES_ALWAYS != 0;
+    // A rule under dry run changes no traffic: no cookies either.
     if flags & (TCP_SYN | TCP_ACK) == 0
         || packet.protocol != IPPROTO_TCP
         || rule_config.flags & (RULE_SYN_COOKIES_AUTO | RULE_SYN_COOKIES_ALWAYS) == 0
+        || rule_config.dry_run()
+        || config.flags & CONFIG_DRY_RUN != 0
     {
         return false;
     }

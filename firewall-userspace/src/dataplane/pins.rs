@@ -171,15 +171,22 @@ mod tests {
 
     use crate::dataplane::firewall::EBPF_OBJECT;
 
-    /// Only the product in the product: the object `apifw run` loads holds the firewall and the
-    /// maps it pins or keeps unpinned on purpose (plus aya-log's and the data sections'), so the
+    /// Only the product in the product: the object `apifw run` loads holds the firewall (its
+    /// three programs) and the maps it pins or keeps unpinned on purpose (plus aya-log's and the data sections'), so the
     /// daemon creates nothing in the kernel for tests or benchmarks. Their programs live in
     /// `test-ebpf`.
     #[test]
     fn the_product_object_holds_only_the_firewall_and_its_maps() {
         let object = aya_obj::Object::parse(EBPF_OBJECT).expect("the embedded object parses");
-        let programs: Vec<&str> = object.programs.keys().map(String::as_str).collect();
-        assert_eq!(programs, [program_names::FIREWALL]);
+        // The firewall and the two programs it tail-calls.
+        let programs: BTreeSet<&str> = object.programs.keys().map(String::as_str).collect();
+        let expected_programs: BTreeSet<&str> = [
+            program_names::FIREWALL,
+            program_names::LIMITS,
+            program_names::SYN_COOKIE,
+        ]
+        .into();
+        assert_eq!(programs, expected_programs);
         let maps: BTreeSet<&str> = object
             .maps
             .keys()

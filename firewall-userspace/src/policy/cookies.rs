@@ -35,8 +35,12 @@ pub fn cookie_ports(policy: &Policy) -> Vec<CookiePorts> {
     policy
         .rules
         .iter()
+        // Under dry run a rule changes no traffic: no cookies either.
         .filter(|rule| {
-            rule.syn_cookies != SynCookies::Off && rule.protocol.is_none_or(|p| p == IPPROTO_TCP)
+            rule.syn_cookies != SynCookies::Off
+                && rule.protocol.is_none_or(|p| p == IPPROTO_TCP)
+                && !policy.dry_run
+                && !rule.config.dry_run()
         })
         .map(|rule| CookiePorts {
             rule: rule.name.clone(),
@@ -198,6 +202,17 @@ per_source = { packets_per_second = 100 }
             describe(&cookies[1]),
             "SYN cookies (always) for rule `rest`: every TCP port no earlier rule takes"
         );
+    }
+
+    #[test]
+    fn a_rule_under_dry_run_gets_no_cookies() {
+        let rules = RULES.replace("name = \"api\"\n", "name = \"api\"\ndry_run = true\n");
+        let names: Vec<String> = cookie_ports(&policy(&rules))
+            .into_iter()
+            .map(|c| c.rule)
+            .collect();
+        assert_eq!(names, vec!["rest".to_owned()]);
+        assert!(cookie_ports(&policy(&format!("dry_run = true\n{RULES}"))).is_empty());
     }
 
     #[test]
