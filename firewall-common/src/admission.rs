@@ -49,6 +49,13 @@ const _: () = assert!(
     "the window must fit the time field"
 );
 
+/// The one hash of `key` that both its admission slot and its tracked-filter mark
+/// (`crate::tracked::Mark::of_hash`) are taken from.
+#[inline(always)]
+pub fn key_hash(key: &TrackKey) -> u64 {
+    key.hash64(SEED)
+}
+
 /// A key as the admission array sees it: its slot and its tag.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sighting {
@@ -65,7 +72,12 @@ impl Sighting {
     /// The sighting of `key`: slot, check and tag are disjoint bits of one 64-bit hash.
     #[inline(always)]
     pub fn of(key: &TrackKey) -> Self {
-        let hash = key.hash64(SEED);
+        Self::of_hash(key_hash(key))
+    }
+
+    /// The sighting of a key whose [`key_hash`] is `hash`.
+    #[inline(always)]
+    pub fn of_hash(hash: u64) -> Self {
         let low = hash as u32;
         Self {
             slot: low & (ADMISSION_SLOTS - 1),

@@ -20,6 +20,7 @@ pub mod ratelimit;
 pub mod rules;
 pub mod stats;
 pub mod syncookie;
+pub mod tracked;
 
 #[cfg(feature = "user")]
 pub mod model;
@@ -103,6 +104,9 @@ pub mod map_names {
     /// `Array<u64>` of [`crate::syncookie::DETECTOR_SLOTS`]: when a cookie for each port slot
     /// last went out ([`crate::syncookie::cookie_sent`]). Not pinned.
     pub const COOKIE_SENT: &str = "APIFW_COOKIE_SENT";
+    /// `Array<TrackedEntry>` of [`crate::tracked::TRACKED_ENTRIES`]: which sources and subnets
+    /// may have state (see [`crate::tracked`]). Not pinned.
+    pub const TRACKED: &str = "APIFW_TRACKED";
     /// `ProgramArray` of [`crate::handoff::JUMP_SLOTS`]: the programs the firewall tail-calls.
     /// Pinned, or the kernel would empty it when the daemon exits.
     pub const JUMP: &str = "APIFW_JUMP";
@@ -114,8 +118,10 @@ pub mod map_names {
     /// are a per-CPU cache of units already charged to the pinned buckets; losing them on a
     /// restart refuses at most a lease's worth per slot, never admits more. Losing the
     /// admission array makes each untracked source and subnet send one more packet before it is
-    /// tracked. The SYN detectors start every port ready.
-    pub const UNPINNED: [&str; 4] = [LEASES, ADMISSION, SYN_DETECTOR, COOKIE_SENT];
+    /// tracked, and losing the tracked filter sends each tracked one through admission once
+    /// (one uncharged packet; its state is found again). The SYN detectors start every port
+    /// ready.
+    pub const UNPINNED: [&str; 5] = [LEASES, ADMISSION, TRACKED, SYN_DETECTOR, COOKIE_SENT];
 
     /// Every map the daemon pins.
     pub const ALL: [&str; 20] = [

@@ -47,7 +47,7 @@ use std::{collections::HashMap, net::IpAddr, vec::Vec};
 use ipnet::IpNet;
 
 use crate::{
-    admission::Sighting,
+    admission::{Sighting, key_hash},
     lease::{Field, LEASE_SOURCE, LEASE_SUBNET, Lease},
     packet::*,
     ratelimit::{Bucket, ticks},
@@ -56,6 +56,7 @@ use crate::{
     },
     stats::{Action, Reason, Verdict},
     syncookie::{RULE_SYN_COOKIES_ALWAYS, RULE_SYN_COOKIES_AUTO, SynDetector, detector_slot},
+    tracked::{Mark, TrackedEntry, current_word},
 };
 
 /// A rate-limit rule as the model reads it.
@@ -255,6 +256,8 @@ pub struct Model {
     escalation: HashMap<TrackKey, EscalationState>,
     /// The admission array of the one CPU the model is: slot → value (absent: 0).
     admission: HashMap<u32, u64>,
+    /// The tracked filter ([`crate::tracked`]): entry → words (absent: zero).
+    tracked: HashMap<u32, TrackedEntry>,
     /// The leases of the one CPU the model is, by slot (see [`crate::lease`]).
     leases: HashMap<u32, Lease>,
     /// The SYN detectors of the one CPU the model is, by slot (see [`crate::syncookie`]).
@@ -300,6 +303,11 @@ impl Model {
     /// model is.
     pub fn admission(&self) -> &HashMap<u32, u64> {
         &self.admission
+    }
+
+    /// The tracked filter's non-zero entries, as the kernel's array holds them.
+    pub fn tracked(&self) -> &HashMap<u32, TrackedEntry> {
+        &self.tracked
     }
 
     /// The SYN detectors' non-empty slots, as the kernel's array holds them on the CPU the
@@ -478,11 +486,38 @@ impl Model {
         ];
         // Admission: a source that needs per-source state gets it on its second packet within
         // ADMISSION_WINDOW_NS; its first packet charges no per-source bucket.
-        let needs_source = (is_syn && config.syn.is_limited())
+        // The kernel reads the lease slot only for a key the tracked filter holds (a lease is
+        // taken from state found through it, and lasts at most a millisecond).
+        let limits_source = (is_syn && config.syn.is_limited())
             || config.source_packets.is_limited()
-            || config.source_bytes.is_limited()
-            || config.bans();
-        let tracked = needs_source && self.admit(false, source_key, now_ns);
+            || config.source_bytes.is_limited();
+        let source_leased = limits_source
+            && self.key_is_tracked(&source_key, now_ns)
+            && self.leased(
+                LEASE_SOURCE,
+                &source_key,
+                now,
+                &[
+                    (
+                        if is_syn {
+                            config.syn
+                        } else {
+                            Bucket::UNLIMITED
+                        },
+                        Field::Syn,
+                        1,
+                    ),
+                    (config.source_packets, Field::Packets, 1),
+                    (config.source_bytes, Field::Bytes, len),
+                ],
+            );
+        // State is looked for when bans need the source's history, or a source bucket is
+        // charged that the lease does not cover.
+        let tracked = if config.bans() || (limits_source && !source_leased) {
+            self.admit(false, source_key, now_ns)
+        } else {
+            source_leased
+        };
         // The subnet is sighted when its first limited bucket is reached.
         let mut subnet_tracked = None;
         for (bucket, subnet, field, cost, reason) in steps {
@@ -492,7 +527,19 @@ impl Model {
             if subnet {
                 let admitted = match subnet_tracked {
                     Some(admitted) => admitted,
-                    None => self.admit(true, subnet_key, now_ns),
+                    None => {
+                        let leased = self.key_is_tracked(&subnet_key, now_ns)
+                            && self.leased(
+                                LEASE_SUBNET,
+                                &subnet_key,
+                                now,
+                                &[
+                                    (config.subnet_packets, Field::Packets, 1),
+                                    (config.subnet_bytes, Field::Bytes, len),
+                                ],
+                            );
+                        leased || self.admit(true, subnet_key, now_ns)
+                    }
                 };
                 subnet_tracked = Some(admitted);
                 if !admitted {
@@ -638,25 +685,68 @@ impl Model {
     /// Whether `key` has state (per-subnet when `subnet`, else per-source), creating it on a
     /// second sighting within [`crate::rules::ADMISSION_WINDOW_NS`]; a first sighting only
     /// records the key in its admission slot.
+    ///
+    /// The tracked filter ([`crate::tracked`]) is asked first: a key it does not hold goes to
+    /// admission even when it has state (which a second sighting then finds again), and a key
+    /// whose state is found or made gets its bit in the current epoch.
     fn admit(&mut self, subnet: bool, key: TrackKey, now_ns: u64) -> bool {
+        let hash = key_hash(&key);
+        let mark = Mark::of_hash(hash);
+        let known = self.is_tracked(mark, now_ns);
         let map = if subnet {
             &mut self.subnets
         } else {
             &mut self.sources
         };
-        if map.contains_key(&key) {
+        if known && map.contains_key(&key) {
+            self.mark_tracked(mark, now_ns);
             return true;
         }
-        let sighting = Sighting::of(&key);
+        let sighting = Sighting::of_hash(hash);
         let slot = self.admission.get(&sighting.slot).copied().unwrap_or(0);
         if sighting.seen_recently(slot, now_ns) {
-            map.insert(key, TrackState::default());
+            map.entry(key).or_default();
+            self.mark_tracked(mark, now_ns);
             true
         } else {
             self.admission
                 .insert(sighting.slot, sighting.recorded_at(now_ns));
             false
         }
+    }
+
+    /// Whether the tracked filter holds `key` at `now_ns`.
+    fn key_is_tracked(&self, key: &TrackKey, now_ns: u64) -> bool {
+        self.is_tracked(Mark::of_hash(key_hash(key)), now_ns)
+    }
+
+    fn is_tracked(&self, mark: Mark, now_ns: u64) -> bool {
+        self.tracked
+            .get(&mark.entry)
+            .is_some_and(|entry| mark.present(entry, now_ns))
+    }
+
+    fn mark_tracked(&mut self, mark: Mark, now_ns: u64) {
+        let entry = self.tracked.entry(mark.entry).or_default();
+        let word = &mut entry.words[current_word(now_ns)];
+        if let Some(next) = mark.marked(*word, now_ns) {
+            *word = next;
+        }
+    }
+
+    /// Whether this CPU's lease slot of `key` holds it and covers every limited bucket of
+    /// `costs` (bucket, field, cost): the kernel then spends the lease without looking at the
+    /// key's state, so neither admission nor the filter sees the packet.
+    fn leased(&self, kind: u32, key: &TrackKey, now: u64, costs: &[(Bucket, Field, u64)]) -> bool {
+        let lease = self
+            .leases
+            .get(&Lease::slot(kind, key))
+            .copied()
+            .unwrap_or_default();
+        lease.holds(key)
+            && costs.iter().all(|&(bucket, field, cost)| {
+                !bucket.is_limited() || lease.covers(field, now, cost)
+            })
     }
 
     /// Records a refusal of `source` at `now_ns`; whether it has now exceeded for `ban_after`.

@@ -47,3 +47,6 @@ const _: () = assert!(size_of::<Lease>() == 72);
 // SAFETY: see above: six u32 fields, 24 bytes with no padding.
 unsafe impl aya::Pod for crate::syncookie::SynDetector {}
 const _: () = assert!(size_of::<crate::syncookie::SynDetector>() == 24);
+// SAFETY: see above: two u64 words, 16 bytes with no padding.
+unsafe impl aya::Pod for crate::tracked::TrackedEntry {}
+const _: () = assert!(size_of::<crate::tracked::TrackedEntry>() == 16);

@@ -39,6 +39,7 @@ use firewall_common::{
         TrackKey, TrackState, rule_stats_index,
     },
     stats::{IFINDEX_ENTRIES, STATS_ENTRIES, stats_index_at},
+    tracked::{TRACKED_ENTRIES, TrackedEntry},
 };
 
 use crate::parse::{Malformed, Source};
@@ -101,10 +102,19 @@ static ESCALATION: LruHashMap<TrackKey, EscalationState> = LruHashMap::with_max_
 #[map(name = "APIFW_LEASES")]
 static LEASES: PerCpuArray<Lease> = PerCpuArray::with_max_entries(LEASE_ENTRIES, 0);
 
-// This CPU's sightings of sources and subnets not yet tracked (`firewall_common::admission`):
-// a first packet is a store here, not an LRU insert. Not pinned.
+// Each CPU's sightings of sources and subnets not yet tracked (`firewall_common::admission`):
+// a first packet is a store here, not an LRU insert. A plain array of `ADMISSION_SLOTS` per
+// possible CPU (sized by the loader), each CPU in its own range: a per-CPU array keeps every
+// element in an allocation of its own, so a random slot cost two dependent cache misses (the
+// element's pointer, then the element), the largest part of a new source's first packet. Not
+// pinned.
 #[map(name = "APIFW_ADMISSION")]
-static ADMISSION: PerCpuArray<u64> = PerCpuArray::with_max_entries(ADMISSION_SLOTS, 0);
+static ADMISSION: Array<u64> = Array::with_max_entries(ADMISSION_SLOTS, 0);
+
+// Which sources and subnets may have state (`firewall_common::tracked`): an unknown key is told
+// by one read here instead of an LRU lookup. Shared by all CPUs. Not pinned.
+#[map(name = "APIFW_TRACKED")]
+static TRACKED: Array<TrackedEntry> = Array::with_max_entries(TRACKED_ENTRIES, 0);
 
 #[map(name = "APIFW_RULE_STATS")]
 static RULE_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(RULE_STATS_ENTRIES, 0);

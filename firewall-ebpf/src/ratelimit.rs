@@ -4,21 +4,26 @@
 //! units of a hot bucket in leases (`firewall_common::lease`) and spends them in its own slot of
 //! `APIFW_LEASES`, so a hot source or subnet costs no shared write per packet.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, maps::LruHashMap};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+    maps::LruHashMap,
+};
 use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 use firewall_common::{
     KernelConfig, Reason,
     ablation::Stage,
-    admission::Sighting,
+    admission::{ADMISSION_SLOTS, Sighting, key_hash},
     config::{CONFIG_BANS, CONFIG_DRY_RUN, RULES_BY_PORT, RULES_BY_PROTOCOL, RULES_FOR_ANY},
     lease::{Field, LEASE_SOURCE, LEASE_SUBNET, Lease},
     packet::IPPROTO_TCP,
     ratelimit::{Bucket, ticks},
     rules::{ANY_PORT, ANY_PROTOCOL, RuleConfig, RuleKey, TrackKey, TrackState, rule_index},
+    tracked::{Mark, current_word},
 };
 
 use crate::{
-    ADMISSION, LEASES, RULE_MATCH, RULES, SOURCES, SUBNETS, bans,
+    ADMISSION, LEASES, RULE_MATCH, RULES, SOURCES, SUBNETS, TRACKED, bans,
     parse::{Packet, Source},
     stops,
 };
@@ -206,30 +211,83 @@ fn give_back_slot(lease: &Lease, kind: u32, now: u64, generation: u32) {
     }
 }
 
-/// The state of `key` in `map` (sources or subnets), if the key is tracked. A key that is not
-/// gets state on its second sighting within `ADMISSION_WINDOW_NS` on this CPU; its first is a
-/// store into this CPU's admission array (`firewall_common::admission`), so a flood of
-/// one-packet spoofed sources inserts nothing into the LRU maps and evicts no state of sources
-/// that are really talking.
+/// The state of `key` in `map` (sources or subnets), if the key is tracked. `known`: whether
+/// the tracked filter holds the key (`is_tracked`); only then is the map looked at first. A key
+/// the filter does not hold gets state on its second sighting within `ADMISSION_WINDOW_NS` on
+/// this CPU (found again if it still has some); its first is a store into this CPU's admission
+/// array (`firewall_common::admission`), so a flood of one-packet spoofed sources looks nothing
+/// up and inserts nothing into the LRU maps, and evicts no state of sources that are really
+/// talking. A key whose state is found or made gets its bit in the filter.
 #[inline(always)]
 fn admitted_state(
     map: &LruHashMap<TrackKey, TrackState>,
     key: &TrackKey,
+    hash: u64,
+    known: bool,
     now_ns: u64,
 ) -> Option<*mut TrackState> {
-    if let Some(state) = map.get_ptr_mut(key) {
+    let mark = Mark::of_hash(hash);
+    if known && let Some(state) = map.get_ptr_mut(key) {
+        mark_tracked(&mark, now_ns);
         return Some(state);
     }
-    let sighting = Sighting::of(key);
-    let slot = ADMISSION.get_ptr_mut(sighting.slot)?;
-    // SAFETY: this CPU's slot of a per-CPU array: nothing else writes it while this program runs
-    // here, and it lives for the whole run; a plain u64.
+    let sighting = Sighting::of_hash(hash);
+    // SAFETY: a helper without arguments or preconditions.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let slot = ADMISSION.get_ptr_mut(cpu.wrapping_mul(ADMISSION_SLOTS) | sighting.slot)?;
+    // SAFETY: a slot in this CPU's range of the array: no other CPU writes it, and nothing else
+    // on this CPU while this program runs here; it lives for the whole run; a plain u64.
     let slot = unsafe { &mut *slot };
     if sighting.seen_recently(*slot, now_ns) {
-        state(map, key)
+        let state = state(map, key)?;
+        mark_tracked(&mark, now_ns);
+        Some(state)
     } else {
         *slot = sighting.recorded_at(now_ns);
         None
+    }
+}
+
+/// Whether the tracked filter holds the key of `mark` at `now_ns`.
+#[inline(always)]
+fn is_tracked(mark: &Mark, now_ns: u64) -> bool {
+    TRACKED
+        .get(mark.entry)
+        .is_some_and(|entry| mark.present(entry, now_ns))
+}
+
+/// Sets the bit of `mark` in the current epoch's word of its entry (a read only, when it is
+/// set). Other CPUs set bits of the same word: compare-and-exchange, tried twice; a bit lost
+/// after that sends its key through admission once (`firewall_common::tracked`).
+#[inline(always)]
+pub fn mark_tracked(mark: &Mark, now_ns: u64) {
+    let Some(entry) = TRACKED.get_ptr_mut(mark.entry) else {
+        return;
+    };
+    // SAFETY: `entry` points at an array element, valid for the program's run; only the
+    // address of one of its two words is taken.
+    let word: *mut u64 = unsafe {
+        if current_word(now_ns) == 0 {
+            &raw mut (*entry).words[0]
+        } else {
+            &raw mut (*entry).words[1]
+        }
+    };
+    for _ in 0..2 {
+        // SAFETY: an aligned 8-byte load of the word above (one instruction, never torn).
+        let current = unsafe { core::ptr::read_volatile(word) };
+        let Some(next) = mark.marked(current, now_ns) else {
+            return;
+        };
+        // SAFETY: as above.
+        let (_, swapped) = unsafe {
+            atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(
+                word, current, next,
+            )
+        };
+        if swapped {
+            return;
+        }
     }
 }
 
@@ -244,7 +302,9 @@ fn state(map: &LruHashMap<TrackKey, TrackState>, key: &TrackKey) -> Option<*mut 
     map.get_ptr_mut(key)
 }
 
-/// The program's clock: `bpf_ktime_get_ns` (CLOCK_MONOTONIC), or the test hook.
+/// The buckets' clock: `bpf_ktime_get_ns` (CLOCK_MONOTONIC), or the test hook. Read only when
+/// a bucket is charged: on a virtual machine it costs as much as the rest of a new source's
+/// first packet.
 #[inline(always)]
 pub fn now_ns(config: &KernelConfig) -> u64 {
     if config.test_clock_ns != 0 {
@@ -252,6 +312,19 @@ pub fn now_ns(config: &KernelConfig) -> u64 {
     } else {
         // SAFETY: a helper without arguments or preconditions.
         unsafe { bpf_ktime_get_ns() }
+    }
+}
+
+/// The clock of everything measured in seconds or milliseconds (bans, admission, the tracked
+/// filter's epochs, the SYN detectors): `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE, one
+/// scheduler tick behind at most, read without touching the clock source), or the test hook.
+#[inline(always)]
+pub fn coarse_now_ns(config: &KernelConfig) -> u64 {
+    if config.test_clock_ns != 0 {
+        config.test_clock_ns
+    } else {
+        // SAFETY: a helper without arguments or preconditions.
+        unsafe { bpf_ktime_get_coarse_ns() }
     }
 }
 
@@ -263,7 +336,7 @@ pub struct Checked {
     pub reason: Reason,
     /// Whether the rule's buckets decide ([`exceeded`], in the limits program).
     pub limits: bool,
-    /// The program's clock when `limits`, read once for both programs.
+    /// The coarse clock (`coarse_now_ns`) when `limits`, read once for all programs.
     pub now_ns: u64,
 }
 
@@ -285,7 +358,7 @@ pub fn check(packet: &Packet, config: &KernelConfig) -> Checked {
     if rule == NO_RULE && !bans_on {
         return NOTHING;
     }
-    let now_ns = now_ns(config);
+    let now_ns = coarse_now_ns(config);
     if bans_on {
         let banned = bans::check(packet.source, config, now_ns);
         if banned != Reason::Default {
@@ -310,7 +383,7 @@ pub fn check(packet: &Packet, config: &KernelConfig) -> Checked {
 
 /// What charging needs to know of the packet.
 struct Charged {
-    /// The program's clock, in ticks.
+    /// The buckets' clock, in ticks.
     now: u64,
     /// The frame's length: the cost in byte buckets.
     len: u64,
@@ -318,6 +391,17 @@ struct Charged {
     generation: u32,
     /// 1 when the packet is a SYN the rule limits.
     syn: u32,
+}
+
+/// The buckets' clock in ticks, read on first use: `*now` is 0 until then (a sentinel, not an
+/// `Option`: see `NO_RULE`; a clock at tick 0 is read again, to the same value). A never-seen
+/// source's first packet charges no bucket and never reads it.
+#[inline(always)]
+fn bucket_clock(now: &mut u64, config: &KernelConfig) -> u64 {
+    if *now == 0 {
+        *now = ticks(now_ns(config));
+    }
+    *now
 }
 
 /// Charges the source buckets of a packet that this CPU's lease does not cover: takes the
@@ -359,53 +443,65 @@ fn charge_source(
 
 /// Charges the subnet buckets of `key` (the rule limits subnets): from this CPU's lease when it
 /// covers the packet, else by a refill from the subnet's state (an untracked subnet's first
-/// packet in a window charges nothing: admission). `Default`, or `RateLimited`.
+/// packet in a window charges nothing: admission). The lease slot is read only for a subnet
+/// the tracked filter holds. `Default`, or `RateLimited`.
 #[inline(always)]
 fn charge_subnet(
     key: &TrackKey,
     rule_config: &RuleConfig,
-    packet: &Charged,
+    config: &KernelConfig,
+    now: &mut u64,
+    len: u64,
     now_ns: u64,
 ) -> Reason {
-    let now = packet.now;
-    let len = packet.len;
+    let hash = key_hash(key);
+    let known = is_tracked(&Mark::of_hash(hash), now_ns);
+    let packets_limited = rule_config.subnet_packets.is_limited();
+    let bytes_limited = rule_config.subnet_bytes.is_limited();
+    if known {
+        let Some(lease) = LEASES.get_ptr_mut(Lease::slot(LEASE_SUBNET, key)) else {
+            return Reason::Default;
+        };
+        // SAFETY: this CPU's slot of a per-CPU array: nothing else writes it while this
+        // program runs here, and it lives for the whole run.
+        let lease = unsafe { &mut *lease };
+        let ticks = bucket_clock(now, config);
+        if lease.holds(key)
+            && (!packets_limited || lease.covers(Field::Packets, ticks, 1))
+            && (!bytes_limited || lease.covers(Field::Bytes, ticks, len))
+        {
+            if packets_limited {
+                lease.spend(Field::Packets, 1);
+            }
+            if bytes_limited {
+                lease.spend(Field::Bytes, len);
+            }
+            return Reason::Default;
+        }
+    }
+    let Some(state) = admitted_state(&SUBNETS, key, hash, known, now_ns) else {
+        return Reason::Default;
+    };
     let Some(lease) = LEASES.get_ptr_mut(Lease::slot(LEASE_SUBNET, key)) else {
         return Reason::Default;
     };
-    // SAFETY: this CPU's slot of a per-CPU array: nothing else writes it while this program runs
-    // here, and it lives for the whole run.
+    // SAFETY: as above.
     let lease = unsafe { &mut *lease };
-    let packets_limited = rule_config.subnet_packets.is_limited();
-    let bytes_limited = rule_config.subnet_bytes.is_limited();
-    if lease.holds(key)
-        && (!packets_limited || lease.covers(Field::Packets, now, 1))
-        && (!bytes_limited || lease.covers(Field::Bytes, now, len))
-    {
-        if packets_limited {
-            lease.spend(Field::Packets, 1);
-        }
-        if bytes_limited {
-            lease.spend(Field::Bytes, len);
-        }
-        return Reason::Default;
-    }
-    let Some(state) = admitted_state(&SUBNETS, key, now_ns) else {
-        return Reason::Default;
-    };
-    claim(lease, key, LEASE_SUBNET, now, packet.generation);
+    let ticks = bucket_clock(now, config);
+    claim(lease, key, LEASE_SUBNET, ticks, config.generation);
     if !charge(
         lease,
         state,
         &rule_config.subnet_packets,
         Field::Packets,
-        now,
+        ticks,
         1,
     ) || !charge(
         lease,
         state,
         &rule_config.subnet_bytes,
         Field::Bytes,
-        now,
+        ticks,
         len,
     ) {
         return Reason::RateLimited;
@@ -414,7 +510,8 @@ fn charge_subnet(
 }
 
 /// `Reason::Default` when every bucket has room, else the reason of the first full one
-/// (`WouldDrop` under dry run).
+/// (`WouldDrop` under dry run). `now_ns` is the coarse clock (`coarse_now_ns`); the buckets
+/// read the fine one when they are charged.
 #[inline(always)]
 pub fn exceeded(
     packet: &Packet,
@@ -427,7 +524,7 @@ pub fn exceeded(
     let Some(rule_config) = RULES.get(rule_index(config.generation, rule)) else {
         return Reason::Default;
     };
-    let now = ticks(now_ns);
+    let mut now = 0;
     let (source_key, subnet_key) = match packet.source {
         Source::V4(addr) => (
             TrackKey::v4(rule, addr, 32),
@@ -445,9 +542,14 @@ pub fn exceeded(
     let packets_limited = rule_config.source_packets.is_limited();
     let bytes_limited = rule_config.source_bytes.is_limited();
     let limits_source = syn_limited || packets_limited || bytes_limited;
-    // This CPU's lease slot of the source, looked up only when a source bucket is charged (a
-    // null sentinel otherwise, not an `Option`: see `NO_RULE`).
-    let source_lease = if limits_source {
+    let needs_source = limits_source || rule_config.bans();
+    let source_hash = key_hash(&source_key);
+    // Whether the source may have state: a source the filter does not hold costs no lease slot
+    // read and no LRU lookup, only admission.
+    let source_known = needs_source && is_tracked(&Mark::of_hash(source_hash), now_ns);
+    // This CPU's lease slot of the source, looked up only when a source bucket is charged and
+    // the source may have state (a null sentinel otherwise, not an `Option`: see `NO_RULE`).
+    let mut source_lease = if limits_source && source_known {
         LEASES
             .get_ptr_mut(Lease::slot(LEASE_SOURCE, &source_key))
             .unwrap_or_default()
@@ -457,18 +559,19 @@ pub fn exceeded(
     // A lease of this CPU that covers the packet's source buckets: spending it touches no
     // shared state, and proves the source has state (a lease is only taken from it).
     let leased = !source_lease.is_null() && {
+        let ticks = bucket_clock(&mut now, config);
         // SAFETY: a non-null `source_lease` is this CPU's slot of a per-CPU array: nothing else
         // writes it while this program runs here, and it lives for the whole run.
         let lease = unsafe { &*source_lease };
         lease.holds(&source_key)
-            && (!syn_limited || lease.covers(Field::Syn, now, 1))
-            && (!packets_limited || lease.covers(Field::Packets, now, 1))
-            && (!bytes_limited || lease.covers(Field::Bytes, now, len))
+            && (!syn_limited || lease.covers(Field::Syn, ticks, 1))
+            && (!packets_limited || lease.covers(Field::Packets, ticks, 1))
+            && (!bytes_limited || lease.covers(Field::Bytes, ticks, len))
     };
     // Per-source state exists when a source bucket must be charged or bans need its history,
     // and only from a source's second packet (admission).
     let source = if rule_config.bans() || (limits_source && !leased) {
-        admitted_state(&SOURCES, &source_key, now_ns)
+        admitted_state(&SOURCES, &source_key, source_hash, source_known, now_ns)
     } else {
         None
     };
@@ -476,9 +579,7 @@ pub fn exceeded(
         return Reason::Default;
     }
     let mut reason = Reason::Default;
-    if source_lease.is_null() {
-        // No per-source bucket to charge.
-    } else if leased {
+    if leased {
         // SAFETY: as above.
         let lease = unsafe { &mut *source_lease };
         if syn_limited {
@@ -490,25 +591,27 @@ pub fn exceeded(
         if bytes_limited {
             lease.spend(Field::Bytes, len);
         }
-    } else if let Some(source) = source {
-        let packet = Charged {
-            now,
-            len,
-            generation: config.generation,
-            syn: u32::from(syn_limited),
-        };
-        // SAFETY: as above.
-        let lease = unsafe { &mut *source_lease };
-        reason = charge_source(lease, &source_key, source, rule_config, &packet);
+    } else if limits_source && let Some(source) = source {
+        if source_lease.is_null() {
+            // Admitted now: the filter did not hold the source when the slot would be read.
+            source_lease = LEASES
+                .get_ptr_mut(Lease::slot(LEASE_SOURCE, &source_key))
+                .unwrap_or_default();
+        }
+        if !source_lease.is_null() {
+            let packet = Charged {
+                now: bucket_clock(&mut now, config),
+                len,
+                generation: config.generation,
+                syn: u32::from(syn_limited),
+            };
+            // SAFETY: as above.
+            let lease = unsafe { &mut *source_lease };
+            reason = charge_source(lease, &source_key, source, rule_config, &packet);
+        }
     }
     if reason == Reason::Default && rule_config.limits_subnets() {
-        let packet = Charged {
-            now,
-            len,
-            generation: config.generation,
-            syn: 0,
-        };
-        reason = charge_subnet(&subnet_key, rule_config, &packet, now_ns);
+        reason = charge_subnet(&subnet_key, rule_config, config, &mut now, len, now_ns);
     }
     if reason == Reason::Default {
         return reason;

@@ -16,6 +16,7 @@ use aya_ebpf::{
 };
 use firewall_common::{
     Action, KernelConfig, Reason,
+    admission::key_hash,
     config::CONFIG_DRY_RUN,
     handoff::{Handoff, JUMP_LIMITS},
     packet::{
@@ -27,6 +28,7 @@ use firewall_common::{
         DETECTOR_SLOTS, MODE_READY, RULE_SYN_COOKIES_ALWAYS, RULE_SYN_COOKIES_AUTO, SynDetector,
         cookie_recent, cookie_sent, detector_slot,
     },
+    tracked::Mark,
 };
 
 use crate::{
@@ -460,6 +462,8 @@ fn check_ack(
 fn prove(at: &Located, handoff: &Handoff, rule: u32) {
     let key = source_key(at, handoff, rule);
     let _ = crate::SOURCES.insert(key, TrackState::default(), u64::from(BPF_NOEXIST));
+    // Its next packets find that state through the tracked filter.
+    crate::ratelimit::mark_tracked(&Mark::of_hash(key_hash(&key)), handoff.now_ns);
 }
 
 /// The per-source state key of the packet's source under `rule`, as the firewall program

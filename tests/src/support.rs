@@ -86,25 +86,48 @@ impl Drop for OneCpu {
     }
 }
 
-/// The non-zero slots of `cpu`'s admission array (`APIFW_ADMISSION`,
+/// The non-zero slots of `cpu`'s range of the admission array (`APIFW_ADMISSION`,
 /// `firewall_common::admission`) in `firewall`, as `Model::admission` keeps them.
 pub fn admission_slots(
     firewall: &firewall_userspace::Firewall,
     cpu: usize,
 ) -> std::collections::HashMap<u32, u64> {
+    use firewall_common::admission::ADMISSION_SLOTS;
     let name = firewall_common::map_names::ADMISSION;
     let map = firewall
         .map(name)
         .unwrap_or_else(|err| panic!("{name}: {err}"));
-    let slots: aya::maps::PerCpuArray<_, u64> =
-        aya::maps::PerCpuArray::try_from(map).unwrap_or_else(|err| panic!("{name}: {err}"));
-    (0..slots.len())
+    let slots: aya::maps::Array<_, u64> =
+        aya::maps::Array::try_from(map).unwrap_or_else(|err| panic!("{name}: {err}"));
+    let first = u32::try_from(cpu).expect("CPU index") * ADMISSION_SLOTS;
+    (0..ADMISSION_SLOTS)
         .filter_map(|slot| {
-            let values = slots
-                .get(&slot, 0)
-                .unwrap_or_else(|err| panic!("{name}[{slot}]: {err}"));
-            let value = values[cpu];
+            let value = slots
+                .get(&(first + slot), 0)
+                .unwrap_or_else(|err| panic!("{name}[{}]: {err}", first + slot));
             (value != 0).then_some((slot, value))
+        })
+        .collect()
+}
+
+/// The non-zero entries of the tracked filter (`APIFW_TRACKED`, `firewall_common::tracked`) in
+/// `firewall`, as `Model::tracked` keeps them.
+pub fn tracked_entries(
+    firewall: &firewall_userspace::Firewall,
+) -> std::collections::HashMap<u32, firewall_common::tracked::TrackedEntry> {
+    let name = firewall_common::map_names::TRACKED;
+    let map = firewall
+        .map(name)
+        .unwrap_or_else(|err| panic!("{name}: {err}"));
+    let entries: aya::maps::Array<_, firewall_common::tracked::TrackedEntry> =
+        aya::maps::Array::try_from(map).unwrap_or_else(|err| panic!("{name}: {err}"));
+    entries
+        .iter()
+        .enumerate()
+        .filter_map(|(index, entry)| {
+            let entry = entry.unwrap_or_else(|err| panic!("{name}[{index}]: {err}"));
+            (entry != firewall_common::tracked::TrackedEntry::default())
+                .then_some((index as u32, entry))
         })
         .collect()
 }

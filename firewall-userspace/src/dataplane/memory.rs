@@ -133,8 +133,11 @@ pub fn costs(policy: &Policy, cpus: u32) -> Result<Vec<MapCost>, MemoryError> {
             .maps
             .get(map)
             .ok_or_else(|| MemoryError::Object(format!("no map {map}")))?;
-        let capacity =
-            u64::from(firewall::max_entries(policy, map).unwrap_or(definition.max_entries()));
+        let capacity = u64::from(if map == map_names::ADMISSION {
+            firewall::admission_entries(u32::try_from(cpus).unwrap_or(u32::MAX))
+        } else {
+            firewall::max_entries(policy, map).unwrap_or(definition.max_entries())
+        });
         let key = round8(definition.key_size());
         let value = round8(definition.value_size());
         let (idle_bytes, entry_bytes) = match definition.map_type() {
@@ -237,9 +240,10 @@ mod tests {
         // `lru_hash key 20 value 40 entries 65536`: 8389504 B.
         let sources = cost(&costs, map_names::SOURCES);
         assert_eq!((sources.idle_bytes, sources.entry_bytes), (8_389_504, 0));
-        // `percpu_array key 4 value 8 entries 65536`: 1573176 B.
+        // `array key 4 value 8 entries 131072` (65536 slots per CPU): 1048888 B.
         let admission = cost(&costs, map_names::ADMISSION);
-        assert_eq!(admission.idle_bytes, 1_573_176);
+        assert_eq!(admission.capacity, 131_072);
+        assert_eq!(admission.idle_bytes, 1_048_888);
         // `ringbuf entries 262144`: 275784 B.
         assert_eq!(cost(&costs, map_names::EVENTS).idle_bytes, 275_784);
     }

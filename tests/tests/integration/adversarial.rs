@@ -20,7 +20,7 @@ use std::{
 use apifw_tests::{
     adversarial::{Frame, Generator, Kind, MAX_LINEAR_FRAME},
     policies::RATE_LIMIT_RULES,
-    support::{OneCpu, admission_slots, hex, kernel_map},
+    support::{OneCpu, admission_slots, hex, kernel_map, tracked_entries},
     tally::Tally,
 };
 use aya::programs::{TestRun as _, TestRunOptions};
@@ -170,6 +170,12 @@ fn assert_same_state(firewall: &Firewall, model: &Model, cpu: usize, context: &s
         "admission slots",
         &admission_slots(firewall, cpu),
         model.admission(),
+        context,
+    );
+    assert_same_map(
+        "tracked filter",
+        &tracked_entries(firewall),
+        model.tracked(),
         context,
     );
     assert_same_map(

@@ -12,7 +12,7 @@ use std::{
 
 use apifw_tests::{
     policies::RATE_LIMIT_RULES,
-    support::{BpffsDir, OneCpu, admission_slots, kernel_map},
+    support::{BpffsDir, OneCpu, admission_slots, kernel_map, tracked_entries},
     tally::Tally,
 };
 use aya::programs::{TestRun as _, TestRunOptions};
@@ -565,6 +565,8 @@ max_tracked_subnets = 64
     let sighted = admission_slots(&firewall, one_cpu.cpu());
     assert_eq!(&sighted, model.admission());
     assert!(sighted.len() > 10_000, "{} slots sighted", sighted.len());
+    // Nor did it set a bit of the tracked filter: only the sources with state hold one.
+    assert_eq!(&tracked_entries(&firewall), model.tracked());
 
     // The client's state survived (its bucket is still empty) and so did the ban.
     assert_eq!(
@@ -641,6 +643,11 @@ per_subnet = { packets_per_second = 5000, burst_packets = 500, prefix_v6 = 64 }
         &admission_slots(&firewall, one_cpu.cpu()),
         model.admission()
     );
+    assert!(
+        tracked_entries(&firewall).is_empty(),
+        "a one-packet key was marked tracked"
+    );
+    assert!(model.tracked().is_empty());
 
     // A source that sends again (its first packet was the flood's last) gets state, and so
     // does its /64: exactly one entry each, charged as the model charges them.
@@ -653,4 +660,43 @@ per_subnet = { packets_per_second = 5000, burst_packets = 500, prefix_v6 = 64 }
     assert_eq!(subnets.len(), 1);
     assert_eq!(&sources, model.sources());
     assert_eq!(&subnets, model.subnets());
+    // Both keys are now in the tracked filter, where the model put them.
+    let marked = tracked_entries(&firewall);
+    assert!(!marked.is_empty());
+    assert_eq!(&marked, model.tracked());
+
+    // Its next packet finds its state through the filter (here its lease covers it).
+    let charged = |firewall: &Firewall| {
+        let sources: HashMap<TrackKey, TrackState> = kernel_map(firewall, map_names::SOURCES);
+        sources.values().next().expect("the source's state").packets
+    };
+    let decision = model.decide(&again, now);
+    assert_eq!(run(&mut firewall, &again), decision.verdict.action);
+    assert_eq!(&kernel_map(&firewall, map_names::SOURCES), model.sources());
+    assert_eq!(&tracked_entries(&firewall), model.tracked());
+
+    // Silent for two epochs of the filter (17 s), the source is forgotten by the filter but not
+    // by the state map: its next packet is a first sighting (uncharged), the one after finds
+    // the state again, timestamps intact, and marks it anew. Packet by packet as the model.
+    let later = now + 2 * (1 << firewall_common::tracked::EPOCH_SHIFT);
+    firewall.set_test_clock(later).expect("clock");
+    let tat = charged(&firewall);
+    for (packet, charges) in [(1, false), (2, true)] {
+        let before = charged(&firewall);
+        let decision = model.decide(&again, later);
+        assert_eq!(run(&mut firewall, &again), decision.verdict.action);
+        assert_eq!(
+            charged(&firewall) != before,
+            charges,
+            "packet {packet} after the gap"
+        );
+        assert_eq!(&kernel_map(&firewall, map_names::SOURCES), model.sources());
+        assert_eq!(&kernel_map(&firewall, map_names::SUBNETS), model.subnets());
+        assert_eq!(
+            &admission_slots(&firewall, one_cpu.cpu()),
+            model.admission()
+        );
+        assert_eq!(&tracked_entries(&firewall), model.tracked());
+    }
+    assert!(charged(&firewall) > tat);
 }

@@ -20,7 +20,9 @@ use aya::{
 #[cfg(feature = "test-hooks")]
 use firewall_common::ablation::{self, Stage};
 use firewall_common::{
-    Counter, KernelConfig, generation,
+    Counter, KernelConfig,
+    admission::ADMISSION_SLOTS,
+    generation,
     handoff::{JUMP_COOKIE, JUMP_LIMITS},
     map_names::{
         self, ACTIVE, CONFIG, RULE_MATCH, RULE_STATS, RULES, SOURCES, STATS, SUBNETS, V4_PREFIXES,
@@ -37,6 +39,7 @@ use crate::{
     compile::{Compiled, diff_array, diff_hash},
     dataplane::barrier::RcuBarrier,
     dataplane::batch,
+    dataplane::memory,
     dataplane::stats::{self, Snapshot},
     paths::PinLayout,
     policy::Policy,
@@ -90,14 +93,21 @@ pub fn max_entries(policy: &Policy, name: &str) -> Option<u32> {
         SOURCES => limits.max_tracked_sources,
         SUBNETS | map_names::ESCALATION => limits.max_tracked_subnets,
         map_names::BANS => limits.max_bans,
+        map_names::ADMISSION => admission_entries(memory::possible_cpus()),
         _ => return None,
     })
+}
+
+/// The admission array's capacity on a host with `cpus` possible CPUs: each CPU has its range
+/// of [`ADMISSION_SLOTS`] (`firewall_common::admission`).
+pub fn admission_entries(cpus: u32) -> u32 {
+    ADMISSION_SLOTS.saturating_mul(cpus.max(1))
 }
 
 /// The loader with the policy's map sizes.
 fn loader<'a>(policy: &Policy) -> EbpfLoader<'a> {
     let mut loader = EbpfLoader::new();
-    for name in map_names::ALL {
+    for name in map_names::ALL.into_iter().chain(map_names::UNPINNED) {
         if let Some(entries) = max_entries(policy, name) {
             loader.map_max_entries(name, entries);
         }
@@ -578,7 +588,7 @@ impl Firewall {
             .chain(map_names::UNPINNED)
             .filter_map(|name| {
                 let data = map_data(self.ebpf.map(name)?)?;
-                crate::dataplane::memory::memlock(name, data.fd().as_fd())
+                memory::memlock(name, data.fd().as_fd())
                     .map(|bytes| (name, bytes))
                     .ok()
             })
