@@ -22,6 +22,7 @@
 //! server's: nginx, the server's receive path (its NAPI thread) and, since it needs a CPU too,
 //! the client. The flood then costs the legitimate traffic exactly what the server spends on it.
 
+pub mod cookies;
 mod http;
 mod lab;
 mod synflood;
@@ -255,6 +256,9 @@ impl Drop for Affinity {
 /// the IP stack and conntrack), on the server's interface; deleted on drop.
 struct NftTable<'a> {
     lab: &'a Lab,
+    /// The table's family and name.
+    family: &'static str,
+    name: &'static str,
 }
 
 impl<'a> NftTable<'a> {
@@ -267,20 +271,31 @@ impl<'a> NftTable<'a> {
     }
 
     fn install(lab: &'a Lab, dir: &Path) -> anyhow::Result<Self> {
+        Self::install_rules(lab, dir, "netdev", NFT_TABLE, &Self::rules(&lab.server_if))
+    }
+
+    /// Installs `rules` (one table, `family` `name`) in the server's namespace.
+    fn install_rules(
+        lab: &'a Lab,
+        dir: &Path,
+        family: &'static str,
+        name: &'static str,
+        rules: &str,
+    ) -> anyhow::Result<Self> {
         let path = dir.join("rules.nft");
-        std::fs::write(&path, Self::rules(&lab.server_if))?;
+        std::fs::write(&path, rules)?;
         lab::exec(
             &lab.server,
             &["nft", "-f", path.to_str().context("UTF-8 path")?],
         )?;
-        Ok(Self { lab })
+        Ok(Self { lab, family, name })
     }
 
     /// Packets the rule's counter has dropped.
     fn dropped(&self) -> anyhow::Result<u64> {
         let output = lab::exec(
             &self.lab.server,
-            &["nft", "-j", "list", "table", "netdev", NFT_TABLE],
+            &["nft", "-j", "list", "table", self.family, self.name],
         )?;
         let listing: serde_json::Value = serde_json::from_slice(&output.stdout)?;
         let packets = listing["nftables"]
@@ -299,7 +314,7 @@ impl Drop for NftTable<'_> {
     fn drop(&mut self) {
         let _ = lab::exec(
             &self.lab.server,
-            &["nft", "delete", "table", "netdev", NFT_TABLE],
+            &["nft", "delete", "table", self.family, self.name],
         );
     }
 }
@@ -343,6 +358,7 @@ enum Protection<'a> {
         _daemon: Daemon,
         dirs: Dirs,
     },
+    /// A test program attached (the floor, or the empty program).
     Floor(
         #[expect(dead_code, reason = "held, not read: dropping it detaches the program")]
         Box<crate::programs::TestPrograms>,
@@ -415,15 +431,7 @@ struct Setup<'a> {
 }
 
 fn measure(setup: &Setup, row: Row) -> anyhow::Result<Sample> {
-    let Setup {
-        lab,
-        target,
-        generator,
-        timing,
-        scratch,
-        server_cpu,
-        repeat,
-    } = *setup;
+    let (lab, scratch) = (setup.lab, setup.scratch);
     let protection = match row.case {
         Case::NoFlood | Case::Unprotected => Protection::None,
         Case::ApifwRateLimit => {
@@ -451,16 +459,43 @@ fn measure(setup: &Setup, row: Row) -> anyhow::Result<Sample> {
             &lab.server_if,
         )?)),
     };
+    measure_under(
+        setup,
+        protection,
+        row.attacker,
+        &row.label(),
+        row.case == Case::ApifwRateLimit,
+    )
+}
+
+/// One measurement with `protection` installed (dropped at the end) under a flood from
+/// `attacker` (none: no flood); `count_kernel`: with the kernel's BPF statistics of the attached
+/// program over wrk's run and a test run after it.
+fn measure_under(
+    setup: &Setup,
+    protection: Protection<'_>,
+    attacker: Option<Attacker>,
+    label: &str,
+    count_kernel: bool,
+) -> anyhow::Result<Sample> {
+    let Setup {
+        lab,
+        target,
+        generator,
+        timing,
+        scratch,
+        server_cpu,
+        repeat,
+    } = *setup;
     let xdp_mode = lab.server_xdp_mode()?;
     // Attaching or detaching XDP may restart the veth's NAPI: pin whatever thread it has now.
     lab.pin_napi(server_cpu)?;
-    let flood = row
-        .attacker
+    let flood = attacker
         .map(|attacker| Flood::start(attacker, lab, target, generator))
         .transpose()?;
     std::thread::sleep(timing.warmup);
     // apifw's own cost over wrk's run, as the kernel counts it (the rate-limit case only).
-    let counted: Vec<u32> = if row.case == Case::ApifwRateLimit {
+    let counted: Vec<u32> = if count_kernel {
         let attached = kstats::attached(&lab.server, &lab.server_if)?;
         ensure!(!attached.is_empty(), "apifw attached no XDP program");
         attached.iter().map(|program| program.id).collect()
@@ -492,12 +527,20 @@ fn measure(setup: &Setup, row: Row) -> anyhow::Result<Sample> {
     if let Some(flood) = flood {
         flood.stop().context("the flood generator failed")?;
     }
+    // What apifw made of the packets, for the log: which path the flood took.
+    if let Protection::Apifw { dirs, .. } = &protection {
+        for row in dirs.stats().counters.iter().filter(|row| row.packets > 0) {
+            eprintln!(
+                "bench: {label}: apifw {:?} {:?}: {} packets",
+                row.action, row.reason, row.packets
+            );
+        }
+    }
     drop(protection);
     ensure!(
         !lab.server_has_xdp()?,
-        "an XDP program is still attached to {} after the {} case",
+        "an XDP program is still attached to {} after the {label} case",
         lab.server_if,
-        row.label()
     );
     let wall = after.at.duration_since(before.at).as_secs_f64().max(1e-9);
     let rate = |a: u64, b: u64| b.saturating_sub(a) as f64 / wall;

@@ -127,6 +127,7 @@ const SECTIONS: &[(&str, Measure)] = &[
     ("flood", |args| flood::run(&args.common())),
     ("sources", |args| sources::run(&args.common())),
     ("syncookie", |args| syncookie::run(&args.common())),
+    ("synflood", |args| attack::cookies::run(&args.common())),
     ("attack", |args| attack::run(&args.common())),
     ("multicore", |args| multicore::run(&args.common())),
     ("fleet", |args| fleet::run(&args.common(), args.fleet_runs)),

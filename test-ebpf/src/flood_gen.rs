@@ -48,6 +48,16 @@ static FLOOD_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "APIFW_FLOOD_CFG")]
 static FLOOD_CFG: Array<u32> = Array::with_max_entries(map_names::FLOOD_CONFIG_ENTRIES, 0);
 
+/// The template's first bytes the generator writes back into each frame when
+/// `FLOOD_CONFIG_RESTORE` is set: live-frames mode reuses page-pool pages without rewriting
+/// them, and a receiver's XDP program that rewrites a frame in place and sends it back
+/// (`XDP_TX` of a cookie SYN-ACK: veth passes the page itself) would otherwise make the next
+/// frame from that page a SYN-ACK.
+#[map(name = "APIFW_FLOOD_TPL")]
+static FLOOD_TEMPLATE: Array<[u8; 64]> = Array::with_max_entries(1, 0);
+/// Ethernet, IPv4 and TCP without options.
+const RESTORED_BYTES: u32 = 54;
+
 /// Frames a thinned flood sends back to back (one batch of the kernel's live-frames mode).
 const SEND_BURST: u32 = 64;
 /// 198.18.0.0/15, host order.
@@ -67,6 +77,7 @@ const IP_VERSION_IHL: usize = ETH_HLEN;
 const IP_PROTOCOL: usize = ETH_HLEN + 9;
 const IP_CHECK: usize = ETH_HLEN + 10;
 const IP_SOURCE: usize = ETH_HLEN + 12;
+const IP_DEST: usize = ETH_HLEN + 16;
 const IP_END: usize = ETH_HLEN + 20;
 /// The TCP checksum after an option-less IPv4 header, and the end of that field.
 const TCP_CHECK: usize = IP_END + 16;
@@ -77,6 +88,22 @@ const TCP_CHECK_END: usize = TCP_CHECK + 2;
 /// supplies the frame, so that would be its bug.
 #[xdp]
 pub fn apifw_flood_gen(ctx: XdpContext) -> u32 {
+    if FLOOD_CFG
+        .get(map_names::FLOOD_CONFIG_RESTORE)
+        .is_some_and(|restore| *restore != 0)
+        && let Some(template) = FLOOD_TEMPLATE.get_ptr_mut(0)
+    {
+        // The page may hold what a receiver made of the last frame sent from it (see
+        // `FLOOD_TEMPLATE`).
+        // SAFETY: the source is a map value of 64 bytes, of which 54 are copied; the helper
+        // checks the frame's bounds itself.
+        let restored = unsafe {
+            aya_ebpf::helpers::bpf_xdp_store_bytes(ctx.ctx, 0, template.cast(), RESTORED_BYTES)
+        };
+        if restored != 0 {
+            return xdp_action::XDP_ABORTED;
+        }
+    }
     let start = ctx.data();
     if start + IP_END > ctx.data_end() {
         return xdp_action::XDP_ABORTED;
@@ -238,6 +265,30 @@ pub fn apifw_range_drop(ctx: XdpContext) -> u32 {
         )
     };
     if ethertype == ETH_P_IP && source & !FLOOD_HOST_MASK == FLOOD_NET {
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
+    }
+}
+
+/// The attack lab's router end of the server's link: drops IPv4 frames *to* 198.18.0.0/15 (the
+/// server's answers to spoofed sources, which the Internet would lose) with one compare, and
+/// passes the rest. Attached, it also gives the veth the NAPI that `XDP_TX` from its peer needs.
+#[xdp]
+pub fn apifw_blackhole(ctx: XdpContext) -> u32 {
+    let start = ctx.data();
+    if start + IP_END > ctx.data_end() {
+        return xdp_action::XDP_PASS;
+    }
+    // SAFETY: bytes 0..IP_END lie inside the frame (checked above); byte arrays have no
+    // alignment requirement.
+    let (ethertype, dest) = unsafe {
+        (
+            u16::from_be_bytes(*((start + ETHERTYPE) as *const [u8; 2])),
+            u32::from_be_bytes(*((start + IP_DEST) as *const [u8; 4])),
+        )
+    };
+    if ethertype == ETH_P_IP && dest & !FLOOD_HOST_MASK == FLOOD_NET {
         xdp_action::XDP_DROP
     } else {
         xdp_action::XDP_PASS

@@ -24,6 +24,9 @@ pub mod program_names {
     /// Drops IPv4 frames from 198.18.0.0/15 and passes the rest, with one compare and no map:
     /// the cheapest filter that stops the benchmarks' floods, the floor of any real one.
     pub const FLOOD_RANGE_DROP: &str = "apifw_range_drop";
+    /// Drops IPv4 frames to 198.18.0.0/15 and passes the rest: the attack lab's router
+    /// discarding the answers to spoofed sources.
+    pub const BLACKHOLE: &str = "apifw_blackhole";
     /// Benchmark driver: writes a distinct pseudo-random source address into the frame, then
     /// tail-calls the program in [`super::map_names::SPRAY_TARGET`], so that one
     /// `BPF_PROG_TEST_RUN` with `repeat` = N offers N different sources.
@@ -52,8 +55,14 @@ pub mod map_names {
     /// [`FLOOD_CONFIG`] index: the generator sends one burst of 64 frames in this many and
     /// drops the others (0 or 1: sends all).
     pub const FLOOD_CONFIG_SEND_EVERY: u32 = 1;
+    /// [`FLOOD_CONFIG`] index: non-zero to write the template's first 54 bytes (from
+    /// [`FLOOD_TEMPLATE`]) back into each frame first.
+    pub const FLOOD_CONFIG_RESTORE: u32 = 2;
     /// Entries of [`FLOOD_CONFIG`].
-    pub const FLOOD_CONFIG_ENTRIES: u32 = 2;
+    pub const FLOOD_CONFIG_ENTRIES: u32 = 3;
+    /// `Array<[u8; 64]>` with one entry: the template whose first 54 bytes the generator writes
+    /// back when [`FLOOD_CONFIG_RESTORE`] is set.
+    pub const FLOOD_TEMPLATE: &str = "APIFW_FLOOD_TPL";
 
     /// The firewall's maps that the test object shares (loaded from the firewall's pins).
     pub const SHARED_WITH_FIREWALL: [&str; 2] = [

@@ -42,7 +42,14 @@ struct Job {
     duration: Duration,
     /// Send one frame in this many (the others are dropped in the generator), 1 for all.
     send_every: u32,
+    /// Rewrite the frame's first [`RESTORED_BYTES`] from the template before each send (see
+    /// [`Generator::restoring_template`]).
+    restore: bool,
 }
+
+/// How much of the template the generator writes back into each frame when asked to: an
+/// Ethernet, IPv4 and TCP header without options.
+pub const RESTORED_BYTES: usize = 54;
 
 /// What one flood sent.
 #[derive(Clone, Copy, Debug)]
@@ -57,6 +64,8 @@ pub struct Sent {
 
 /// The generator thread; stops when dropped.
 pub struct Generator {
+    /// Whether floods restore the template in every frame ([`Generator::restoring_template`]).
+    restore: bool,
     jobs: Option<mpsc::Sender<Job>>,
     results: mpsc::Receiver<anyhow::Result<Sent>>,
     thread: Option<JoinHandle<()>>,
@@ -93,6 +102,7 @@ impl Generator {
             .recv()
             .context("the generator thread died while starting")??;
         Ok(Self {
+            restore: false,
             jobs: Some(jobs),
             results,
             thread: Some(thread),
@@ -126,6 +136,38 @@ impl Generator {
         duration: Duration,
         send_every: u32,
     ) -> anyhow::Result<Sent> {
+        self.flood_job(
+            netns,
+            ifindex,
+            frame,
+            source_bits,
+            duration,
+            send_every,
+            self.restore,
+        )
+    }
+
+    /// Makes the floods that follow write the template's first [`RESTORED_BYTES`] back into
+    /// every frame before rewriting its source. The kernel's live-frames mode reuses its pages
+    /// without rewriting them, so a frame that the receiver's XDP program rewrote in place and
+    /// sent back (a SYN turned into a cookie SYN-ACK by `XDP_TX`: veth hands the page itself)
+    /// would otherwise leave again as a SYN-ACK. Costs a 54-byte copy per frame, so off unless
+    /// a receiver rewrites frames.
+    pub fn restoring_template(&mut self, on: bool) {
+        self.restore = on;
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "one job's fields")]
+    fn flood_job(
+        &self,
+        netns: PathBuf,
+        ifindex: u32,
+        frame: &[u8],
+        source_bits: u32,
+        duration: Duration,
+        send_every: u32,
+        restore: bool,
+    ) -> anyhow::Result<Sent> {
         let job = Job {
             netns,
             ifindex,
@@ -133,6 +175,7 @@ impl Generator {
             source_bits,
             duration,
             send_every: send_every.max(1),
+            restore,
         };
         self.jobs
             .as_ref()
@@ -199,6 +242,19 @@ impl Worker {
         config
             .set(map_names::FLOOD_CONFIG_SEND_EVERY, job.send_every, 0)
             .context("configure the generator")?;
+        let restore = job.restore && job.frame.len() >= RESTORED_BYTES;
+        config
+            .set(map_names::FLOOD_CONFIG_RESTORE, u32::from(restore), 0)
+            .context("configure the generator")?;
+        if restore {
+            let mut template = [0u8; 64];
+            template[..RESTORED_BYTES].copy_from_slice(&job.frame[..RESTORED_BYTES]);
+            let mut templates: Array<_, [u8; 64]> =
+                Array::try_from(self.programs.map_mut(map_names::FLOOD_TEMPLATE)?)?;
+            templates
+                .set(0, template, 0)
+                .context("give the generator its template")?;
+        }
         let program = self.programs.program_mut(program_names::FLOOD_GEN)?;
         let cpu_before = thread_cpu_ns();
         let started = Instant::now();

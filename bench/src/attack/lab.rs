@@ -218,6 +218,48 @@ impl Lab {
         Ok(())
     }
 
+    /// NAPI on the router's end of the server's link, in a real-time kernel thread pinned to
+    /// `cpu`: veth delivers the frames the server's XDP program sends back (`XDP_TX`: SYN-ACKs
+    /// with cookies) only to a peer with NAPI, which an XDP program turns on. The program is
+    /// `apifw_blackhole`, which drops what goes to the spoofed range (the blackhole route's job,
+    /// done before a socket buffer exists, as the Internet loses those answers at no cost to
+    /// the server) and passes the rest; it is held by the returned object. Real-time, or the
+    /// flood generator on the same CPU starves it and the server's answers to the client are
+    /// lost in its ring.
+    pub fn router_napi(&self, cpu: usize) -> anyhow::Result<crate::programs::TestPrograms> {
+        let programs = crate::flood::peers::attach_bench_program(
+            crate::programs::program_names::BLACKHOLE,
+            &self.edge,
+            &self.upstream_if,
+        )?;
+        exec(
+            &self.edge,
+            &[
+                "sh",
+                "-c",
+                &format!("echo 1 > /sys/class/net/{}/threaded", self.upstream_if),
+            ],
+        )?;
+        let threads = crate::flood::lab::napi_threads(&self.upstream_if)?;
+        if threads.is_empty() {
+            bail!("no NAPI thread for {}", self.upstream_if);
+        }
+        let mut set = nix::sched::CpuSet::new();
+        set.set(cpu)?;
+        for pid in threads {
+            nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(pid), &set)
+                .with_context(|| format!("pin NAPI thread {pid}"))?;
+            let param = libc::sched_param { sched_priority: 50 };
+            // SAFETY: sched_setscheduler reads `param` during the call; the result is checked.
+            let rc = unsafe { libc::sched_setscheduler(pid, libc::SCHED_FIFO, &param) };
+            if rc != 0 {
+                return Err(std::io::Error::last_os_error())
+                    .context(format!("make NAPI thread {pid} SCHED_FIFO"));
+            }
+        }
+        Ok(programs)
+    }
+
     /// Run time of the server's NAPI threads so far, nanoseconds (`/proc/PID/schedstat`).
     pub fn napi_ns(&self) -> anyhow::Result<u64> {
         let mut total = 0;
