@@ -581,18 +581,39 @@ fn which(program: &str) -> bool {
 
 const HEADING: &str = "## Under attack: HTTP API goodput";
 
-/// Measures the section and returns it as Markdown, starting with its `##` heading.
-pub fn run(opts: &BenchOptions) -> anyhow::Result<String> {
+/// The section under `heading`, saying what is missing, when a program the lab runs is not
+/// installed.
+fn missing_tools(heading: &str) -> Option<String> {
     let missing: Vec<&str> = ["nginx", "wrk", "ethtool", "nft", "taskset", "nice"]
         .into_iter()
         .filter(|program| !which(program))
         .collect();
-    if !missing.is_empty() {
-        return Ok(format!(
-            "{HEADING}\n\nNot measured: `{}` missing (`cargo xtask bench` installs nginx, wrk, \
+    (!missing.is_empty()).then(|| {
+        format!(
+            "{heading}\n\nNot measured: `{}` missing (`cargo xtask bench` installs nginx, wrk, \
              ethtool and nftables).",
             missing.join("`, `")
-        ));
+        )
+    })
+}
+
+/// What the attackers flood: the server's port 80, written into the router's end of its link
+/// from the attacker's CPU.
+fn target_of(lab: &Lab) -> Target {
+    Target {
+        interface: lab.upstream_if.clone(),
+        source_mac: lab.upstream_mac,
+        dest_mac: lab.server_mac,
+        dest: lab::SERVER_ADDR,
+        port: 80,
+        cpu: ATTACK_CPU,
+    }
+}
+
+/// Measures the section and returns it as Markdown, starting with its `##` heading.
+pub fn run(opts: &BenchOptions) -> anyhow::Result<String> {
+    if let Some(missing) = missing_tools(HEADING) {
+        return Ok(missing);
     }
     let apifw_missing = match std::env::var_os("APIFW_BIN") {
         Some(path) if Path::new(&path).is_file() => None,
@@ -631,14 +652,7 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<String> {
     let lab = Lab::new().context("build the attack lab")?;
     lab.pin_napi(server_cpu)?;
     let _nginx = Nginx::start(&lab, &scratch.0, server_cpu)?;
-    let target = Target {
-        interface: lab.upstream_if.clone(),
-        source_mac: lab.upstream_mac,
-        dest_mac: lab.server_mac,
-        dest: lab::SERVER_ADDR,
-        port: 80,
-        cpu: ATTACK_CPU,
-    };
+    let target = target_of(&lab);
     // The XDP attacker's generator, on the attacker's CPU, loaded once for every run.
     let generator = Arc::new(Mutex::new(
         Generator::start(ATTACK_CPU).context("start the XDP flood generator")?,

@@ -252,19 +252,26 @@ pub fn apifw_flood_sink(_ctx: XdpContext) -> u32 {
 /// lies in 198.18.0.0/15 (one compare, no map, no counter) and passes everything else.
 #[xdp]
 pub fn apifw_range_drop(ctx: XdpContext) -> u32 {
+    drop_in_flood_range(&ctx, IP_SOURCE)
+}
+
+/// `XDP_DROP` for an IPv4 frame whose address at `offset` (the source's or the destination's)
+/// lies in 198.18.0.0/15, `XDP_PASS` for anything else: one compare, no map.
+#[inline(always)]
+fn drop_in_flood_range(ctx: &XdpContext, offset: usize) -> u32 {
     let start = ctx.data();
     if start + IP_END > ctx.data_end() {
         return xdp_action::XDP_PASS;
     }
-    // SAFETY: bytes 0..IP_END lie inside the frame (checked above); byte arrays have no
-    // alignment requirement.
-    let (ethertype, source) = unsafe {
+    // SAFETY: bytes 0..IP_END lie inside the frame (checked above), and both address offsets
+    // lie below IP_END; byte arrays have no alignment requirement.
+    let (ethertype, address) = unsafe {
         (
             u16::from_be_bytes(*((start + ETHERTYPE) as *const [u8; 2])),
-            u32::from_be_bytes(*((start + IP_SOURCE) as *const [u8; 4])),
+            u32::from_be_bytes(*((start + offset) as *const [u8; 4])),
         )
     };
-    if ethertype == ETH_P_IP && source & !FLOOD_HOST_MASK == FLOOD_NET {
+    if ethertype == ETH_P_IP && address & !FLOOD_HOST_MASK == FLOOD_NET {
         xdp_action::XDP_DROP
     } else {
         xdp_action::XDP_PASS
@@ -276,23 +283,7 @@ pub fn apifw_range_drop(ctx: XdpContext) -> u32 {
 /// passes the rest. Attached, it also gives the veth the NAPI that `XDP_TX` from its peer needs.
 #[xdp]
 pub fn apifw_blackhole(ctx: XdpContext) -> u32 {
-    let start = ctx.data();
-    if start + IP_END > ctx.data_end() {
-        return xdp_action::XDP_PASS;
-    }
-    // SAFETY: bytes 0..IP_END lie inside the frame (checked above); byte arrays have no
-    // alignment requirement.
-    let (ethertype, dest) = unsafe {
-        (
-            u16::from_be_bytes(*((start + ETHERTYPE) as *const [u8; 2])),
-            u32::from_be_bytes(*((start + IP_DEST) as *const [u8; 4])),
-        )
-    };
-    if ethertype == ETH_P_IP && dest & !FLOOD_HOST_MASK == FLOOD_NET {
-        xdp_action::XDP_DROP
-    } else {
-        xdp_action::XDP_PASS
-    }
+    drop_in_flood_range(&ctx, IP_DEST)
 }
 
 /// A bijection of the low [`FLOOD_HOST_BITS`] bits of `n` that scatters consecutive values: an

@@ -23,9 +23,7 @@ use super::{
     ATTACK_CPU, Affinity, Attacker, NftTable, Protection, Sample, Setup, Timing,
     http::{self, Nginx},
     lab::{self, ATTACK_RANGE, Lab},
-    measure_under, ms,
-    synflood::Target,
-    which,
+    measure_under, missing_tools, ms, target_of,
 };
 use crate::{
     daemon::{Daemon, Dirs},
@@ -210,16 +208,8 @@ fn install<'a>(setup: &Setup<'a>, defence: Defence) -> anyhow::Result<Protection
 
 /// Measures the section and returns it as Markdown, starting with its `##` heading.
 pub fn run(opts: &BenchOptions) -> anyhow::Result<String> {
-    let missing: Vec<&str> = ["nginx", "wrk", "ethtool", "nft", "taskset", "nice"]
-        .into_iter()
-        .filter(|program| !which(program))
-        .collect();
-    if !missing.is_empty() {
-        return Ok(format!(
-            "{HEADING}\n\nNot measured: `{}` missing (`cargo xtask bench` installs nginx, wrk, \
-             ethtool and nftables).",
-            missing.join("`, `")
-        ));
+    if let Some(missing) = missing_tools(HEADING) {
+        return Ok(missing);
     }
     ensure!(
         std::env::var_os("APIFW_BIN").is_some_and(|path| Path::new(&path).is_file()),
@@ -254,14 +244,7 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<String> {
     let _router_napi = lab.router_napi(ATTACK_CPU)?;
     lab.pin_napi(server_cpu)?;
     let _nginx = Nginx::start(&lab, &scratch.0, server_cpu)?;
-    let target = Target {
-        interface: lab.upstream_if.clone(),
-        source_mac: lab.upstream_mac,
-        dest_mac: lab.server_mac,
-        dest: lab::SERVER_ADDR,
-        port: 80,
-        cpu: ATTACK_CPU,
-    };
+    let target = target_of(&lab);
     let mut generator = Generator::start(ATTACK_CPU).context("start the XDP flood generator")?;
     // apifw's cookie SYN-ACKs rewrite the generator's pages in place.
     generator.restoring_template(true);

@@ -195,27 +195,7 @@ impl Lab {
     /// real host the receive path runs in softirq context, ahead of every task, and a NAPI
     /// thread competing with nginx as an equal would let its ring overflow while nginx runs.
     pub fn pin_napi(&self, cpu: usize) -> anyhow::Result<()> {
-        let threads = self.napi_threads()?;
-        if threads.is_empty() {
-            bail!(
-                "no NAPI thread for {} (threaded NAPI not enabled?)",
-                self.server_if
-            );
-        }
-        let mut set = nix::sched::CpuSet::new();
-        set.set(cpu)?;
-        for pid in threads {
-            nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(pid), &set)
-                .with_context(|| format!("pin NAPI thread {pid}"))?;
-            let param = libc::sched_param { sched_priority: 50 };
-            // SAFETY: sched_setscheduler reads `param` during the call; the result is checked.
-            let rc = unsafe { libc::sched_setscheduler(pid, libc::SCHED_FIFO, &param) };
-            if rc != 0 {
-                return Err(std::io::Error::last_os_error())
-                    .context(format!("make NAPI thread {pid} SCHED_FIFO"));
-            }
-        }
-        Ok(())
+        pin_realtime(&self.server_if, cpu)
     }
 
     /// NAPI on the router's end of the server's link, in a real-time kernel thread pinned to
@@ -240,23 +220,7 @@ impl Lab {
                 &format!("echo 1 > /sys/class/net/{}/threaded", self.upstream_if),
             ],
         )?;
-        let threads = crate::flood::lab::napi_threads(&self.upstream_if)?;
-        if threads.is_empty() {
-            bail!("no NAPI thread for {}", self.upstream_if);
-        }
-        let mut set = nix::sched::CpuSet::new();
-        set.set(cpu)?;
-        for pid in threads {
-            nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(pid), &set)
-                .with_context(|| format!("pin NAPI thread {pid}"))?;
-            let param = libc::sched_param { sched_priority: 50 };
-            // SAFETY: sched_setscheduler reads `param` during the call; the result is checked.
-            let rc = unsafe { libc::sched_setscheduler(pid, libc::SCHED_FIFO, &param) };
-            if rc != 0 {
-                return Err(std::io::Error::last_os_error())
-                    .context(format!("make NAPI thread {pid} SCHED_FIFO"));
-            }
-        }
+        pin_realtime(&self.upstream_if, cpu)?;
         Ok(programs)
     }
 
@@ -326,4 +290,26 @@ fn counters(netns: &Netns, interface: &str) -> anyhow::Result<LinkCounters> {
         xdp_xmit: crate::flood::lab::ethtool_sum(&ethtool, "_xdp_xmit"),
         xdp_xmit_errors: crate::flood::lab::ethtool_sum(&ethtool, "_xdp_xmit_errors"),
     })
+}
+
+/// Pins the NAPI threads of `interface` to `cpu` and makes them real-time (`SCHED_FIFO`).
+fn pin_realtime(interface: &str, cpu: usize) -> anyhow::Result<()> {
+    let threads = crate::flood::lab::napi_threads(interface)?;
+    if threads.is_empty() {
+        bail!("no NAPI thread for {interface} (threaded NAPI not enabled?)");
+    }
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu)?;
+    for pid in threads {
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(pid), &set)
+            .with_context(|| format!("pin NAPI thread {pid}"))?;
+        let param = libc::sched_param { sched_priority: 50 };
+        // SAFETY: sched_setscheduler reads `param` during the call; the result is checked.
+        let rc = unsafe { libc::sched_setscheduler(pid, libc::SCHED_FIFO, &param) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error())
+                .context(format!("make NAPI thread {pid} SCHED_FIFO"));
+        }
+    }
+    Ok(())
 }
