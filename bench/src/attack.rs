@@ -512,7 +512,7 @@ fn measure_under(
         .map(|_| kstats::runs(&counted))
         .transpose()?;
     let before = snapshot(lab, flood.as_ref(), &protection)?;
-    let load = http::run_wrk(lab, server_cpu, timing.seconds)?;
+    let load = http::run_wrk(lab, server_cpu, timing.seconds, target.dest)?;
     let after = snapshot(lab, flood.as_ref(), &protection)?;
     let kernel = match kernel_before {
         Some(start) => Some(kstats::between(&start, &kstats::runs(&counted)?)),
@@ -599,12 +599,12 @@ fn missing_tools(heading: &str) -> Option<String> {
 
 /// What the attackers flood: the server's port 80, written into the router's end of its link
 /// from the attacker's CPU.
-fn target_of(lab: &Lab) -> Target {
+fn target_of(lab: &Lab, family: lab::Family) -> Target {
     Target {
         interface: lab.upstream_if.clone(),
         source_mac: lab.upstream_mac,
         dest_mac: lab.server_mac,
-        dest: lab::SERVER_ADDR,
+        dest: family.server_addr(),
         port: 80,
         cpu: ATTACK_CPU,
     }
@@ -652,13 +652,13 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<String> {
     let lab = Lab::new().context("build the attack lab")?;
     lab.pin_napi(server_cpu)?;
     let _nginx = Nginx::start(&lab, &scratch.0, server_cpu)?;
-    let target = target_of(&lab);
+    let target = target_of(&lab, lab::Family::V4);
     // The XDP attacker's generator, on the attacker's CPU, loaded once for every run.
     let generator = Arc::new(Mutex::new(
         Generator::start(ATTACK_CPU).context("start the XDP flood generator")?,
     ));
     // Warm-up: connections, page cache, nginx's first requests.
-    http::run_wrk(&lab, server_cpu, 1)?;
+    http::run_wrk(&lab, server_cpu, 1, target.dest)?;
     let rows: Vec<Row> = ROWS
         .into_iter()
         .filter(|row| {

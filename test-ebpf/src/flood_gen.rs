@@ -17,9 +17,10 @@
 //! checksum updated, since the pseudo-header holds the source: the server's stack must answer
 //! each SYN as it would a real one.
 //!
-//! An IPv6/UDP template instead gets a new source per frame in bits 32..63 of its address
-//! (2001:db8:XXXX:XXXX::, a 32-bit permutation, so billions of distinct /64s): the soak test of
-//! issue #7 needs more distinct sources than any IPv4 documentation range holds.
+//! An IPv6 template (UDP or TCP) instead gets a new source per frame in bits 32..63 of its
+//! address (2001:db8:XXXX:XXXX::, a 32-bit permutation, so billions of distinct /64s): the soak
+//! test of issue #7 needs more distinct sources than any IPv4 documentation range holds, and
+//! the IPv6 SYN flood of the SYN-cookie benchmark (issue #15) a new source in every frame.
 //!
 //! Page-pool pages are recycled without being rewritten, so a frame may start from a previous
 //! run's bytes: the update reads the source and checksum the frame holds now, which is right
@@ -49,14 +50,12 @@ static FLOOD_SEQ: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 static FLOOD_CFG: Array<u32> = Array::with_max_entries(map_names::FLOOD_CONFIG_ENTRIES, 0);
 
 /// The template's first bytes the generator writes back into each frame when
-/// `FLOOD_CONFIG_RESTORE` is set: live-frames mode reuses page-pool pages without rewriting
-/// them, and a receiver's XDP program that rewrites a frame in place and sends it back
-/// (`XDP_TX` of a cookie SYN-ACK: veth passes the page itself) would otherwise make the next
-/// frame from that page a SYN-ACK.
+/// `FLOOD_CONFIG_RESTORE` says how many: live-frames mode reuses page-pool pages without
+/// rewriting them, and a receiver's XDP program that rewrites a frame in place and sends it
+/// back (`XDP_TX` of a cookie SYN-ACK: veth passes the page itself) would otherwise make the
+/// next frame from that page a SYN-ACK.
 #[map(name = "APIFW_FLOOD_TPL")]
-static FLOOD_TEMPLATE: Array<[u8; 64]> = Array::with_max_entries(1, 0);
-/// Ethernet, IPv4 and TCP without options.
-const RESTORED_BYTES: u32 = 54;
+static FLOOD_TEMPLATE: Array<[u8; map_names::FLOOD_TEMPLATE_BYTES]> = Array::with_max_entries(1, 0);
 
 /// Frames a thinned flood sends back to back (one batch of the kernel's live-frames mode).
 const SEND_BURST: u32 = 64;
@@ -71,6 +70,11 @@ const V6_NEXT_HEADER: usize = ETH_HLEN + 6;
 const V6_SOURCE_BITS_32: usize = ETH_HLEN + 8 + 4;
 const V6_UDP_CHECK: usize = ETH_HLEN + 40 + 6;
 const V6_UDP_END: usize = ETH_HLEN + 40 + 8;
+/// The TCP checksum after an IPv6 header without extension headers, and the end of that field.
+const V6_TCP_CHECK: usize = ETH_HLEN + 40 + 16;
+const V6_TCP_CHECK_END: usize = V6_TCP_CHECK + 2;
+/// The destination address of an IPv6 header.
+const V6_DEST: usize = ETH_HLEN + 24;
 /// Offsets in the frame (Ethernet header, then an IPv4 header without options).
 const ETHERTYPE: usize = 12;
 const IP_VERSION_IHL: usize = ETH_HLEN;
@@ -88,18 +92,19 @@ const TCP_CHECK_END: usize = TCP_CHECK + 2;
 /// supplies the frame, so that would be its bug.
 #[xdp]
 pub fn apifw_flood_gen(ctx: XdpContext) -> u32 {
-    if FLOOD_CFG
+    let restore = FLOOD_CFG
         .get(map_names::FLOOD_CONFIG_RESTORE)
-        .is_some_and(|restore| *restore != 0)
+        .map_or(0, |restore| *restore);
+    if restore != 0
+        && restore as usize <= map_names::FLOOD_TEMPLATE_BYTES
         && let Some(template) = FLOOD_TEMPLATE.get_ptr_mut(0)
     {
         // The page may hold what a receiver made of the last frame sent from it (see
         // `FLOOD_TEMPLATE`).
-        // SAFETY: the source is a map value of 64 bytes, of which 54 are copied; the helper
-        // checks the frame's bounds itself.
-        let restored = unsafe {
-            aya_ebpf::helpers::bpf_xdp_store_bytes(ctx.ctx, 0, template.cast(), RESTORED_BYTES)
-        };
+        // SAFETY: the source is a map value of FLOOD_TEMPLATE_BYTES, of which `restore` (1 to
+        // that size, checked above) are copied; the helper checks the frame's bounds itself.
+        let restored =
+            unsafe { aya_ebpf::helpers::bpf_xdp_store_bytes(ctx.ctx, 0, template.cast(), restore) };
         if restored != 0 {
             return xdp_action::XDP_ABORTED;
         }
@@ -125,23 +130,10 @@ pub fn apifw_flood_gen(ctx: XdpContext) -> u32 {
     let Some((n, cpu)) = next_sequence() else {
         return xdp_action::XDP_ABORTED;
     };
-    let send_every = FLOOD_CFG
-        .get(map_names::FLOOD_CONFIG_SEND_EVERY)
-        .map_or(1, |every| *every);
-    // Thinned, the generator sends bursts of `SEND_BURST` consecutive frames, one burst in
-    // `send_every`, as a NIC's interrupt moderation hands its driver frames in batches (one
-    // frame in N would wake the receiver for every few frames). The frames sent take
-    // consecutive positions of the permutation, so a thinned flood still sends every source
-    // once per 2^17 of its frames.
-    let n = if send_every > 1 {
-        let burst = n / SEND_BURST;
-        if burst.checked_rem(send_every).unwrap_or(0) != 0 {
-            return xdp_action::XDP_DROP;
-        }
-        burst.checked_div(send_every).unwrap_or(burst) * SEND_BURST + n % SEND_BURST
-    } else {
-        n
-    };
+    let n = thinned(n);
+    if n == NOT_SENT {
+        return xdp_action::XDP_DROP;
+    }
     // Each CPU starts at a different point of the permutation, so two generators on two CPUs do
     // not send the same source at the same moment.
     let bits = FLOOD_CFG
@@ -178,6 +170,31 @@ pub fn apifw_flood_gen(ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
 }
 
+/// What [`thinned`] returns for a frame the generator does not send (a sentinel, not an
+/// `Option`: values crossing branches in the BPF crates stay plain integers).
+const NOT_SENT: u32 = u32::MAX;
+
+/// The permutation position of this CPU's `n`-th frame when the flood is thinned, or
+/// [`NOT_SENT`]. Thinned, the generator sends bursts of `SEND_BURST` consecutive frames, one
+/// burst in `send_every`, as a NIC's interrupt moderation hands its driver frames in batches
+/// (one frame in N would wake the receiver for every few frames). The frames sent take
+/// consecutive positions of the permutation, so a thinned flood still sends every source once
+/// per permutation cycle of its frames.
+#[inline(always)]
+fn thinned(n: u32) -> u32 {
+    let send_every = FLOOD_CFG
+        .get(map_names::FLOOD_CONFIG_SEND_EVERY)
+        .map_or(1, |every| *every);
+    if send_every <= 1 {
+        return n;
+    }
+    let burst = n / SEND_BURST;
+    if burst.checked_rem(send_every).unwrap_or(0) != 0 {
+        return NOT_SENT;
+    }
+    burst.checked_div(send_every).unwrap_or(burst) * SEND_BURST + n % SEND_BURST
+}
+
 /// This CPU's next position in the source permutation, and the CPU.
 #[inline(always)]
 fn next_sequence() -> Option<(u32, u32)> {
@@ -194,11 +211,11 @@ fn next_sequence() -> Option<(u32, u32)> {
     Some((n, cpu))
 }
 
-/// The IPv6 flood of the soak test (issue #7): far more distinct sources than any IPv4
-/// benchmarking range holds. Bits 32..63 of the source (the two hextets after `2001:db8:`)
-/// become a 32-bit permutation of the sequence, so 2^32 frames of one CPU carry 2^32 different
-/// sources, each in its own /64; the UDP checksum, which IPv6 requires, is updated
-/// incrementally. The template must be Ethernet/IPv6/UDP without extension headers.
+/// The IPv6 floods: far more distinct sources than any IPv4 benchmarking range holds. Bits
+/// 32..63 of the source (the two hextets after `2001:db8:`) become a 32-bit permutation of the
+/// sequence, so 2^32 frames of one CPU carry 2^32 different sources, each in its own /64; the
+/// UDP or TCP checksum, which IPv6 requires, is updated incrementally. The template must be
+/// Ethernet/IPv6/UDP or Ethernet/IPv6/TCP without extension headers. Thinned like IPv4.
 #[inline(always)]
 fn spoof_v6(ctx: &XdpContext) -> u32 {
     let start = ctx.data();
@@ -206,27 +223,49 @@ fn spoof_v6(ctx: &XdpContext) -> u32 {
         return xdp_action::XDP_ABORTED;
     }
     // SAFETY: the next-header byte lies inside the frame (checked above).
-    if unsafe { *((start + V6_NEXT_HEADER) as *const u8) } != IPPROTO_UDP {
+    let next_header = unsafe { *((start + V6_NEXT_HEADER) as *const u8) };
+    let tcp = next_header == IPPROTO_TCP;
+    if !tcp && next_header != IPPROTO_UDP {
+        return xdp_action::XDP_ABORTED;
+    }
+    if tcp && start + V6_TCP_CHECK_END > ctx.data_end() {
         return xdp_action::XDP_ABORTED;
     }
     let Some((n, cpu)) = next_sequence() else {
         return xdp_action::XDP_ABORTED;
     };
+    let n = thinned(n);
+    if n == NOT_SENT {
+        return xdp_action::XDP_DROP;
+    }
     let source = permute32(n.wrapping_add(cpu.wrapping_mul(0x4000_0000)));
     let source_ptr = (start + V6_SOURCE_BITS_32) as *mut [u8; 4];
-    let check_ptr = (start + V6_UDP_CHECK) as *mut [u8; 2];
-    // SAFETY: both fields lie inside the frame (checked above), and the frame is this
+    // SAFETY: the source field lies inside the frame (checked above), and the frame is this
     // program's to rewrite.
-    unsafe {
+    let old = unsafe {
         let old = u32::from_be_bytes(*source_ptr);
-        let check = u16::from_be_bytes(*check_ptr);
         *source_ptr = source.to_be_bytes();
-        // UDP over IPv6 sends a computed zero as all ones (RFC 8200, 8.1).
-        let check = match checksum_replace(check, old, source) {
-            0 => 0xFFFF,
-            check => check,
-        };
-        *check_ptr = check.to_be_bytes();
+        old
+    };
+    if tcp {
+        let check_ptr = (start + V6_TCP_CHECK) as *mut [u8; 2];
+        // SAFETY: the TCP checksum lies inside the frame (checked above for TCP).
+        unsafe {
+            let check = u16::from_be_bytes(*check_ptr);
+            *check_ptr = checksum_replace(check, old, source).to_be_bytes();
+        }
+    } else {
+        let check_ptr = (start + V6_UDP_CHECK) as *mut [u8; 2];
+        // SAFETY: the UDP checksum lies inside the frame (checked above).
+        unsafe {
+            let check = u16::from_be_bytes(*check_ptr);
+            // UDP over IPv6 sends a computed zero as all ones (RFC 8200, 8.1).
+            let check = match checksum_replace(check, old, source) {
+                0 => 0xFFFF,
+                check => check,
+            };
+            *check_ptr = check.to_be_bytes();
+        }
     }
     xdp_action::XDP_TX
 }
@@ -278,13 +317,38 @@ fn drop_in_flood_range(ctx: &XdpContext, offset: usize) -> u32 {
     }
 }
 
-/// The attack lab's router end of the server's link: drops IPv4 frames *to* 198.18.0.0/15 (the
-/// server's answers to spoofed sources, which the Internet would lose) with one compare, and
-/// passes the rest. Attached, it also gives the veth the NAPI that `XDP_TX` from its peer needs.
+/// The attack lab's router end of the server's link: drops frames *to* the floods' spoofed
+/// sources (the server's answers, which the Internet would lose) with one compare, and passes
+/// the rest: IPv4 to 198.18.0.0/15, IPv6 to 2001:db8::/32 outside 2001:db8::/48 (the lab's own
+/// addresses; the IPv6 flood's sources vary bits 32..63). Attached, it also gives the veth the
+/// NAPI that `XDP_TX` from its peer needs.
 #[xdp]
 pub fn apifw_blackhole(ctx: XdpContext) -> u32 {
-    drop_in_flood_range(&ctx, IP_DEST)
+    let start = ctx.data();
+    if start + V6_DEST + 6 > ctx.data_end() {
+        return drop_in_flood_range(&ctx, IP_DEST);
+    }
+    // SAFETY: bytes 0..V6_DEST+6 lie inside the frame (checked above); byte arrays have no
+    // alignment requirement.
+    let (ethertype, prefix, bits_32_47) = unsafe {
+        (
+            u16::from_be_bytes(*((start + ETHERTYPE) as *const [u8; 2])),
+            u32::from_be_bytes(*((start + V6_DEST) as *const [u8; 4])),
+            u16::from_be_bytes(*((start + V6_DEST + 4) as *const [u8; 2])),
+        )
+    };
+    if ethertype != ETH_P_IPV6 {
+        return drop_in_flood_range(&ctx, IP_DEST);
+    }
+    if prefix == DOCUMENTATION_V6 && bits_32_47 != 0 {
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
+    }
 }
+
+/// 2001:db8::/32, the IPv6 documentation prefix, as its first 32 bits.
+const DOCUMENTATION_V6: u32 = 0x2001_0db8;
 
 /// A bijection of the low [`FLOOD_HOST_BITS`] bits of `n` that scatters consecutive values: an
 /// odd multiplier (invertible modulo 2^17), then a right xor-shift (invertible too).

@@ -55,14 +55,18 @@ pub mod map_names {
     /// [`FLOOD_CONFIG`] index: the generator sends one burst of 64 frames in this many and
     /// drops the others (0 or 1: sends all).
     pub const FLOOD_CONFIG_SEND_EVERY: u32 = 1;
-    /// [`FLOOD_CONFIG`] index: non-zero to write the template's first 54 bytes (from
-    /// [`FLOOD_TEMPLATE`]) back into each frame first.
+    /// [`FLOOD_CONFIG`] index: how many of the template's first bytes (from
+    /// [`FLOOD_TEMPLATE`], at most [`FLOOD_TEMPLATE_BYTES`]) to write back into each frame
+    /// first; 0: none.
     pub const FLOOD_CONFIG_RESTORE: u32 = 2;
     /// Entries of [`FLOOD_CONFIG`].
     pub const FLOOD_CONFIG_ENTRIES: u32 = 3;
-    /// `Array<[u8; 64]>` with one entry: the template whose first 54 bytes the generator writes
-    /// back when [`FLOOD_CONFIG_RESTORE`] is set.
+    /// `Array<[u8; FLOOD_TEMPLATE_BYTES]>` with one entry: the template whose first bytes the
+    /// generator writes back when [`FLOOD_CONFIG_RESTORE`] says so.
     pub const FLOOD_TEMPLATE: &str = "APIFW_FLOOD_TPL";
+    /// The size of [`FLOOD_TEMPLATE`]'s value: room for Ethernet, IPv6 and TCP headers (74
+    /// bytes).
+    pub const FLOOD_TEMPLATE_BYTES: usize = 80;
 
     /// The firewall's maps that the test object shares (loaded from the firewall's pins).
     pub const SHARED_WITH_FIREWALL: [&str; 2] = [

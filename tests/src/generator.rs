@@ -42,14 +42,19 @@ struct Job {
     duration: Duration,
     /// Send one frame in this many (the others are dropped in the generator), 1 for all.
     send_every: u32,
-    /// Rewrite the frame's first [`RESTORED_BYTES`] from the template before each send (see
-    /// [`Generator::restoring_template`]).
+    /// Rewrite the frame's headers ([`restored_bytes`]) from the template before each send
+    /// (see [`Generator::restoring_template`]).
     restore: bool,
 }
 
-/// How much of the template the generator writes back into each frame when asked to: an
-/// Ethernet, IPv4 and TCP header without options.
-pub const RESTORED_BYTES: usize = 54;
+/// How much of `frame` the generator writes back into each frame when asked to: its Ethernet,
+/// IP (IPv4 without options, or IPv6 without extension headers) and TCP header without
+/// options; 0 for a frame shorter than that.
+pub fn restored_bytes(frame: &[u8]) -> usize {
+    let ipv6 = frame.get(12..14) == Some(&[0x86, 0xdd]);
+    let bytes = if ipv6 { 14 + 40 + 20 } else { 14 + 20 + 20 };
+    if frame.len() >= bytes { bytes } else { 0 }
+}
 
 /// What one flood sent.
 #[derive(Clone, Copy, Debug)]
@@ -147,11 +152,11 @@ impl Generator {
         )
     }
 
-    /// Makes the floods that follow write the template's first [`RESTORED_BYTES`] back into
+    /// Makes the floods that follow write the template's headers ([`restored_bytes`]) back into
     /// every frame before rewriting its source. The kernel's live-frames mode reuses its pages
     /// without rewriting them, so a frame that the receiver's XDP program rewrote in place and
     /// sent back (a SYN turned into a cookie SYN-ACK by `XDP_TX`: veth hands the page itself)
-    /// would otherwise leave again as a SYN-ACK. Costs a 54-byte copy per frame, so off unless
+    /// would otherwise leave again as a SYN-ACK. Costs a 54- or 74-byte copy per frame, so off unless
     /// a receiver rewrites frames.
     pub fn restoring_template(&mut self, on: bool) {
         self.restore = on;
@@ -242,14 +247,18 @@ impl Worker {
         config
             .set(map_names::FLOOD_CONFIG_SEND_EVERY, job.send_every, 0)
             .context("configure the generator")?;
-        let restore = job.restore && job.frame.len() >= RESTORED_BYTES;
+        let restore = if job.restore {
+            restored_bytes(&job.frame)
+        } else {
+            0
+        };
         config
-            .set(map_names::FLOOD_CONFIG_RESTORE, u32::from(restore), 0)
+            .set(map_names::FLOOD_CONFIG_RESTORE, u32::try_from(restore)?, 0)
             .context("configure the generator")?;
-        if restore {
-            let mut template = [0u8; 64];
-            template[..RESTORED_BYTES].copy_from_slice(&job.frame[..RESTORED_BYTES]);
-            let mut templates: Array<_, [u8; 64]> =
+        if restore != 0 {
+            let mut template = [0u8; map_names::FLOOD_TEMPLATE_BYTES];
+            template[..restore].copy_from_slice(&job.frame[..restore]);
+            let mut templates: Array<_, [u8; map_names::FLOOD_TEMPLATE_BYTES]> =
                 Array::try_from(self.programs.map_mut(map_names::FLOOD_TEMPLATE)?)?;
             templates
                 .set(0, template, 0)

@@ -1,6 +1,8 @@
 //! Under a random-source SYN flood (issue #15, items 5 and 6): the attack section's lab (nginx,
-//! wrk, the in-kernel XDP flood generator, spoofed SYNs from 198.18.0.0/15 to port 80), but with
-//! defences that do not know the attacker's range, as against a real random-source flood:
+//! wrk, the in-kernel XDP flood generator, spoofed SYNs to port 80), dual-stack: an IPv4 flood
+//! from 198.18.0.0/15 and an IPv6 flood from 2001:db8::/32 with every frame a new source, each
+//! against wrk over the same family. The defences do not know the attacker's range, as against
+//! a real random-source flood:
 //! the kernel alone (its own SYN cookies), the receive path's own cost (an empty XDP program),
 //! apifw without rules, apifw with the rate-limit rule of the issue's lab (cookies off, `auto`,
 //! `always`) and nftables `synproxy` with conntrack, the peer an operator would deploy.
@@ -22,7 +24,7 @@ use anyhow::{Context as _, ensure};
 use super::{
     ATTACK_CPU, Affinity, Attacker, NftTable, Protection, Sample, Setup, Timing,
     http::{self, Nginx},
-    lab::{self, ATTACK_RANGE, Lab},
+    lab::{self, ATTACK_RANGE, ATTACK_RANGE_V6, Family, Lab},
     measure_under, missing_tools, ms, target_of,
 };
 use crate::{
@@ -113,16 +115,26 @@ fn rule(cookies: &str) -> String {
     format!(
         "[[rule]]\nname = \"api\"\nprotocol = \"tcp\"\nports = [80]\nsyn_cookies = \"{cookies}\"\n\
          per_source = {{ packets_per_second = 200000, burst_packets = 200000 }}\n\
-         per_subnet = {{ packets_per_second = 400000, burst_packets = 400000, prefix_v4 = 24 }}\n"
+         per_subnet = {{ packets_per_second = 400000, burst_packets = 400000, prefix_v4 = 24, \
+         prefix_v6 = 64 }}\n"
     )
+}
+
+/// The nftables family of `family`'s synproxy table.
+fn nft_family(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "ip",
+        Family::V6 => "ip6",
+    }
 }
 
 /// nftables' synproxy for port 80 as the nftables wiki sets it up: SYNs untracked at the raw
 /// priority, answered by synproxy, whose validated ACKs it hands to the listener with conntrack;
-/// invalid packets dropped.
-fn synproxy_rules() -> String {
+/// invalid packets dropped. For the family of the flood (`ip` or `ip6`).
+fn synproxy_rules(family: Family) -> String {
+    let nft_family = nft_family(family);
     format!(
-        "table ip {SYNPROXY_TABLE} {{\n\
+        "table {nft_family} {SYNPROXY_TABLE} {{\n\
          \x20 chain prerouting {{\n\
          \x20   type filter hook prerouting priority raw; policy accept;\n\
          \x20   tcp dport 80 tcp flags syn notrack\n\
@@ -136,9 +148,11 @@ fn synproxy_rules() -> String {
     )
 }
 
-/// One row of the table.
+/// One row of the table: a defence under a flood (none: the baseline) of one family, with wrk
+/// over the same family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct SynRow {
+    family: Family,
     defence: Defence,
     attacker: Option<Attacker>,
 }
@@ -146,32 +160,52 @@ struct SynRow {
 impl SynRow {
     fn label(self) -> String {
         match self.attacker {
-            None => self.defence.label().to_owned(),
-            Some(attacker) => format!("{}: {}", attacker.label(), self.defence.label()),
+            None => format!("{}: {}", self.family.label(), self.defence.label()),
+            Some(attacker) => format!(
+                "{}, {}: {}",
+                self.family.label(),
+                attacker.label(),
+                self.defence.label()
+            ),
+        }
+    }
+
+    /// The row whose goodput this row's share is of: no flood, same family.
+    fn baseline(self) -> SynRow {
+        SynRow {
+            family: self.family,
+            defence: Defence::NoFlood,
+            attacker: None,
         }
     }
 }
 
-/// The rows in report order; the first is the baseline of every share.
+/// The rows in report order: per family, no flood first (the baseline of the family's shares).
 fn rows() -> Vec<SynRow> {
-    let mut rows = vec![SynRow {
-        defence: Defence::NoFlood,
-        attacker: None,
-    }];
-    for attacker in ATTACKERS {
-        for defence in Defence::UNDER_FLOOD {
-            rows.push(SynRow {
-                defence,
-                attacker: Some(attacker),
-            });
+    let mut rows = Vec::new();
+    for family in [Family::V4, Family::V6] {
+        rows.push(SynRow {
+            family,
+            defence: Defence::NoFlood,
+            attacker: None,
+        });
+        for attacker in ATTACKERS {
+            for defence in Defence::UNDER_FLOOD {
+                rows.push(SynRow {
+                    family,
+                    defence,
+                    attacker: Some(attacker),
+                });
+            }
         }
     }
     rows
 }
 
 /// Installs the defence of `row`.
-fn install<'a>(setup: &Setup<'a>, defence: Defence) -> anyhow::Result<Protection<'a>> {
+fn install<'a>(setup: &Setup<'a>, row: SynRow) -> anyhow::Result<Protection<'a>> {
     let lab = setup.lab;
+    let defence = row.defence;
     if let Some(policy) = defence.policy() {
         let dirs = Dirs::new("apsc");
         dirs.write_policy(&policy);
@@ -191,9 +225,9 @@ fn install<'a>(setup: &Setup<'a>, defence: Defence) -> anyhow::Result<Protection
             let table = NftTable::install_rules(
                 lab,
                 setup.scratch,
-                "ip",
+                nft_family(row.family),
                 SYNPROXY_TABLE,
-                &synproxy_rules(),
+                &synproxy_rules(row.family),
             )?;
             // The wiki's setting: conntrack must not pick up connections from their ACK.
             lab::exec(
@@ -231,7 +265,8 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<String> {
         )
     } else {
         (
-            opts.runs.min(5),
+            // Twice the rows of one family: 3 runs keep the section near half an hour.
+            opts.runs.min(3),
             Timing {
                 seconds: 8,
                 warmup: Duration::from_secs(1),
@@ -240,19 +275,21 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<String> {
     };
     let _affinity = Affinity::pin(&[ATTACK_CPU])?;
     let scratch = crate::loadbench::TempDir::new("apifw-synflood")?;
-    let lab = Lab::new().context("build the attack lab")?;
+    let lab = Lab::dual_stack().context("build the attack lab")?;
     let _router_napi = lab.router_napi(ATTACK_CPU)?;
     lab.pin_napi(server_cpu)?;
     let _nginx = Nginx::start(&lab, &scratch.0, server_cpu)?;
-    let target = target_of(&lab);
+    let targets = [target_of(&lab, Family::V4), target_of(&lab, Family::V6)];
     let mut generator = Generator::start(ATTACK_CPU).context("start the XDP flood generator")?;
     // apifw's cookie SYN-ACKs rewrite the generator's pages in place.
     generator.restoring_template(true);
     let generator = Arc::new(Mutex::new(generator));
-    http::run_wrk(&lab, server_cpu, 1)?;
-    let setup = Setup {
+    for target in &targets {
+        http::run_wrk(&lab, server_cpu, 1, target.dest)?;
+    }
+    let setup_of = |family: Family| Setup {
         lab: &lab,
-        target: &target,
+        target: &targets[usize::from(family == Family::V6)],
         generator: &generator,
         timing: &timing,
         scratch: &scratch.0,
@@ -265,8 +302,9 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<String> {
         for offset in 0..rows.len() {
             let index = (run + offset) % rows.len();
             let row = rows[index];
+            let setup = setup_of(row.family);
             let protection =
-                install(&setup, row.defence).with_context(|| format!("install {}", row.label()))?;
+                install(&setup, row).with_context(|| format!("install {}", row.label()))?;
             let sample = measure_under(&setup, protection, row.attacker, &row.label(), false)
                 .with_context(|| format!("case {}, run {run}", row.label()))?;
             eprintln!(
@@ -328,14 +366,19 @@ fn markdown(
          ({}), wrk with {} keep-alive connections for {} s per measurement, the server's one \
          veth in threaded NAPI on CPU 1 with nginx and wrk, the attacker on CPU 0), with a \
          random-source SYN flood no defence knows the range of: XDP frames from the in-kernel \
-         generator at 1 Mpps and at full speed, SYNs to port 80 from {ATTACK_RANGE} (each \
-         address once per 131,072 frames: at 1 Mpps a source repeats every 0.13 s, which the \
-         admission array of 65,536 slots per CPU mostly forgets in between, so the flood looks \
-         like new sources to apifw's rule, and like a repeat to nothing else). The flood starts \
-         {:.1} s before wrk. SYN-ACKs to the spoofed sources go back to the router, which \
-         discards them; here the router's end of the link has NAPI (a thread on CPU 0), without \
-         which veth drops what the server's XDP sends back (`XDP_TX`): an XDP program on it turns NAPI on, `apifw_blackhole`, which drops what goes to the spoofed range (the blackhole's job, before a socket buffer exists) and passes the rest; its NAPI thread is real-time, or the generator starves it and the server's answers to the client are lost in its ring. No IPv6 flood: the \
-         generator writes IPv4 only.\n",
+         generator at 1 Mpps and at full speed, SYNs to port 80. IPv4: from {ATTACK_RANGE} \
+         (each address once per 131,072 frames: at 1 Mpps a source repeats every 0.13 s, which \
+         the admission array of 65,536 slots per CPU mostly forgets in between, so the flood \
+         looks like new sources to apifw's rule, and like a repeat to nothing else). IPv6: from \
+         {ATTACK_RANGE_V6}, bits 32..63 of the source a permutation, so every frame is a new \
+         source and a new /64 (2^32 frames before one repeats). wrk uses the flood's family. \
+         The flood starts {:.1} s before wrk. SYN-ACKs to the spoofed sources go back to the \
+         router, which discards them; here the router's end of the link has NAPI (a thread on \
+         CPU 0), without which veth drops what the server's XDP sends back (`XDP_TX`): an XDP \
+         program on it turns NAPI on, `apifw_blackhole`, which drops what goes to the spoofed \
+         ranges (the blackhole's job, before a socket buffer exists) and passes the rest; its \
+         NAPI thread is real-time, or the generator starves it and the server's answers to the \
+         client are lost in its ring.\n",
         tool_version("nginx", &["-v"]),
         http::CONNECTIONS,
         timing.seconds,
@@ -348,10 +391,11 @@ fn markdown(
          queue overflows); the empty XDP program in native mode (the receive path's own cost \
          in the mode apifw runs in); apifw without rules; apifw with the rule of the issue's \
          lab, `protocol = \"tcp\"`, `ports = [80]`, `per_source` 200k packets/s, `per_subnet` \
-         (/24) 400k packets/s (limits the client never reaches), once with each `syn_cookies` \
+         (/24, /64) 400k packets/s (limits the client never reaches), once with each `syn_cookies` \
          setting; nftables synproxy for port 80 as the nftables wiki sets it up (SYNs \
          `notrack` at the raw priority, `ct state invalid,untracked synproxy mss 1460 wscale 7 \
-         timestamp sack-perm`, `ct state invalid drop`, `nf_conntrack_tcp_loose = 0`). \
+         timestamp sack-perm`, `ct state invalid drop`, `nf_conntrack_tcp_loose = 0`; an `ip6` \
+         table for the IPv6 flood). Shares are of the same family's no-flood row. \
          \"answered or dropped\" is apifw's drop counters (a SYN answered with a cookie counts \
          there) or the packets synproxy took.\n"
     )?;
@@ -365,7 +409,6 @@ fn markdown(
         md,
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )?;
-    let baseline = rows[0];
     for (row, runs) in rows.iter().zip(samples) {
         if runs.is_empty() {
             writeln!(md, "| {} | not measured | | | | | | | | | |", row.label())?;
@@ -373,7 +416,7 @@ fn markdown(
         }
         let field = |f: fn(&Sample) -> f64| Spread::of(&runs.iter().map(f).collect::<Vec<_>>());
         let goodput = field(|s| s.load.goodput());
-        let share = ratios(rows, samples, *row, baseline).unwrap_or(Spread {
+        let share = ratios(rows, samples, *row, row.baseline()).unwrap_or(Spread {
             median: f64::NAN,
             min: f64::NAN,
             max: f64::NAN,
@@ -425,55 +468,8 @@ fn markdown(
                 None => writeln!(md, "- {what}: not measured."),
             }
         };
-    let at = |defence: Defence, attacker: Attacker| SynRow {
-        defence,
-        attacker: Some(attacker),
-    };
-    for cookies in [Defence::ApifwAuto, Defence::ApifwAlways] {
-        let name = if cookies == Defence::ApifwAuto {
-            "`auto`"
-        } else {
-            "`always`"
-        };
-        goal(
-            &mut md,
-            &format!("Goal, 1 Mpps: apifw with cookies ({name}) ÷ the empty XDP program"),
-            at(cookies, Attacker::XdpPaced),
-            at(Defence::Empty, Attacker::XdpPaced),
-            EMPTY_GOAL,
-        )?;
-        goal(
-            &mut md,
-            &format!("Goal, 1 Mpps: apifw with cookies ({name}) ÷ nftables synproxy"),
-            at(cookies, Attacker::XdpPaced),
-            at(Defence::Synproxy, Attacker::XdpPaced),
-            SYNPROXY_GOAL,
-        )?;
-    }
-    for attacker in ATTACKERS {
-        for with_rule in [Defence::ApifwAuto, Defence::ApifwLimits] {
-            goal(
-                &mut md,
-                &format!(
-                    "Goal (never worse than no rule), {}: {} ÷ apifw without rules",
-                    attacker.label(),
-                    with_rule.label()
-                ),
-                at(with_rule, attacker),
-                at(Defence::ApifwNoRules, attacker),
-                NO_RULES_GOAL,
-            )?;
-        }
-        goal(
-            &mut md,
-            &format!(
-                "{}: apifw with cookies (`always`) ÷ the kernel's own SYN cookies",
-                attacker.label()
-            ),
-            at(Defence::ApifwAlways, attacker),
-            at(Defence::Kernel, attacker),
-            1.0,
-        )?;
+    for family in [Family::V4, Family::V6] {
+        goals(&mut md, family, &goal)?;
     }
     writeln!(
         md,
@@ -494,4 +490,65 @@ fn markdown(
          taken run by run.\n"
     )?;
     Ok(md)
+}
+
+/// The goals' lines of `family`'s rows; `goal` writes one (what, row, base row, goal).
+fn goals(
+    md: &mut String,
+    family: Family,
+    goal: &dyn Fn(&mut String, &str, SynRow, SynRow, f64) -> std::fmt::Result,
+) -> std::fmt::Result {
+    let at = |defence: Defence, attacker: Attacker| SynRow {
+        family,
+        defence,
+        attacker: Some(attacker),
+    };
+    let family = family.label();
+    for cookies in [Defence::ApifwAuto, Defence::ApifwAlways] {
+        let name = if cookies == Defence::ApifwAuto {
+            "`auto`"
+        } else {
+            "`always`"
+        };
+        goal(
+            md,
+            &format!("Goal, {family}, 1 Mpps: apifw with cookies ({name}) ÷ the empty XDP program"),
+            at(cookies, Attacker::XdpPaced),
+            at(Defence::Empty, Attacker::XdpPaced),
+            EMPTY_GOAL,
+        )?;
+        goal(
+            md,
+            &format!("Goal, {family}, 1 Mpps: apifw with cookies ({name}) ÷ nftables synproxy"),
+            at(cookies, Attacker::XdpPaced),
+            at(Defence::Synproxy, Attacker::XdpPaced),
+            SYNPROXY_GOAL,
+        )?;
+    }
+    for attacker in ATTACKERS {
+        for with_rule in [Defence::ApifwAuto, Defence::ApifwLimits] {
+            goal(
+                md,
+                &format!(
+                    "Goal (never worse than no rule), {family}, {}: {} ÷ apifw without rules",
+                    attacker.label(),
+                    with_rule.label()
+                ),
+                at(with_rule, attacker),
+                at(Defence::ApifwNoRules, attacker),
+                NO_RULES_GOAL,
+            )?;
+        }
+        goal(
+            md,
+            &format!(
+                "{family}, {}: apifw with cookies (`always`) ÷ the kernel's own SYN cookies",
+                attacker.label()
+            ),
+            at(Defence::ApifwAlways, attacker),
+            at(Defence::Kernel, attacker),
+            1.0,
+        )?;
+    }
+    Ok(())
 }

@@ -2,6 +2,7 @@
 //! legitimate client (wrk, closed loop over keep-alive connections).
 
 use std::{
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -9,7 +10,7 @@ use std::{
 
 use anyhow::{Context as _, bail, ensure};
 
-use super::lab::{Lab, SERVER_ADDR};
+use super::lab::{Lab, SERVER_ADDR, SERVER_ADDR_V6};
 use crate::netns::Netns;
 
 /// The API's one endpoint: a small JSON answer, as a health or status call would return.
@@ -36,11 +37,17 @@ pub fn pinned(netns: &Netns, cpu: usize, program: &str) -> Command {
 
 impl Nginx {
     /// Writes the configuration into `dir` and starts nginx in the foreground (`daemon off`),
-    /// listening only on the server's address; waits until it accepts connections.
+    /// listening only on the server's addresses (IPv6 too in a dual-stack lab); waits until it
+    /// accepts connections.
     pub fn start(lab: &Lab, dir: &Path, cpu: usize) -> anyhow::Result<Self> {
         let dir = dir.join("nginx");
         std::fs::create_dir_all(&dir)?;
         let d = dir.display();
+        let listen_v6 = if lab.ipv6 {
+            format!("listen [{SERVER_ADDR_V6}]:80 backlog=4096;\n    ")
+        } else {
+            String::new()
+        };
         let config = format!(
             "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
              events {{ worker_connections 4096; }}\n\
@@ -48,7 +55,7 @@ impl Nginx {
              proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  \
              uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  \
              keepalive_requests 10000000;\n  \
-             server {{\n    listen {SERVER_ADDR}:80 backlog=4096;\n    \
+             server {{\n    listen {SERVER_ADDR}:80 backlog=4096;\n    {listen_v6}\
              default_type application/json;\n    \
              location {API_PATH} {{ return 200 '{{\"ok\":true}}'; }}\n  }}\n}}\n"
         );
@@ -204,14 +211,15 @@ pub fn parse_wrk(text: &str) -> anyhow::Result<Load> {
     Ok(load)
 }
 
-/// Runs wrk for `seconds` from the client namespace, pinned to `cpu`.
-pub fn run_wrk(lab: &Lab, cpu: usize, seconds: u64) -> anyhow::Result<Load> {
+/// Runs wrk for `seconds` from the client namespace, pinned to `cpu`, against nginx at `server`
+/// (an address of the server's).
+pub fn run_wrk(lab: &Lab, cpu: usize, seconds: u64, server: IpAddr) -> anyhow::Result<Load> {
     let output = pinned(&lab.client, cpu, "wrk")
         .args(["-t1", "-c"])
         .arg(CONNECTIONS.to_string())
         .arg(format!("-d{seconds}s"))
         .args(["--timeout", "2s", "--latency"])
-        .arg(format!("http://{SERVER_ADDR}{API_PATH}"))
+        .arg(format!("http://{}{API_PATH}", SocketAddr::new(server, 80)))
         .stdin(Stdio::null())
         .output()
         .context("run wrk")?;

@@ -8,6 +8,10 @@
 //!                                   ^ SYN flood written here (198.18.0.0/15 sources)
 //! ```
 //!
+//! A dual-stack lab ([`Lab::dual_stack`]) adds IPv6: the server 2001:db8::1/64, the client
+//! 2001:db8:0:1::1/64, the router ::fe in both; the IPv6 flood comes from the rest of
+//! 2001:db8::/32 (every frame a new source), whose answers the router drops.
+//!
 //! So the server's one interface carries both the flood and the legitimate traffic, as on a
 //! real host. Its veth receives in NAPI (GRO on, and TSO off on the sending end, so that every
 //! frame takes that path), and NAPI is threaded: all the server's receive work (XDP, netfilter's
@@ -16,7 +20,10 @@
 //! what its full rx ring cannot hold. SYN-ACKs to spoofed sources go back to the router, which
 //! discards them (blackhole route), as the Internet would lose them.
 
-use std::{net::Ipv4Addr, process::Command};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    process::Command,
+};
 
 use anyhow::{Context as _, bail, ensure};
 
@@ -28,6 +35,36 @@ pub const SERVER_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 /// The attacker's source range.
 pub const ATTACK_RANGE: &str = "198.18.0.0/15";
+/// The server's IPv6 address (dual-stack lab).
+pub const SERVER_ADDR_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+/// The legitimate client's IPv6 address (dual-stack lab).
+pub const CLIENT_ADDR_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, 1);
+/// The IPv6 attacker's source range: 2001:db8::/32 outside the lab's 2001:db8::/48.
+pub const ATTACK_RANGE_V6: &str = "2001:db8::/32 outside 2001:db8::/48";
+
+/// An address family of the lab.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    /// The server's address in this family.
+    pub fn server_addr(self) -> IpAddr {
+        match self {
+            Family::V4 => SERVER_ADDR.into(),
+            Family::V6 => SERVER_ADDR_V6.into(),
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
+}
 
 /// The three namespaces and their links, removed on drop.
 pub struct Lab {
@@ -47,6 +84,8 @@ pub struct Lab {
     pub edge: Netns,
     /// The legitimate client.
     pub client: Netns,
+    /// Whether the lab has IPv6 ([`Lab::dual_stack`]).
+    pub ipv6: bool,
 }
 
 /// `ip netns exec NS ARGS`, failing with what the command printed.
@@ -98,8 +137,19 @@ pub struct LinkCounters {
 }
 
 impl Lab {
-    /// Builds the lab; names carry this process's id.
+    /// Builds the lab, IPv4 only (IPv6 off in every namespace: no neighbour discovery or
+    /// router solicitations on the links); names carry this process's id.
     pub fn new() -> anyhow::Result<Self> {
+        Self::build(false)
+    }
+
+    /// Builds the lab with IPv6 as well (addresses in the module docs, no duplicate address
+    /// detection, so they are usable at once).
+    pub fn dual_stack() -> anyhow::Result<Self> {
+        Self::build(true)
+    }
+
+    fn build(ipv6: bool) -> anyhow::Result<Self> {
         let suffix = std::process::id() % 100_000;
         let lab = Self {
             server_if: format!("apats{suffix}"),
@@ -110,17 +160,37 @@ impl Lab {
             server: Netns::new("apat-srv"),
             edge: Netns::new("apat-edge"),
             client: Netns::new("apat-cli"),
+            ipv6,
         };
         let edge_client_if = format!("apate{suffix}");
         let (s, e, c) = (&lab.server, &lab.edge, &lab.client);
+        let disable_ipv6 = if ipv6 { "0" } else { "1" };
         for ns in [s, e, c] {
-            exec(ns, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"])?;
-            exec(
-                ns,
-                &["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"],
-            )?;
+            for scope in ["all", "default"] {
+                exec(
+                    ns,
+                    &[
+                        "sysctl",
+                        "-qw",
+                        &format!("net.ipv6.conf.{scope}.disable_ipv6={disable_ipv6}"),
+                    ],
+                )?;
+                if ipv6 {
+                    exec(
+                        ns,
+                        &[
+                            "sysctl",
+                            "-qw",
+                            &format!("net.ipv6.conf.{scope}.accept_dad=0"),
+                        ],
+                    )?;
+                }
+            }
         }
         exec(e, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        if ipv6 {
+            exec(e, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
+        }
         let add_veth = |ours: &Netns, name: &str, theirs: &Netns, peer: &str| {
             ip(
                 ours,
@@ -153,6 +223,30 @@ impl Lab {
         ip(s, &["route", "add", "default", "via", "192.0.2.254"])?;
         ip(c, &["route", "add", "default", "via", "198.51.100.254"])?;
         ip(e, &["route", "add", "blackhole", ATTACK_RANGE])?;
+        if ipv6 {
+            let (server, client) = (
+                format!("{SERVER_ADDR_V6}/64"),
+                format!("{CLIENT_ADDR_V6}/64"),
+            );
+            for (ns, interface, address) in [
+                (s, lab.server_if.as_str(), server.as_str()),
+                (e, lab.upstream_if.as_str(), "2001:db8::fe/64"),
+                (e, edge_client_if.as_str(), "2001:db8:0:1::fe/64"),
+                (c, lab.client_if.as_str(), client.as_str()),
+            ] {
+                ip(
+                    ns,
+                    &["-6", "addr", "add", address, "dev", interface, "nodad"],
+                )?;
+            }
+            ip(s, &["-6", "route", "add", "default", "via", "2001:db8::fe"])?;
+            ip(
+                c,
+                &["-6", "route", "add", "default", "via", "2001:db8:0:1::fe"],
+            )?;
+            // The flood's sources: everything of 2001:db8::/32 but the two links above.
+            ip(e, &["-6", "route", "add", "blackhole", "2001:db8::/32"])?;
+        }
         // NAPI on the server's veth (GRO), taken by every frame (no TSO on the sending end),
         // in a kernel thread of its own.
         exec(s, &["ethtool", "-K", &lab.server_if, "gro", "on"])?;

@@ -10,7 +10,7 @@
 //! checksums computed), sent in `sendmmsg` batches by one thread pinned to one CPU.
 
 use std::{
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -39,8 +39,8 @@ pub struct Target {
     pub source_mac: [u8; 6],
     /// The server's MAC.
     pub dest_mac: [u8; 6],
-    /// The server's address.
-    pub dest: Ipv4Addr,
+    /// The server's address: the flood's family (the socket flood sends IPv4 only).
+    pub dest: IpAddr,
     /// The attacked TCP port.
     pub port: u16,
     /// CPU the sender runs on.
@@ -73,38 +73,65 @@ fn fold(mut sum: u32) -> u16 {
     !(sum as u16)
 }
 
-/// A SYN from `source:sport` to the target, checksums filled in.
-pub fn syn_frame(target: &Target, source: Ipv4Addr, sport: u16, seq: u32, id: u16) -> Vec<u8> {
-    let mut frame = Vec::with_capacity(FRAME_LEN);
+/// A SYN from `source:sport` to the target, checksums filled in: Ethernet, IPv4 without
+/// options or IPv6 without extension headers (the family of `source`, which must be the
+/// target's), TCP without options.
+pub fn syn_frame(
+    target: &Target,
+    source: IpAddr,
+    sport: u16,
+    seq: u32,
+    id: u16,
+) -> anyhow::Result<Vec<u8>> {
+    let mut frame = Vec::with_capacity(FRAME_LEN + 20);
     frame.extend_from_slice(&target.dest_mac);
     frame.extend_from_slice(&target.source_mac);
-    frame.extend_from_slice(&0x0800u16.to_be_bytes());
-    // IPv4: version 4, IHL 5, total length 40, DF, TTL 64, TCP.
-    let ip_start = frame.len();
-    frame.extend_from_slice(&[0x45, 0, 0, 40]);
-    frame.extend_from_slice(&id.to_be_bytes());
-    frame.extend_from_slice(&[0x40, 0, 64, 6, 0, 0]);
-    frame.extend_from_slice(&source.octets());
-    frame.extend_from_slice(&target.dest.octets());
-    let ip_checksum = fold(sum16(&frame[ip_start..ip_start + 20], 0));
-    frame[ip_start + 10..ip_start + 12].copy_from_slice(&ip_checksum.to_be_bytes());
+    let ip_start = frame.len() + 2;
+    // The TCP pseudo-header's addresses, protocol and length.
+    let mut pseudo = Vec::with_capacity(40);
+    match (source, target.dest) {
+        (IpAddr::V4(source), IpAddr::V4(dest)) => {
+            frame.extend_from_slice(&0x0800u16.to_be_bytes());
+            // IPv4: version 4, IHL 5, total length 40, DF, TTL 64, TCP.
+            frame.extend_from_slice(&[0x45, 0, 0, 40]);
+            frame.extend_from_slice(&id.to_be_bytes());
+            frame.extend_from_slice(&[0x40, 0, 64, 6, 0, 0]);
+            frame.extend_from_slice(&source.octets());
+            frame.extend_from_slice(&dest.octets());
+            let ip_checksum = fold(sum16(&frame[ip_start..ip_start + 20], 0));
+            frame[ip_start + 10..ip_start + 12].copy_from_slice(&ip_checksum.to_be_bytes());
+            pseudo.extend_from_slice(&source.octets());
+            pseudo.extend_from_slice(&dest.octets());
+            pseudo.extend_from_slice(&[0, 6, 0, 20]);
+        }
+        (IpAddr::V6(source), IpAddr::V6(dest)) => {
+            frame.extend_from_slice(&0x86ddu16.to_be_bytes());
+            // IPv6: version 6, flow label from `id`, payload length 20, TCP, hop limit 64.
+            frame.extend_from_slice(&[0x60, 0]);
+            frame.extend_from_slice(&id.to_be_bytes());
+            frame.extend_from_slice(&[0, 20, 6, 64]);
+            frame.extend_from_slice(&source.octets());
+            frame.extend_from_slice(&dest.octets());
+            pseudo.extend_from_slice(&source.octets());
+            pseudo.extend_from_slice(&dest.octets());
+            pseudo.extend_from_slice(&[0, 0, 0, 20, 0, 0, 0, 6]);
+        }
+        (source, dest) => bail!("a SYN from {source} to {dest}: the families differ"),
+    }
     // TCP: data offset 5, SYN, window 64240.
     let tcp_start = frame.len();
     frame.extend_from_slice(&sport.to_be_bytes());
     frame.extend_from_slice(&target.port.to_be_bytes());
     frame.extend_from_slice(&seq.to_be_bytes());
     frame.extend_from_slice(&[0, 0, 0, 0, 0x50, 0x02, 0xfa, 0xf0, 0, 0, 0, 0]);
-    let mut pseudo = Vec::with_capacity(12);
-    pseudo.extend_from_slice(&source.octets());
-    pseudo.extend_from_slice(&target.dest.octets());
-    pseudo.extend_from_slice(&[0, 6, 0, 20]);
     let tcp_checksum = fold(sum16(&frame[tcp_start..], sum16(&pseudo, 0)));
     frame[tcp_start + 16..tcp_start + 18].copy_from_slice(&tcp_checksum.to_be_bytes());
-    frame
+    Ok(frame)
 }
 
-/// The pool, one buffer of `POOL` frames back to back.
-fn pool(target: &Target) -> Vec<u8> {
+/// The pool, one buffer of `POOL` frames back to back (IPv4: the socket flood's frames are
+/// [`FRAME_LEN`] each).
+fn pool(target: &Target) -> anyhow::Result<Vec<u8>> {
     let mut rng = SmallRng::seed_from_u64(0xA77AC);
     let mut frames = Vec::with_capacity(POOL * FRAME_LEN);
     for _ in 0..POOL {
@@ -113,13 +140,13 @@ fn pool(target: &Target) -> Vec<u8> {
         let source = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) | low);
         frames.extend_from_slice(&syn_frame(
             target,
-            source,
+            source.into(),
             rng.random_range(1024..u16::MAX),
             rng.random(),
             rng.random(),
-        ));
+        )?);
     }
-    frames
+    Ok(frames)
 }
 
 /// A raw packet socket bound to `interface` (in the calling thread's namespace), bypassing the
@@ -194,7 +221,7 @@ fn send_loop(target: &Target, stop: &AtomicBool, sent: &AtomicU64) -> anyhow::Re
     use std::os::fd::AsRawFd as _;
     pin_current_thread(target.cpu)?;
     let socket = packet_socket(&target.interface)?;
-    let frames = pool(target);
+    let frames = pool(target)?;
     // SAFETY: all-zero iovec and mmsghdr are valid; every entry is filled before each call.
     let mut iovecs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
@@ -290,11 +317,18 @@ mod tests {
             interface: "x".into(),
             source_mac: [2, 0, 0, 0, 0, 1],
             dest_mac: [2, 0, 0, 0, 0, 2],
-            dest: Ipv4Addr::new(192, 0, 2, 1),
+            dest: Ipv4Addr::new(192, 0, 2, 1).into(),
             port: 80,
             cpu: 0,
         };
-        let frame = syn_frame(&target, Ipv4Addr::new(198, 19, 7, 9), 40_000, 12_345, 7);
+        let frame = syn_frame(
+            &target,
+            Ipv4Addr::new(198, 19, 7, 9).into(),
+            40_000,
+            12_345,
+            7,
+        )
+        .expect("same family");
         assert_eq!(frame.len(), FRAME_LEN);
         let packet = etherparse::SlicedPacket::from_ethernet(&frame).expect("parses");
         let Some(etherparse::NetSlice::Ipv4(ip)) = packet.net else {
@@ -315,5 +349,41 @@ mod tests {
             .calc_checksum_ipv4(&ip.header().to_header(), &[])
             .expect("checksum");
         assert_eq!(computed, tcp.checksum());
+    }
+
+    #[test]
+    fn ipv6_frames_parse_with_valid_checksums() {
+        let dest: std::net::Ipv6Addr = "2001:db8::1".parse().expect("address");
+        let source: std::net::Ipv6Addr = "2001:db8:8000:1::1".parse().expect("address");
+        let target = Target {
+            interface: "x".into(),
+            source_mac: [2, 0, 0, 0, 0, 1],
+            dest_mac: [2, 0, 0, 0, 0, 2],
+            dest: dest.into(),
+            port: 80,
+            cpu: 0,
+        };
+        let frame = syn_frame(&target, source.into(), 40_000, 12_345, 7).expect("same family");
+        assert_eq!(frame.len(), 14 + 40 + 20);
+        let packet = etherparse::SlicedPacket::from_ethernet(&frame).expect("parses");
+        let Some(etherparse::NetSlice::Ipv6(ip)) = packet.net else {
+            panic!("not IPv6");
+        };
+        assert_eq!(ip.header().source_addr(), source);
+        assert_eq!(ip.header().destination_addr(), dest);
+        assert_eq!(ip.header().payload_length(), 20);
+        let Some(etherparse::TransportSlice::Tcp(tcp)) = packet.transport else {
+            panic!("not TCP");
+        };
+        assert!(tcp.syn() && !tcp.ack());
+        let computed = tcp
+            .to_header()
+            .calc_checksum_ipv6(&ip.header().to_header(), &[])
+            .expect("checksum");
+        assert_eq!(computed, tcp.checksum());
+        assert!(
+            syn_frame(&target, Ipv4Addr::new(198, 18, 0, 1).into(), 1, 1, 1).is_err(),
+            "an IPv4 source to an IPv6 target"
+        );
     }
 }

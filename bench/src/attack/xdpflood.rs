@@ -9,11 +9,13 @@
 //! saves where it runs first.
 //!
 //! The generator rewrites the template SYN's source (and the IPv4 and TCP checksums) with a
-//! permutation of 198.18.0.0/15: each of its 131,072 addresses once per 131,072 frames. A flood
-//! at a set rate is thinned in the generator: it sends one burst of 64 frames in N and drops the
-//! rest.
+//! permutation of 198.18.0.0/15: each of its 131,072 addresses once per 131,072 frames. To an
+//! IPv6 target it sends SYNs from 2001:db8:XXXX:XXXX::1, bits 32..63 a 32-bit permutation:
+//! every frame a new source (and a new /64) for 2^32 frames. A flood at a set rate is thinned
+//! in the generator: it sends one burst of 64 frames in N and drops the rest.
 
 use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -52,13 +54,11 @@ impl XdpSynFlood {
             move || nix::net::if_::if_nametoindex(name.as_str())
         })?;
         // The generator replaces the source; the rest of the template is the socket flood's.
-        let frame = syn_frame(
-            target,
-            std::net::Ipv4Addr::new(198, 18, 0, 1),
-            40_000,
-            0x1234_5678,
-            1,
-        );
+        let source = match target.dest {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x8000, 0, 0, 0, 0, 1)),
+        };
+        let frame = syn_frame(target, source, 40_000, 0x1234_5678, 1)?;
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let (stop, generator, netns) = (stop.clone(), generator.clone(), netns.path());
