@@ -196,10 +196,12 @@ impl Flood {
         })
     }
 
-    fn stop(self) -> anyhow::Result<()> {
+    /// Stops the flood; the frames it sent (the generator's own count, or what the socket
+    /// accepted).
+    fn stop(self) -> anyhow::Result<u64> {
         match self {
-            Flood::XdpFrames(flood) => flood.stop().map(drop),
-            Flood::Socket(flood) => flood.stop().map(drop),
+            Flood::XdpFrames(flood) => flood.stop(),
+            Flood::Socket(flood) => flood.stop(),
         }
     }
 }
@@ -402,7 +404,9 @@ struct Snapshot {
 fn snapshot(lab: &Lab, flood: Option<&Flood>, protection: &Protection) -> anyhow::Result<Snapshot> {
     let upstream = lab.upstream_counters()?;
     // Whatever the attacker, `lost` also holds the few legitimate packets the full ring cost.
-    let lost = upstream.tx_dropped + upstream.xdp_xmit_errors;
+    // veth counts an XDP frame without room both in its XDP counters and in `tx_dropped`, so
+    // `tx_dropped` alone holds every loss (the sum of both counted XDP frames twice).
+    let lost = upstream.tx_dropped;
     let sent = match flood {
         None => 0,
         // veth counts the XDP frames it put on the server's ring.
@@ -490,6 +494,7 @@ fn measure_under(
     let xdp_mode = lab.server_xdp_mode()?;
     // Attaching or detaching XDP may restart the veth's NAPI: pin whatever thread it has now.
     lab.pin_napi(server_cpu)?;
+    let flood_started = (Instant::now(), lab.upstream_counters()?);
     let flood = attacker
         .map(|attacker| Flood::start(attacker, lab, target, generator))
         .transpose()?;
@@ -525,7 +530,18 @@ fn measure_under(
         None => None,
     };
     if let Some(flood) = flood {
-        flood.stop().context("the flood generator failed")?;
+        let frames = flood.stop().context("the flood generator failed")?;
+        // The flood's own count next to what veth counted over the same time, for the log.
+        let (at, start) = flood_started;
+        let (seconds, end) = (at.elapsed().as_secs_f64(), lab.upstream_counters()?);
+        eprintln!(
+            "bench: {label}: the attacker sent {:.0} frames/s; veth: {:.0}/s XDP frames put on \
+             the ring, {:.0}/s XDP frames without room, {:.0}/s socket buffers without room",
+            frames as f64 / seconds,
+            end.xdp_xmit.saturating_sub(start.xdp_xmit) as f64 / seconds,
+            end.xdp_xmit_errors.saturating_sub(start.xdp_xmit_errors) as f64 / seconds,
+            end.tx_dropped.saturating_sub(start.tx_dropped) as f64 / seconds,
+        );
     }
     // What apifw made of the packets, for the log: which path the flood took.
     if let Protection::Apifw { dirs, .. } = &protection {

@@ -49,8 +49,9 @@ const _: () = assert!(
     "the window must fit the time field"
 );
 
-/// The one hash of `key` that both its admission slot and its tracked-filter mark
-/// (`crate::tracked::Mark::of_hash`) are taken from.
+/// The one hash of `key` that its admission slot, its tracked-filter mark
+/// (`crate::tracked::Mark::of_hash`) and its lease slot (`crate::lease::Lease::slot_of_hash`)
+/// are taken from.
 #[inline(always)]
 pub fn key_hash(key: &TrackKey) -> u64 {
     key.hash64(SEED)

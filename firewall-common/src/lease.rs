@@ -46,9 +46,10 @@ pub const LEASE_SOURCE: u32 = 0;
 pub const LEASE_SUBNET: u32 = 1;
 /// Entries of the per-CPU lease array: the slots of both kinds.
 pub const LEASE_ENTRIES: u32 = 2 * LEASE_SLOTS;
-/// Seed of [`TrackKey::hash`] for lease slots (the admission array hashes with others, so a
-/// key's lease slot and admission slot are independent).
-const LEASE_SEED: u32 = 0x9747_B28C;
+/// The bits of a key's hash ([`crate::admission::key_hash`]) that pick its lease slot: 16..24,
+/// apart from those of its admission slot (0..16) and its tracked-filter entry and bit
+/// (32..45, 59..64), so the three are independent.
+const SLOT_SHIFT: u32 = 16;
 
 /// A bucket of [`crate::rules::TrackState`]: which TAT a lease's units come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,8 +86,15 @@ impl Lease {
     /// [`LEASE_SUBNET`]).
     #[inline(always)]
     pub fn slot(kind: u32, key: &TrackKey) -> u32 {
-        let hash = key.hash(LEASE_SEED);
-        (kind & 1) * LEASE_SLOTS + (hash & (LEASE_SLOTS - 1))
+        Self::slot_of_hash(kind, crate::admission::key_hash(key))
+    }
+
+    /// [`Lease::slot`] of the key whose [`crate::admission::key_hash`] is `hash`: the XDP
+    /// program hashes a key once for its tracked-filter mark, its admission slot and its lease
+    /// slot.
+    #[inline(always)]
+    pub fn slot_of_hash(kind: u32, hash: u64) -> u32 {
+        (kind & 1) * LEASE_SLOTS + ((hash >> SLOT_SHIFT) as u32 & (LEASE_SLOTS - 1))
     }
 
     /// Whether the slot holds a lease of `key` (compared field by field: no `memcmp` in BPF).

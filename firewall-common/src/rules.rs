@@ -124,9 +124,10 @@ pub struct TrackKey {
 impl TrackKey {
     /// A 64-bit hash of the key from `seed`, in one pass: the key's 20 bytes as three words, each
     /// mixed in by a multiply and a rotation, then murmur3's 64-bit finalizer (every input bit
-    /// moves every output bit). Half the instructions of two 32-bit hashes, which is what the
-    /// admission array needs per key (a slot and a 47-bit tag); the verifier walks that code
-    /// thousands of times.
+    /// moves every output bit). Half the instructions of two 32-bit hashes, and one hash is all
+    /// a key needs: its admission slot and tag, its tracked-filter mark and its lease slot are
+    /// taken from separate bits of it (`crate::admission::key_hash`); the verifier walks that
+    /// code thousands of times.
     #[inline(always)]
     pub fn hash64(&self, seed: u64) -> u64 {
         let a = &self.addr;
@@ -149,37 +150,6 @@ impl TrackKey {
         hash ^= hash >> 33;
         hash = hash.wrapping_mul(0xC4CE_B9FE_1A85_EC53);
         hash ^ (hash >> 33)
-    }
-
-    /// murmur3 (32-bit) of the key's five words from `seed`: every bit of the key moves every
-    /// bit of the hash (a plain multiply would carry low bits up only, never down). Lease slots
-    /// and the admission array each hash with their own seeds.
-    #[inline(always)]
-    pub fn hash(&self, seed: u32) -> u32 {
-        let a = &self.addr;
-        let words = [
-            u32::from(self.rule) | u32::from(self.family) << 16 | u32::from(self.prefix_len) << 24,
-            u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
-            u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
-            u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
-            u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
-        ];
-        let mut hash = seed;
-        for word in words {
-            let mixed = word
-                .wrapping_mul(0xCC9E_2D51)
-                .rotate_left(15)
-                .wrapping_mul(0x1B87_3593);
-            hash = (hash ^ mixed)
-                .rotate_left(13)
-                .wrapping_mul(5)
-                .wrapping_add(0xE654_6B64);
-        }
-        hash ^= hash >> 16;
-        hash = hash.wrapping_mul(0x85EB_CA6B);
-        hash ^= hash >> 13;
-        hash = hash.wrapping_mul(0xC2B2_AE35);
-        hash ^ (hash >> 16)
     }
 }
 

@@ -459,7 +459,7 @@ fn charge_subnet(
     let packets_limited = rule_config.subnet_packets.is_limited();
     let bytes_limited = rule_config.subnet_bytes.is_limited();
     if known {
-        let Some(lease) = LEASES.get_ptr_mut(Lease::slot(LEASE_SUBNET, key)) else {
+        let Some(lease) = LEASES.get_ptr_mut(Lease::slot_of_hash(LEASE_SUBNET, hash)) else {
             return Reason::Default;
         };
         // SAFETY: this CPU's slot of a per-CPU array: nothing else writes it while this
@@ -482,7 +482,7 @@ fn charge_subnet(
     let Some(state) = admitted_state(&SUBNETS, key, hash, known, now_ns) else {
         return Reason::Default;
     };
-    let Some(lease) = LEASES.get_ptr_mut(Lease::slot(LEASE_SUBNET, key)) else {
+    let Some(lease) = LEASES.get_ptr_mut(Lease::slot_of_hash(LEASE_SUBNET, hash)) else {
         return Reason::Default;
     };
     // SAFETY: as above.
@@ -551,7 +551,7 @@ pub fn exceeded(
     // the source may have state (a null sentinel otherwise, not an `Option`: see `NO_RULE`).
     let mut source_lease = if limits_source && source_known {
         LEASES
-            .get_ptr_mut(Lease::slot(LEASE_SOURCE, &source_key))
+            .get_ptr_mut(Lease::slot_of_hash(LEASE_SOURCE, source_hash))
             .unwrap_or_default()
     } else {
         core::ptr::null_mut()
@@ -595,7 +595,7 @@ pub fn exceeded(
         if source_lease.is_null() {
             // Admitted now: the filter did not hold the source when the slot would be read.
             source_lease = LEASES
-                .get_ptr_mut(Lease::slot(LEASE_SOURCE, &source_key))
+                .get_ptr_mut(Lease::slot_of_hash(LEASE_SOURCE, source_hash))
                 .unwrap_or_default();
         }
         if !source_lease.is_null() {

@@ -128,7 +128,8 @@ fn mac_of(netns: &Netns, interface: &str) -> anyhow::Result<[u8; 6]> {
 /// Counters of one interface.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LinkCounters {
-    /// Socket buffers veth could not put on the peer's ring (it was full).
+    /// Socket buffers and XDP frames veth could not put on the peer's ring (it was full): veth
+    /// counts an XDP frame without room here as well as in `xdp_xmit_errors`.
     pub tx_dropped: u64,
     /// XDP frames (`ndo_xdp_xmit`) veth put on the peer's ring.
     pub xdp_xmit: u64,
@@ -332,9 +333,9 @@ impl Lab {
         Ok(total)
     }
 
-    /// Counters of the router's end of the server's link. Its `tx_dropped` and
-    /// `xdp_xmit_errors` are the frames the server's receive ring had no room for (veth counts
-    /// them on the sending side).
+    /// Counters of the router's end of the server's link. Its `tx_dropped` is the frames the
+    /// server's receive ring had no room for (veth counts them on the sending side),
+    /// `xdp_xmit_errors` the XDP frames among them.
     pub fn upstream_counters(&self) -> anyhow::Result<LinkCounters> {
         counters(&self.edge, &self.upstream_if)
     }

@@ -1,11 +1,15 @@
 //! The in-kernel flood generator the benchmarks and the soak test rely on (issue #6): the
 //! frames it sends must be the ones it claims. A thinned IPv4/TCP SYN flood sends exactly one
 //! frame in N, and every frame it sends reaches the receiver's TCP stack with valid IPv4 and TCP
-//! checksums although the generator rewrote each one's source.
+//! checksums although the generator rewrote each one's source; so does the IPv6/TCP SYN flood
+//! of the SYN-cookie benchmark (issue #15).
 //!
 //! Needs root.
 
-use std::time::{Duration, Instant};
+use std::{
+    net::Ipv6Addr,
+    time::{Duration, Instant},
+};
 
 use apifw_tests::{
     generator::Generator,
@@ -72,6 +76,71 @@ fn thinned_syn_flood_sends_one_frame_in_n_with_valid_checksums() {
     .syn();
     let mut frame = Vec::new();
     builder.write(&mut frame, &[]).expect("frame");
+    let header_errors = |lab: &VethLab| snmp(&lab.server, "Ip", "InHdrErrors");
+    flood_reaches_tcp_thinned(&lab, &frame, header_errors);
+}
+
+#[test]
+fn thinned_ipv6_syn_flood_sends_one_frame_in_n_with_valid_checksums() {
+    let lab = VethLab::new("gen6", &[]);
+    lab.server
+        .exec(&["ethtool", "-K", &lab.server_if, "gro", "on"]);
+    for key in ["all", "default", lab.server_if.as_str()] {
+        lab.server.exec(&[
+            "sysctl",
+            "-qw",
+            &format!("net.ipv6.conf.{key}.disable_ipv6=0"),
+        ]);
+    }
+    lab.server.ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{SERVER_ADDR_V6}/64"),
+        "dev",
+        &lab.server_if,
+        "nodad",
+    ]);
+    // The generator rewrites bits 32..63 of the source: 2001:db8:XXXX:XXXX::1.
+    let builder = PacketBuilder::ethernet2(
+        lab.client.mac(&lab.client_if),
+        lab.server.mac(&lab.server_if),
+    )
+    .ipv6(
+        Ipv6Addr::new(0x2001, 0xdb8, 0x8000, 0, 0, 0, 0, 1).octets(),
+        SERVER_ADDR_V6.octets(),
+        64,
+    )
+    .tcp(40_000, 80, 0x1234_5678, 64_240)
+    .syn();
+    let mut frame = Vec::new();
+    builder.write(&mut frame, &[]).expect("frame");
+    let header_errors = |lab: &VethLab| snmp6(&lab.server, "Ip6InHdrErrors");
+    flood_reaches_tcp_thinned(&lab, &frame, header_errors);
+}
+
+/// The server's IPv6 address in the IPv6 test (the lab itself is IPv4).
+const SERVER_ADDR_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+
+/// A counter of `/proc/net/snmp6` in `netns`.
+fn snmp6(netns: &Netns, field: &str) -> u64 {
+    let output = netns.exec(&["cat", "/proc/net/snmp6"]);
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.split_once(char::is_whitespace))
+        .find(|(name, _)| *name == field)
+        .unwrap_or_else(|| panic!("no {field} in /proc/net/snmp6"))
+        .1
+        .trim()
+        .parse()
+        .expect("number")
+}
+
+/// Floods the server of `lab` with `frame` (a SYN to it) from the generator, thinned to one
+/// frame in [`SEND_EVERY`], and checks that exactly that share was sent and that every frame
+/// sent reached TCP with valid checksums (`header_errors`: the IP layer's header error
+/// counter of the frame's family).
+fn flood_reaches_tcp_thinned(lab: &VethLab, frame: &[u8], header_errors: impl Fn(&VethLab) -> u64) {
     let ifindex = lab.client.enter({
         let name = lab.client_if.clone();
         move || nix::net::if_::if_nametoindex(name.as_str()).expect("client ifindex")
@@ -83,11 +152,12 @@ fn thinned_syn_flood_sends_one_frame_in_n_with_valid_checksums() {
             tx_queue_counter(&lab.client, &lab.client_if, "xdp_xmit_errors"),
         )
     };
+    // TCP's counters are shared by IPv4 and IPv6.
     let tcp = || {
         (
             snmp(&lab.server, "Tcp", "InSegs"),
             snmp(&lab.server, "Tcp", "InCsumErrors"),
-            snmp(&lab.server, "Ip", "InHdrErrors"),
+            header_errors(lab),
         )
     };
     let (xmit_before, errors_before) = xmit();
@@ -97,7 +167,7 @@ fn thinned_syn_flood_sends_one_frame_in_n_with_valid_checksums() {
         .flood_thinned(
             lab.client.path(),
             ifindex,
-            &frame,
+            frame,
             17,
             Duration::from_millis(300),
             SEND_EVERY,
@@ -118,7 +188,7 @@ fn thinned_syn_flood_sends_one_frame_in_n_with_valid_checksums() {
     loop {
         let (segs, csum, hdr) = tcp();
         assert_eq!(csum - csum_before, 0, "TCP checksum errors");
-        assert_eq!(hdr - hdr_before, 0, "IPv4 header errors");
+        assert_eq!(hdr - hdr_before, 0, "IP header errors");
         if segs - segs_before == xmitted {
             break;
         }
