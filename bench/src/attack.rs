@@ -228,29 +228,30 @@ struct Sample {
     test_run_ns: Option<f64>,
 }
 
-/// Pins the calling thread (and what it spawns from now on) to `cpus`; restores every CPU on
-/// drop, since the sections of one bench run share the process.
-struct Affinity;
+/// Pins the calling thread (and what it spawns from now on) to `cpus`; gives it back the CPUs
+/// it had on drop, since the sections of one bench run share the process. (Restoring "every
+/// CPU" as `available_parallelism` counts them, which reads the pinned set, left the next
+/// section one CPU.)
+struct Affinity {
+    previous: nix::sched::CpuSet,
+}
 
 impl Affinity {
     fn pin(cpus: &[usize]) -> anyhow::Result<Self> {
+        let this_thread = nix::unistd::Pid::from_raw(0);
+        let previous = nix::sched::sched_getaffinity(this_thread)?;
         let mut set = nix::sched::CpuSet::new();
         for cpu in cpus {
             set.set(*cpu)?;
         }
-        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
-        Ok(Self)
+        nix::sched::sched_setaffinity(this_thread, &set)?;
+        Ok(Self { previous })
     }
 }
 
 impl Drop for Affinity {
     fn drop(&mut self) {
-        let mut all = nix::sched::CpuSet::new();
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        for cpu in 0..cpus.min(nix::sched::CpuSet::count()) {
-            let _ = all.set(cpu);
-        }
-        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &all);
+        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &self.previous);
     }
 }
 
@@ -536,7 +537,8 @@ fn measure_under(
         let (seconds, end) = (at.elapsed().as_secs_f64(), lab.upstream_counters()?);
         eprintln!(
             "bench: {label}: the attacker sent {:.0} frames/s; veth: {:.0}/s XDP frames put on \
-             the ring, {:.0}/s XDP frames without room, {:.0}/s socket buffers without room",
+             the ring, {:.0}/s XDP frames without room, {:.0}/s frames without room in all \
+             (`tx_dropped`: those XDP frames and socket buffers)",
             frames as f64 / seconds,
             end.xdp_xmit.saturating_sub(start.xdp_xmit) as f64 / seconds,
             end.xdp_xmit_errors.saturating_sub(start.xdp_xmit_errors) as f64 / seconds,

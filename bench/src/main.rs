@@ -166,6 +166,10 @@ fn main() -> anyhow::Result<()> {
             );
             dates.push((*name, report::now()));
             sections.push((*name, Some(body)));
+            // Written after every section: a later section that fails loses only itself.
+            if !args.quick {
+                write_report(&args, &existing, &dates, &sections)?;
+            }
         } else {
             if let Some(date) = report::existing_date(&existing, name) {
                 dates.push((*name, date));
@@ -173,20 +177,47 @@ fn main() -> anyhow::Result<()> {
             sections.push((*name, None));
         }
     }
-    let date_refs: Vec<(&str, &str)> = dates.iter().map(|(n, d)| (*n, d.as_str())).collect();
-    let md = report::assemble(&existing, &report::header(&date_refs)?, &sections);
-    let plots = plots_dir(&args.out);
     if args.quick {
+        let date_refs: Vec<(&str, &str)> = dates.iter().map(|(n, d)| (*n, d.as_str())).collect();
+        let md = report::assemble(&existing, &report::header(&date_refs)?, &sections);
         eprintln!("bench: --quick run, report not written:\n{md}");
         return Ok(());
     }
+    write_report(&args, &existing, &dates, &sections)?;
+    eprintln!("bench: wrote {}", args.out.display());
+    Ok(())
+}
+
+/// Writes the report: the sections measured so far (`Some` in `sections`), every other section
+/// (`None`, or not reached yet) kept from `existing` with its date, and the plots.
+fn write_report(
+    args: &Args,
+    existing: &str,
+    dates: &[(&str, String)],
+    sections: &[(&str, Option<String>)],
+) -> anyhow::Result<()> {
+    let mut all_dates: Vec<(&str, String)> = Vec::new();
+    let mut all_sections: Vec<(&str, Option<String>)> = Vec::new();
+    for (name, _) in SECTIONS {
+        let reached = sections.iter().find(|(reached, _)| reached == name);
+        all_sections.push((name, reached.and_then(|(_, body)| body.clone())));
+        match dates.iter().find(|(dated, _)| dated == name) {
+            Some((_, date)) => all_dates.push((name, date.clone())),
+            None => {
+                if let Some(date) = report::existing_date(existing, name) {
+                    all_dates.push((name, date));
+                }
+            }
+        }
+    }
+    let date_refs: Vec<(&str, &str)> = all_dates.iter().map(|(n, d)| (*n, d.as_str())).collect();
+    let md = report::assemble(existing, &report::header(&date_refs)?, &all_sections);
     if let Some(parent) = args.out.parent() {
         std::fs::create_dir_all(parent)?;
     }
     // Plots are drawn from the finished tables, so they always match the numbers.
-    let md = plot::render(&md, &plots, "bench/")?;
+    let md = plot::render(&md, &plots_dir(&args.out), "bench/")?;
     std::fs::write(&args.out, md).with_context(|| format!("write {}", args.out.display()))?;
-    eprintln!("bench: wrote {}", args.out.display());
     Ok(())
 }
 

@@ -1,13 +1,13 @@
 //! SYN cookies in XDP (issue #15) with the real daemon, real sockets and real frames in a
 //! namespace lab: connections through XDP's cookie SYN-ACKs are served with their data intact,
-//! a forged ACK is dropped, a spoofed SYN flood in cookie mode leaves no entry in the state
-//! maps, and `auto` switches cookie mode on under a flood and off after it.
+//! a forged ACK is dropped, a spoofed SYN flood in cookie mode (IPv4, and IPv6 with every frame
+//! a new source) leaves no entry in the state maps, and `auto` switches cookie mode on under a flood and off after it.
 //!
 //! Needs root. Each test builds its own namespaces, interfaces and pin paths.
 
 use std::{
     io::{Read as _, Write as _},
-    net::{Ipv4Addr, TcpListener},
+    net::{Ipv4Addr, Ipv6Addr, TcpListener},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     sync::{
         Arc,
@@ -299,6 +299,69 @@ fn a_spoofed_syn_flood_in_cookie_mode_adds_no_state_entry() {
     assert_eq!(stats.rule(0, Reason::RateLimited).packets, 0, "{stats:?}");
     assert_eq!(state_keys(&dirs, map_names::SOURCES), Vec::new());
     assert_eq!(state_keys(&dirs, map_names::SUBNETS), Vec::new());
+}
+
+#[test]
+fn a_spoofed_ipv6_syn_flood_in_cookie_mode_adds_no_state_entry() {
+    let lab = VethLab::new("scf6", &[]);
+    cookies_always_allowed(&lab);
+    dual_stack(&lab);
+    let _peer = peer_receives_xdp_tx(&lab);
+    let dirs = Dirs::new("scf6");
+    dirs.write_policy(&policy("always"));
+    let _daemon = Daemon::start(&lab.server, &dirs, &lab.server_if);
+    let server: Ipv6Addr = SERVER_V6.parse().expect("address");
+    let _server = EchoServer::serve(
+        lab.server
+            .enter(move || TcpListener::bind((server, PORT)).expect("bind")),
+    );
+
+    // Every frame a new source, each in a /64 of its own: bits 48..63 count the frames, bits
+    // 32..47 and the interface id are random, and bit 32 is set, so no source falls in the
+    // lab's 2001:db8::/64. A /64 seen once would be admitted to state on its second sighting
+    // without cookies; the second round sends every source again.
+    const SOURCES: u16 = u16::MAX;
+    let mut rng = <rand::rngs::SmallRng as rand::SeedableRng>::seed_from_u64(15);
+    let macs = macs(&lab);
+    let round: Vec<Vec<u8>> = (0..SOURCES)
+        .map(|index| {
+            let source = Ipv6Addr::new(
+                0x2001,
+                0xdb8,
+                0x8000 | rand::Rng::random::<u16>(&mut rng),
+                index,
+                rand::Rng::random(&mut rng),
+                rand::Rng::random(&mut rng),
+                rand::Rng::random(&mut rng),
+                rand::Rng::random(&mut rng),
+            );
+            tcp_frame_v6(macs, source, server)
+        })
+        .collect();
+    let frames = [round.clone(), round].concat();
+    let sent = frames.len() as u64;
+    send_frames(&lab, frames);
+    let stats = quiet(&dirs);
+    assert_eq!(stats.rule(0, Reason::SynCookie).packets, sent, "{stats:?}");
+    assert_eq!(stats.rule(0, Reason::Default).packets, 0, "{stats:?}");
+    assert_eq!(stats.rule(0, Reason::RateLimited).packets, 0, "{stats:?}");
+    assert_eq!(state_keys(&dirs, map_names::SOURCES), Vec::new());
+    assert_eq!(state_keys(&dirs, map_names::SUBNETS), Vec::new());
+}
+
+/// An Ethernet/IPv6/TCP SYN from `source` to `server`'s port.
+fn tcp_frame_v6(
+    (client_mac, server_mac): ([u8; 6], [u8; 6]),
+    source: Ipv6Addr,
+    server: Ipv6Addr,
+) -> Vec<u8> {
+    let builder = PacketBuilder::ethernet2(client_mac, server_mac)
+        .ipv6(source.octets(), server.octets(), 64)
+        .tcp(40_000, PORT, 1000, 64_240)
+        .syn();
+    let mut frame = Vec::new();
+    builder.write(&mut frame, &[]).expect("frame");
+    frame
 }
 
 /// `syn_cookies = "auto"` with the kernel's default `tcp_syncookies = 1`: a spoofed SYN flood
