@@ -495,7 +495,11 @@ fn measure_under(
     let xdp_mode = lab.server_xdp_mode()?;
     // Attaching or detaching XDP may restart the veth's NAPI: pin whatever thread it has now.
     lab.pin_napi(server_cpu)?;
-    let flood_started = (Instant::now(), lab.upstream_counters()?);
+    // When the flood started and veth's counters then, for the log line after it.
+    let flood_started = match attacker {
+        Some(_) => Some((Instant::now(), lab.upstream_counters()?)),
+        None => None,
+    };
     let flood = attacker
         .map(|attacker| Flood::start(attacker, lab, target, generator))
         .transpose()?;
@@ -530,10 +534,9 @@ fn measure_under(
         Some(id) => Some(test_run(lab, *id, scratch, repeat)?),
         None => None,
     };
-    if let Some(flood) = flood {
+    if let (Some(flood), Some((at, start))) = (flood, flood_started) {
         let frames = flood.stop().context("the flood generator failed")?;
         // The flood's own count next to what veth counted over the same time, for the log.
-        let (at, start) = flood_started;
         let (seconds, end) = (at.elapsed().as_secs_f64(), lab.upstream_counters()?);
         eprintln!(
             "bench: {label}: the attacker sent {:.0} frames/s; veth: {:.0}/s XDP frames put on \

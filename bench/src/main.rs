@@ -169,6 +169,7 @@ fn main() -> anyhow::Result<()> {
             // Written after every section: a later section that fails loses only itself.
             if !args.quick {
                 write_report(&args, &existing, &dates, &sections)?;
+                eprintln!("bench: wrote {}", args.out.display());
             }
         } else {
             if let Some(date) = report::existing_date(&existing, name) {
@@ -181,10 +182,7 @@ fn main() -> anyhow::Result<()> {
         let date_refs: Vec<(&str, &str)> = dates.iter().map(|(n, d)| (*n, d.as_str())).collect();
         let md = report::assemble(&existing, &report::header(&date_refs)?, &sections);
         eprintln!("bench: --quick run, report not written:\n{md}");
-        return Ok(());
     }
-    write_report(&args, &existing, &dates, &sections)?;
-    eprintln!("bench: wrote {}", args.out.display());
     Ok(())
 }
 

@@ -320,7 +320,8 @@ fn drop_in_flood_range(ctx: &XdpContext, offset: usize) -> u32 {
 /// The attack lab's router end of the server's link: drops frames *to* the floods' spoofed
 /// sources (the server's answers, which the Internet would lose) with one compare, and passes
 /// the rest: IPv4 to 198.18.0.0/15, IPv6 to 2001:db8::/32 outside 2001:db8::/48 (the lab's own
-/// addresses; the IPv6 flood's sources vary bits 32..63). Attached, it also gives the veth the
+/// addresses; the IPv6 flood's sources vary bits 32..63, so the few of its answers that go to
+/// that /48 are left to the router's blackhole route). Attached, it also gives the veth the
 /// NAPI that `XDP_TX` from its peer needs.
 #[xdp]
 pub fn apifw_blackhole(ctx: XdpContext) -> u32 {

@@ -156,8 +156,8 @@ impl Generator {
     /// every frame before rewriting its source. The kernel's live-frames mode reuses its pages
     /// without rewriting them, so a frame that the receiver's XDP program rewrote in place and
     /// sent back (a SYN turned into a cookie SYN-ACK by `XDP_TX`: veth hands the page itself)
-    /// would otherwise leave again as a SYN-ACK. Costs a 54- or 74-byte copy per frame, so off unless
-    /// a receiver rewrites frames.
+    /// would otherwise leave again as a SYN-ACK. Costs a 54- or 74-byte copy per frame, so off
+    /// unless a receiver rewrites frames.
     pub fn restoring_template(&mut self, on: bool) {
         self.restore = on;
     }

@@ -43,6 +43,7 @@ pub fn run(args: &Args) -> Result<()> {
     // would fail, so say why up front.
     root::require_root("test")?;
     setup::run()?;
+    sweep_dead_test_namespaces();
 
     cmd::run(cargo().args(["fmt", "--all", "--", "--check"]))
         .context("formatting check failed: run `cargo fmt --all`")?;
@@ -88,6 +89,36 @@ pub fn run(args: &Args) -> Result<()> {
         .context("the demo failed: `cargo xtask demo`, the README's first command, must work")?;
     println!("test: fmt, clippy, all tests, the package and the demo passed");
     Ok(())
+}
+
+/// Deletes the network namespaces a killed test or benchmark process left behind. They are named
+/// `afw-<tag>-<pid>` (`apifw_tests::netns::Netns`) and removed by their guards on drop, even
+/// when a test fails; only a process killed outright (SIGKILL, a machine stopped mid-run)
+/// leaves them, and its pid is then gone. Namespaces of a live process are left alone: a test
+/// run may be going on beside this one.
+fn sweep_dead_test_namespaces() {
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("afw-")
+            .and_then(|rest| rest.rsplit_once('-'))
+            .and_then(|(_, pid)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        match Command::new("ip").args(["netns", "del", &name]).status() {
+            Ok(status) if status.success() => {
+                println!("test: removed {name}, left by process {pid}, which is gone");
+            }
+            _ => eprintln!("test: could not remove {name}, left by process {pid}"),
+        }
+    }
 }
 
 /// `cargo` in the workspace root; taken from PATH so that rustup picks the toolchain.
